@@ -1,0 +1,267 @@
+//! The health monitor: runs each agent's optional `health.command` every
+//! `interval_ms`, bounded by `timeout_ms`, and reports verdicts to the
+//! supervisor as events.
+//!
+//! Liveness needs no tick: each child's waiter thread reports its exit the
+//! moment it happens. The output watchdog needs none either: it is a timer in
+//! the supervisor, set from the last output of a busy agent, so it fires at
+//! exactly `idle_timeout_ms` of silence. What is left for this thread is the
+//! part that blocks — running check commands — which must never happen on
+//! the supervisor thread.
+//!
+//! One check runs at a time per agent; the next is due `interval` after the
+//! previous one finished, so a slow check cannot pile up behind itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
+
+use crate::config::HealthCommand;
+use crate::runtime::process_manager::signal_group;
+use crate::runtime::supervisor::Event;
+
+/// A health check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    Unhealthy(String),
+}
+
+/// Requests from the supervisor.
+#[derive(Debug)]
+pub enum HealthCmd {
+    /// Start checking agent `agent`, run `run`, whose process is `pid`.
+    Watch {
+        agent: usize,
+        run: u64,
+        id: String,
+        pid: u32,
+        command: HealthCommand,
+        interval: Duration,
+        timeout: Duration,
+    },
+    /// Stop checking agent `agent`.
+    Unwatch { agent: usize },
+}
+
+struct Watched {
+    run: u64,
+    id: String,
+    pid: u32,
+    command: HealthCommand,
+    interval: Duration,
+    timeout: Duration,
+    running: bool,
+}
+
+/// Output kept from a failing check, for the log.
+const MAX_CHECK_OUTPUT: usize = 300;
+
+/// The monitor's loop. Returns when the supervisor drops its sender.
+pub fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, u64, Verdict)>();
+    let mut watched: HashMap<usize, Watched> = HashMap::new();
+    let mut due: BTreeMap<(Instant, usize), u64> = BTreeMap::new();
+    loop {
+        let timer = match due.keys().next() {
+            Some(&(when, _)) => at(when),
+            None => never(),
+        };
+        select_biased! {
+            recv(inbox) -> cmd => match cmd {
+                Ok(HealthCmd::Watch { agent, run, id, pid, command, interval, timeout }) => {
+                    due.retain(|&(_, a), _| a != agent);
+                    due.insert((Instant::now() + interval, agent), run);
+                    watched.insert(agent, Watched { run, id, pid, command, interval, timeout, running: false });
+                }
+                Ok(HealthCmd::Unwatch { agent }) => {
+                    watched.remove(&agent);
+                    due.retain(|&(_, a), _| a != agent);
+                }
+                Err(_) => return,
+            },
+            recv(done_rx) -> done => {
+                let Ok((agent, run, verdict)) = done else { continue };
+                if let Some(w) = watched.get_mut(&agent).filter(|w| w.run == run) {
+                    w.running = false;
+                    due.insert((Instant::now() + w.interval, agent), run);
+                    if events.send(Event::Health { agent, run, verdict }).is_err() {
+                        return;
+                    }
+                }
+            },
+            recv(timer) -> _ => {
+                let now = Instant::now();
+                while let Some(entry) = due.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let ((_, agent), run) = entry.remove_entry();
+                    let Some(w) = watched.get_mut(&agent).filter(|w| w.run == run && !w.running) else {
+                        continue;
+                    };
+                    w.running = true;
+                    let (cmd, id, pid, timeout) = (w.command.clone(), w.id.clone(), w.pid, w.timeout);
+                    let tx = done_tx.clone();
+                    let spawned = thread::Builder::new()
+                        .name(format!("check:{id}"))
+                        .stack_size(128 * 1024)
+                        .spawn(move || {
+                            let verdict = check(&cmd, &id, pid, timeout);
+                            let _ = tx.send((agent, run, verdict));
+                        });
+                    if let Err(e) = spawned {
+                        log::error!("agent {}: cannot run the health check: {e}", w.id);
+                        w.running = false;
+                        due.insert((now + w.interval, agent), run);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Runs one check: exit status 0 within `timeout` is healthy. The command
+/// runs in its own process group, which is killed on timeout.
+pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> Verdict {
+    let mut cmd = match command {
+        HealthCommand::Shell(s) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(s);
+            c
+        }
+        HealthCommand::Argv(argv) => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    cmd.env("MISTER_SMITH_AGENT_ID", id)
+        .env("MISTER_SMITH_AGENT_PID", pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Verdict::Unhealthy(format!("cannot run the check: {e}")),
+    };
+    let gid = child.id();
+    // Drain both pipes so a chatty check cannot block; keep the start of
+    // each for the log.
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut pipe| {
+        thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let room = MAX_CHECK_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            kept
+        })
+    })
+    .collect();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let waiter = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    if waiter.is_err() {
+        let _ = signal_group(gid, libc::SIGKILL);
+        return Verdict::Unhealthy("cannot wait for the check".into());
+    }
+    let status = match rx.recv_timeout(timeout) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = signal_group(gid, libc::SIGKILL);
+            // The waiter reaps it; the pipes close with the group.
+            for r in readers.into_iter().flatten() {
+                let _ = r.join();
+            }
+            return Verdict::Unhealthy(format!("timed out after {} ms", timeout.as_millis()));
+        }
+    };
+    // Kill anything the check left behind in its group, so the pipes close.
+    let _ = signal_group(gid, libc::SIGKILL);
+    let mut output = String::new();
+    for r in readers.into_iter().flatten() {
+        if let Ok(bytes) = r.join() {
+            output.push_str(String::from_utf8_lossy(&bytes).trim());
+        }
+    }
+    match status {
+        Ok(s) if s.success() => Verdict::Healthy,
+        Ok(s) => {
+            let how = crate::runtime::supervisor::describe_exit(&Ok(s));
+            if output.is_empty() {
+                Verdict::Unhealthy(format!("check {how}"))
+            } else {
+                Verdict::Unhealthy(format!("check {how}: {output}"))
+            }
+        }
+        Err(e) => Verdict::Unhealthy(format!("cannot wait for the check: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_pass_fail_and_time_out() {
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            check(&HealthCommand::Shell("exit 0".into()), "a", 1, t),
+            Verdict::Healthy
+        );
+        assert_eq!(
+            check(&HealthCommand::Shell("echo nope; exit 3".into()), "a", 1, t),
+            Verdict::Unhealthy("check exited with status 3: nope".into())
+        );
+        assert_eq!(
+            check(
+                &HealthCommand::Argv(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test \"$MISTER_SMITH_AGENT_ID\" = a1".into()
+                ]),
+                "a1",
+                1,
+                t
+            ),
+            Verdict::Healthy
+        );
+        let started = Instant::now();
+        let v = check(
+            &HealthCommand::Shell("sleep 30".into()),
+            "a",
+            1,
+            Duration::from_millis(200),
+        );
+        assert_eq!(v, Verdict::Unhealthy("timed out after 200 ms".into()));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(
+            check(&HealthCommand::Argv(vec!["/nonexistent/x".into()]), "a", 1, t),
+            Verdict::Unhealthy(m) if m.starts_with("cannot run the check")
+        ));
+    }
+}

@@ -1,0 +1,121 @@
+//! `check-config` and config loading, through the binary.
+
+use serde_json::json;
+
+use crate::support::{run_cli, TempDir};
+
+#[test]
+fn a_valid_config_is_ok_with_its_agent_count() {
+    let dir = TempDir::new("cc-ok");
+    let path = dir.config(&json!({
+        "daemon_id": "host-a",
+        "agents": [
+            {"id": "coder", "replicas": 3},
+            {"id": "plain", "command": "sleep", "args": ["10"], "protocol": "none"}
+        ]
+    }));
+    let (status, out, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(out, "ok: 4 agents\n");
+}
+
+#[test]
+fn every_problem_of_a_bad_config_is_listed_and_exits_78() {
+    let dir = TempDir::new("cc-bad");
+    let path = dir.config(&json!({
+        "daemon_id": "host.a",
+        "transport": {"nats_url": "nats://127.0.0.1:4222", "colour": "red"},
+        "agents": [
+            {"id": "coder-1", "command": "", "restart": {"policy": "alwyas", "multiplier": 0}},
+            {"id": "x*", "protocol": "telepathy", "stop_timeout_ms": "soon"},
+            {"id": "coder-1", "health": {"interval_ms": 5000, "idel_timeout_ms": 1}},
+            {"id": "any"}
+        ]
+    }));
+    let (status, out, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "stdout: {out}\nstderr: {err}");
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    let want = [
+        "daemon_id: \"host.a\" contains '.'",
+        "transport.colour: unknown key",
+        "agents[0].command: must not be empty",
+        "agents[0].restart.policy: unknown policy \"alwyas\"",
+        "agents[0].restart.multiplier: 0 is out of range",
+        "agents[1].id: \"x*\" contains '*'",
+        "agents[1].protocol: unknown protocol \"telepathy\"",
+        "agents[1].stop_timeout_ms: expected a whole number",
+        "agents[2].health.idel_timeout_ms: unknown key (did you mean \"idle_timeout_ms\"?)",
+        "agents[3].id: \"any\" is reserved",
+    ];
+    for w in want {
+        let full = format!("mister-smith: error: config {}: {w}", path.display());
+        assert!(
+            lines.iter().any(|l| l.starts_with(&full)),
+            "missing {full:?} in:\n{err}"
+        );
+    }
+    assert_eq!(lines.len(), want.len(), "unexpected extra lines:\n{err}");
+}
+
+#[test]
+fn duplicate_ids_after_replica_expansion_are_caught() {
+    let dir = TempDir::new("cc-dup");
+    let path = dir.config(&json!({"agents": [{"id": "w", "replicas": 2}, {"id": "w-2"}]}));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78));
+    assert!(
+        err.contains("agents[1].id: duplicate agent id \"w-2\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_and_missing_files_exit_78_with_one_line() {
+    let dir = TempDir::new("cc-syntax");
+    let path = dir.join("mister-smith.json");
+    std::fs::write(&path, "{\"agents\": [}").unwrap();
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not valid JSON") && err.contains("line 1"),
+        "{err}"
+    );
+
+    let missing = dir.join("nope.json");
+    let (status, _, err) = run_cli(
+        &["--config", missing.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(78));
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn the_config_is_found_through_the_environment() {
+    let dir = TempDir::new("cc-env");
+    let path = dir.config(&json!({"agents": [{"id": "a"}]}));
+    let (status, out, _) = run_cli(
+        &["check-config"],
+        &[("MISTER_SMITH_CONFIG", path.to_str().unwrap())],
+    );
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(out, "ok: 1 agent\n");
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let (status, _, err) = run_cli(&["frobnicate"], &[]);
+    assert_eq!(status.code(), Some(64));
+    assert!(err.starts_with("mister-smith: error: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (status, out, _) = run_cli(&["--help"], &[]);
+    assert_eq!(status.code(), Some(0));
+    assert!(out.contains("check-config") && out.contains("run"), "{out}");
+    let (status, _, _) = run_cli(&[], &[]);
+    assert_eq!(status.code(), Some(64));
+    let (status, out, _) = run_cli(&["--version"], &[]);
+    assert_eq!(status.code(), Some(0));
+    assert!(out.starts_with("mister-smith "), "{out}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `mister-smith` binary, real child processes,
+//! and (for transports) a real `nats-server`. One test binary, a module per
+//! feature.
+
+mod support;
+
+mod check_config;
+mod supervise;

@@ -1,0 +1,330 @@
+//! `mister-smith run`: restart policies, the restart budget, stopping,
+//! process groups, PDEATHSIG, startup and health checks — with real
+//! processes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{alive, fake_claude, pid_in, records, wait_gone, Daemon, TempDir};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A shell agent that stamps its start and end (ns, CLOCK_REALTIME) into
+/// `file` and exits with `code` at once.
+fn stamper(id: &str, file: &std::path::Path, code: i32, restart: Value) -> Value {
+    json!({
+        "id": id,
+        "command": "sh",
+        "args": ["-c", format!("echo S $(date +%s%N) >> \"$0\"; echo E $(date +%s%N) >> \"$0\"; exit {code}"), file],
+        "protocol": "none",
+        "restart": restart,
+    })
+}
+
+/// The gaps, in ms, between each `E` stamp and the next `S` stamp.
+fn restart_gaps(file: &std::path::Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let stamps: Vec<(String, u128)> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    stamps
+        .windows(2)
+        .filter(|w| w[0].0 == "E" && w[1].0 == "S")
+        .map(|w| (w[1].1 - w[0].1) as f64 / 1e6)
+        .collect()
+}
+
+fn assert_gaps(gaps: &[f64], expected: &[f64]) {
+    assert_eq!(gaps.len(), expected.len(), "gaps {gaps:?}");
+    for (g, e) in gaps.iter().zip(expected) {
+        // Never early; late by at most the 10 % jitter plus scheduling noise.
+        assert!(
+            *g >= e - 2.0 && *g <= e * 1.1 + 150.0,
+            "gap {g:.1} ms, expected {e} ms (all: {gaps:?})"
+        );
+    }
+}
+
+#[test]
+fn exponential_backoff_delays_double_and_the_budget_terminates() {
+    let dir = TempDir::new("backoff");
+    let stamps = dir.join("stamps");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [
+            stamper("crashy", &stamps, 1, json!({
+                "policy": "exponential_backoff", "initial_delay_ms": 100, "max_delay_ms": 500,
+                "multiplier": 2.0, "max_restarts": 4, "window_ms": 60000
+            })),
+            {"id": "steady", "command": "sleep", "args": ["300"], "protocol": "none"}
+        ]}),
+    );
+    let steady = pid_in(&d.wait_for("agent steady: initializing -> idle", T));
+    let alert = d.wait_for("ALERT agent crashy", T);
+    assert!(
+        alert.contains("restart budget spent (4 restarts"),
+        "{alert}"
+    );
+    d.wait_for("agent crashy: error -> terminated", T);
+    assert_gaps(&restart_gaps(&stamps), &[100.0, 200.0, 400.0, 500.0]);
+    // The daemon and its other agents carry on.
+    assert!(alive(d.pid()) && alive(steady));
+    let log = d.stop();
+    assert!(!alive(steady), "{log:?}");
+}
+
+#[test]
+fn always_waits_the_initial_delay_every_time() {
+    let dir = TempDir::new("always");
+    let stamps = dir.join("stamps");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [stamper("a", &stamps, 0, json!({
+            "policy": "always", "initial_delay_ms": 150, "max_restarts": 3, "window_ms": 60000
+        }))]}),
+    );
+    d.wait_for("ALERT agent a", T);
+    assert_gaps(&restart_gaps(&stamps), &[150.0, 150.0, 150.0]);
+    d.stop();
+}
+
+#[test]
+fn never_and_on_failure_choose_which_exits_restart() {
+    let dir = TempDir::new("policies");
+    let (s1, s2, s3) = (dir.join("s1"), dir.join("s2"), dir.join("s3"));
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [
+            stamper("never-fails", &s1, 1, json!({"policy": "never"})),
+            stamper("onf-clean", &s2, 0, json!({"policy": "on_failure", "initial_delay_ms": 0})),
+            stamper("onf-fails", &s3, 7, json!({"policy": "on_failure", "initial_delay_ms": 0, "max_restarts": 2})),
+        ]}),
+    );
+    d.wait_seen("agent never-fails: not restarted (policy never)", T);
+    d.wait_seen("agent onf-clean: not restarted (policy on_failure)", T);
+    d.wait_seen("ALERT agent onf-fails", T);
+    let starts = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('S'))
+            .count()
+    };
+    assert_eq!(starts(&s1), 1);
+    assert_eq!(starts(&s2), 1);
+    assert_eq!(starts(&s3), 3);
+    let log = d.stop();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("agent onf-fails: exited with status 7")),
+        "{log:#?}"
+    );
+}
+
+fn fake(id: &str, env: Value) -> Value {
+    json!({
+        "id": id,
+        "command": fake_claude(),
+        "env": env,
+        "restart": {"policy": "never"},
+    })
+}
+
+#[test]
+fn stream_json_agents_handshake_and_stop_with_their_whole_group() {
+    let dir = TempDir::new("group");
+    let rec = dir.join("rec");
+    let d = Daemon::start_with(
+        dir,
+        &json!({"agents": [fake("c1", json!({
+            "FAKE_CLAUDE_RECORD": rec,
+            "FAKE_CLAUDE_SPAWN_GRANDCHILD": "sleep 300",
+        }))]}),
+        // A daemon started from inside Claude Code must not pass this on.
+        &[("CLAUDECODE", "1"), ("CLAUDE_CODE_ENTRYPOINT", "cli")],
+    );
+    let pid = pid_in(&d.wait_for("agent c1: initializing -> idle", T));
+    let recs = records(&rec);
+    let start = recs
+        .iter()
+        .find(|r| r["event"] == "start")
+        .expect("start record");
+    let argv: Vec<&str> = start["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        argv[argv.len() - 6..],
+        [
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose"
+        ]
+    );
+    assert_eq!(start["env"]["CLAUDECODE"], Value::Null, "{start}");
+    assert_eq!(
+        start["env"]["CLAUDE_CODE_ENTRYPOINT"],
+        Value::Null,
+        "{start}"
+    );
+    assert_eq!(start["pgid"], start["pid"], "the agent leads its own group");
+    let stdin: Vec<Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "stdin")
+        .filter_map(|r| serde_json::from_str(r["line"].as_str()?).ok())
+        .collect();
+    assert_eq!(stdin[0]["request"]["subtype"], "initialize", "{recs:?}");
+    let grandchild = recs
+        .iter()
+        .find(|r| r["event"] == "grandchild")
+        .and_then(|r| r["pid"].as_u64())
+        .expect("grandchild record") as u32;
+    assert!(alive(pid) && alive(grandchild));
+
+    d.stop();
+    assert!(
+        wait_gone(pid, Duration::from_secs(2)),
+        "agent {pid} survived"
+    );
+    assert!(
+        wait_gone(grandchild, Duration::from_secs(2)),
+        "grandchild {grandchild} survived"
+    );
+}
+
+/// A plain agent that ignores SIGTERM (its `sleep`s die, the loop goes on).
+fn stubborn(stop_timeout_ms: u64) -> Value {
+    json!({
+        "id": "stubborn", "command": "sh", "protocol": "none",
+        "args": ["-c", "trap '' TERM; echo ready >&2; while :; do sleep 1; done"],
+        "stop_timeout_ms": stop_timeout_ms,
+    })
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_at_stop_timeout() {
+    let dir = TempDir::new("stubborn");
+    let agent = stubborn(1000);
+    let mut d = Daemon::start(dir, &json!({"agents": [agent]}));
+    let pid = pid_in(&d.wait_for("agent stubborn: initializing -> idle", T));
+    // SIGTERM is ignored only once the trap is set.
+    d.wait_for("stubborn stderr: ready", T);
+    let asked = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(T);
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(5),
+        "stopped after {took:?}"
+    );
+    assert!(
+        d.log().iter().any(|l| l.contains("SIGKILL")),
+        "{:#?}",
+        d.log()
+    );
+    assert!(wait_gone(pid, Duration::from_secs(1)));
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let dir = TempDir::new("second");
+    let agent = stubborn(60_000);
+    let mut d = Daemon::start(dir, &json!({"agents": [agent]}));
+    let pid = pid_in(&d.wait_for("agent stubborn: initializing -> idle", T));
+    d.wait_for("stubborn stderr: ready", T);
+    d.signal(libc::SIGTERM);
+    d.wait_for("SIGTERM: stopping 1 agents", T);
+    d.signal(libc::SIGINT);
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + libc::SIGINT));
+    assert!(wait_gone(pid, Duration::from_secs(1)));
+}
+
+#[test]
+fn children_die_with_a_sigkilled_daemon() {
+    let dir = TempDir::new("pdeathsig");
+    let mut d = Daemon::start(
+        dir,
+        &json!({"agents": [
+            fake("c1", json!({})),
+            {"id": "plain", "command": "sleep", "args": ["300"], "protocol": "none"}
+        ]}),
+    );
+    let a = pid_in(&d.wait_seen("agent c1: initializing -> idle", T));
+    let b = pid_in(&d.wait_seen("agent plain: initializing -> idle", T));
+    d.signal(libc::SIGKILL);
+    d.wait_exit(T);
+    for pid in [a, b] {
+        assert!(
+            wait_gone(pid, Duration::from_secs(1)),
+            "child {pid} outlived the daemon by 1 s"
+        );
+    }
+}
+
+#[test]
+fn a_stderr_flood_never_blocks_a_child() {
+    let dir = TempDir::new("flood");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [
+            // 8 MB of stderr before the fake even reads stdin: it answers
+            // initialize only if every byte was drained.
+            fake("noisy", json!({"FAKE_CLAUDE_STDERR_BYTES": "8000000"})),
+            {"id": "plain", "command": "sh", "protocol": "none",
+             "args": ["-c", "head -c 6000000 /dev/zero | tr '\\0' x | fold -w 100 >&2; exec sleep 300"]}
+        ]}),
+    );
+    d.wait_seen("agent noisy: initializing -> idle", T);
+    d.wait_seen("agent plain: stderr floods", T);
+    let log = d.stop();
+    assert!(!log.iter().any(|l| l.contains("-> error")), "{log:#?}");
+}
+
+#[test]
+fn an_agent_that_never_answers_initialize_is_an_error() {
+    let dir = TempDir::new("startup");
+    let mut agent = fake("mute", json!({"FAKE_CLAUDE_HANG": "startup"}));
+    agent["startup_timeout_ms"] = json!(300);
+    agent["restart"] = json!({"policy": "always", "initial_delay_ms": 0, "max_restarts": 1});
+    let d = Daemon::start(dir, &json!({"agents": [agent]}));
+    d.wait_for("agent mute: no answer to initialize within 300 ms", T);
+    d.wait_for("agent mute: initializing -> error", T);
+    d.wait_for("agent mute: restarting in 0 ms", T);
+    d.wait_for("ALERT agent mute", T);
+    d.stop();
+}
+
+#[test]
+fn failing_health_checks_restart_the_agent() {
+    let dir = TempDir::new("health");
+    let flag = dir.join("never-created");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [{
+            "id": "sick", "command": "sleep", "args": ["300"], "protocol": "none",
+            "restart": {"policy": "always", "initial_delay_ms": 0},
+            "health": {"interval_ms": 50, "failure_threshold": 2, "timeout_ms": 2000,
+                       "command": format!("echo probe $MISTER_SMITH_AGENT_ID; test -e {}", flag.display())}
+        }]}),
+    );
+    let first = pid_in(&d.wait_for("agent sick: initializing -> idle", T));
+    let fail = d.wait_for("agent sick: health check failed (2/2)", T);
+    assert!(fail.contains("probe sick"), "{fail}");
+    d.wait_for("taken down: unhealthy", T);
+    let second = pid_in(&d.wait_for("agent sick: initializing -> idle", T));
+    assert_ne!(first, second);
+    assert!(wait_gone(first, Duration::from_secs(1)));
+    d.stop();
+}

@@ -1,0 +1,312 @@
+//! Test support: temp dirs, the daemon under test with its log, and bounded
+//! waits on processes.
+//!
+//! Every wait here has a deadline. Waits are on real signals — a line in the
+//! daemon's log, a process's pidfd becoming readable — never on sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mister-smith");
+
+/// The fake claude, built by `cargo test` as an example.
+pub fn fake_claude() -> PathBuf {
+    // target/debug/deps/integration-xxxx -> target/debug/examples/fake-claude
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir layout");
+    let fake = dir.join("examples").join("fake-claude");
+    assert!(
+        fake.exists(),
+        "{} is missing: run the tests with `cargo test` (which builds examples)",
+        fake.display()
+    );
+    fake
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("ms-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    /// Writes `config` as `mister-smith.json` and returns its path.
+    pub fn config(&self, config: &serde_json::Value) -> PathBuf {
+        let p = self.join("mister-smith.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `mister-smith ARGS` to completion (bounded) and returns (status,
+/// stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("MISTER_SMITH_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn mister-smith");
+    let pid = child.id();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(out)) => (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(e)) => panic!("mister-smith {args:?}: {e}"),
+        Err(_) => {
+            kill(pid, libc::SIGKILL);
+            panic!("mister-smith {args:?} did not finish within 30 s");
+        }
+    }
+}
+
+/// The daemon under test, with every stderr line it wrote.
+pub struct Daemon {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts `mister-smith --config <dir>/mister-smith.json run`.
+    pub fn start(dir: TempDir, config: &serde_json::Value) -> Daemon {
+        Daemon::start_with(dir, config, &[])
+    }
+
+    pub fn start_with(dir: TempDir, config: &serde_json::Value, env: &[(&str, &str)]) -> Daemon {
+        let path = dir.config(config);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&path)
+            .arg("run")
+            .env("MISTER_SMITH_LOG", "debug")
+            .env("MISTER_SMITH_LOG_STYLE", "never")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn mister-smith run");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Daemon {
+            child: Some(child),
+            lines: rx,
+            log,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        panic!("{why}\n--- daemon log ---\n{}", self.log().join("\n"));
+    }
+
+    /// Waits for the next log line containing `needle` and returns it.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        self.wait_for_line(|l| l.contains(needle), needle, within)
+    }
+
+    pub fn wait_for_line(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        what: &str,
+        within: Duration,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(l) if pred(&l) => return l,
+                Ok(_) => {}
+                Err(_) => self.fail(&format!("no log line {what:?} within {within:?}")),
+            }
+        }
+    }
+
+    /// Returns the first line containing `needle` logged so far, or waits
+    /// for one. Unlike [`Daemon::wait_for`] the order of lines does not
+    /// matter.
+    pub fn wait_seen(&self, needle: &str, within: Duration) -> String {
+        if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
+            return l;
+        }
+        self.wait_for(needle, within)
+    }
+
+    /// Collects the next `n` lines containing `needle`.
+    pub fn wait_for_n(&self, needle: &str, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            got.push(self.wait_for(needle, left));
+        }
+        got
+    }
+
+    pub fn signal(&self, sig: i32) {
+        kill(self.pid(), sig);
+    }
+
+    /// Waits (bounded) for the daemon to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon still owned");
+        let pid = child.id();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(Ok(s)) => s,
+            _ => {
+                kill(pid, libc::SIGKILL);
+                self.fail(&format!("daemon did not exit within {within:?}"));
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(20));
+        if !status.success() {
+            self.fail(&format!("daemon exited with {status}"));
+        }
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A failed test: take the daemon down; PDEATHSIG takes its
+            // children with it.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` has exited, using a pidfd (readable when the process
+/// exits). Returns false if it is still alive at the deadline.
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return !alive(pid);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: pfd is a valid pollfd for the duration of the call; fd is ours
+    // and closed right after.
+    let ready = unsafe {
+        let n = libc::poll(&mut pfd, 1, ms);
+        libc::close(fd);
+        n
+    };
+    ready == 1 || !alive(pid)
+}
+
+/// JSON lines of a fake-claude RECORD file.
+pub fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The pid in a log line like `agent a: initializing -> idle (pid 123)`.
+pub fn pid_in(line: &str) -> u32 {
+    line.rsplit("(pid ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
