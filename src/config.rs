@@ -271,6 +271,8 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct AgentSpec {
     pub id: String,
+    /// The JSON path of the entry it came from (`agents[2]`).
+    pub source: String,
     pub agent_type: String,
     pub command: String,
     pub args: Vec<String>,
@@ -343,19 +345,66 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // Absolute, because a relative program path would be resolved against
+    // the child's working directory, not ours.
     let base = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    parse(&value, &base)
-        .map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })
-        .map(|mut c| {
-            c.path = path.to_path_buf();
-            c
-        })
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let invalid = |problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let mut config = parse(&value, &base).map_err(invalid)?;
+    config.path = path.to_path_buf();
+    let missing = missing_programs(&config);
+    if !missing.is_empty() {
+        return Err(invalid(missing));
+    }
+    Ok(config)
+}
+
+/// Agents whose program cannot be found or is not executable, or whose
+/// working directory is missing: better said at load than found out as a
+/// crash loop.
+fn missing_programs(config: &Config) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let search_path = std::env::var_os("PATH").unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for agent in &config.agents {
+        // Replicas share an entry: one report is enough.
+        if !seen.insert(agent.source.clone()) {
+            continue;
+        }
+        let found = if agent.command.contains('/') {
+            executable(Path::new(&agent.command))
+        } else {
+            std::env::split_paths(&search_path).any(|d| executable(&d.join(&agent.command)))
+        };
+        if !found {
+            let what = if agent.command.contains('/') {
+                "is not an executable file"
+            } else {
+                "is not found in PATH"
+            };
+            problems.push(Problem {
+                path: format!("{}.command", agent.source),
+                message: format!("{:?} {what}", agent.command),
+            });
+        }
+        if !agent.working_dir.is_dir() {
+            problems.push(Problem {
+                path: format!("{}.working_dir", agent.source),
+                message: format!("{} is not a directory", agent.working_dir.display()),
+            });
+        }
+    }
+    problems
 }
 
 /// Checks a parsed config document. Relative paths are resolved against
@@ -607,6 +656,7 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
     }
     let spec = AgentSpec {
         id: id.clone(),
+        source: path.to_string(),
         agent_type,
         command,
         args,

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{run_cli, TempDir};
+use crate::support::{fake_claude, run_cli, TempDir};
 
 #[test]
 fn a_valid_config_is_ok_with_its_agent_count() {
@@ -10,7 +10,7 @@ fn a_valid_config_is_ok_with_its_agent_count() {
     let path = dir.config(&json!({
         "daemon_id": "host-a",
         "agents": [
-            {"id": "coder", "replicas": 3},
+            {"id": "coder", "replicas": 3, "command": fake_claude()},
             {"id": "plain", "command": "sleep", "args": ["10"], "protocol": "none"}
         ]
     }));
@@ -95,7 +95,7 @@ fn syntax_errors_and_missing_files_exit_78_with_one_line() {
 #[test]
 fn the_config_is_found_through_the_environment() {
     let dir = TempDir::new("cc-env");
-    let path = dir.config(&json!({"agents": [{"id": "a"}]}));
+    let path = dir.config(&json!({"agents": [{"id": "a", "command": "sh"}]}));
     let (status, out, _) = run_cli(
         &["check-config"],
         &[("MISTER_SMITH_CONFIG", path.to_str().unwrap())],
@@ -118,4 +118,30 @@ fn usage_errors_exit_64_and_help_exits_0() {
     let (status, out, _) = run_cli(&["--version"], &[]);
     assert_eq!(status.code(), Some(0));
     assert!(out.starts_with("mister-smith "), "{out}");
+}
+
+#[test]
+fn missing_programs_and_directories_are_config_problems() {
+    let dir = TempDir::new("cc-missing");
+    let path = dir.config(&json!({"agents": [
+        {"id": "a", "command": "no-such-program-anywhere"},
+        {"id": "b", "command": "./bin/not-there", "replicas": 2},
+        {"id": "c", "command": "sh", "working_dir": "nowhere"}
+    ]}));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("agents[0].command: \"no-such-program-anywhere\" is not found in PATH"),
+        "{err}"
+    );
+    assert!(
+        err.contains("agents[1].command: ")
+            && err.contains("bin/not-there\" is not an executable file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("agents[2].working_dir: ") && err.contains("nowhere is not a directory"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 3, "{err}");
 }
