@@ -318,8 +318,25 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Reads and checks the config file at `path`.
+/// Reads and checks the config file at `path`, including that every
+/// agent's program and working directory exist (for `run` and
+/// `check-config`).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let config = load_unchecked(path)?;
+    let missing = missing_programs(&config);
+    if !missing.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: missing,
+        });
+    }
+    Ok(config)
+}
+
+/// Reads and checks the config file at `path` without looking for the
+/// agents' programs: what client commands need (they may run on a host
+/// without `claude`).
+pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
     let meta = std::fs::metadata(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             ConfigError::NotFound {
@@ -358,10 +375,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let mut config = parse(&value, &base).map_err(invalid)?;
     config.path = path.to_path_buf();
-    let missing = missing_programs(&config);
-    if !missing.is_empty() {
-        return Err(invalid(missing));
-    }
     Ok(config)
 }
 

@@ -2,7 +2,9 @@
 //! (DESIGN.md §7).
 
 use crate::config::ConfigError;
+use crate::message::error::MessageError;
 use crate::runtime::error::ProcessError;
+use crate::transport::TransportError;
 
 /// Exit codes (sysexits-style, a contract).
 pub mod exit {
@@ -15,6 +17,19 @@ pub mod exit {
     pub const IO: u8 = 74;
     pub const TEMPORARY: u8 = 75;
     pub const CONFIG: u8 = 78;
+
+    /// How bad an exit code is, to pick one for several outcomes: bad
+    /// input beats unavailable beats temporary beats a failed task.
+    pub fn severity(code: u8) -> u8 {
+        match code {
+            OK => 0,
+            TASK_FAILED => 1,
+            TEMPORARY => 2,
+            UNAVAILABLE => 3,
+            DATA => 4,
+            _ => 5,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +38,21 @@ pub enum SystemError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Message(#[from] MessageError),
     #[error("{0}")]
     Usage(String),
-    #[error("cannot write output: {0}")]
-    Io(#[source] std::io::Error),
+    /// A peer answered, but not with what was asked: the code says how.
+    #[error("{message}")]
+    Refused { code: u8, message: String },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SystemError {
@@ -34,8 +60,13 @@ impl SystemError {
         match self {
             SystemError::Config(_) => exit::CONFIG,
             SystemError::Process(_) => exit::INTERNAL,
+            SystemError::Transport(t) if t.is_config() => exit::CONFIG,
+            SystemError::Transport(_) => exit::UNAVAILABLE,
+            SystemError::Message(MessageError::NoRoute { .. }) => exit::UNAVAILABLE,
+            SystemError::Message(_) => exit::DATA,
             SystemError::Usage(_) => exit::USAGE,
-            SystemError::Io(_) => exit::IO,
+            SystemError::Refused { code, .. } => *code,
+            SystemError::Io { .. } => exit::IO,
         }
     }
 

@@ -9,3 +9,4 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod runtime;
+pub mod transport;

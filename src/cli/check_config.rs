@@ -24,6 +24,9 @@ pub fn run(cli: &Cli, _args: &CheckConfigArgs) -> Result<u8, SystemError> {
         "ok: {n} agent{}",
         if n == 1 { "" } else { "s" }
     )
-    .map_err(SystemError::Io)?;
+    .map_err(|source| SystemError::Io {
+        what: "write to stdout",
+        source,
+    })?;
     Ok(0)
 }

@@ -1,5 +1,6 @@
-//! The command line: argument parsing, logging setup, and the single place
-//! where an error becomes an exit code and a line on stderr.
+//! The command line: argument parsing, logging setup, connection settings,
+//! and the single place where an error becomes an exit code and a line on
+//! stderr.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,19 +8,68 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+use crate::config::{self, Config};
 use crate::error::{exit, SystemError};
+use crate::transport::local_transport::default_socket_path;
+use crate::transport::nats_transport::NatsSettings;
 
 mod check_config;
+mod client;
+mod control;
+mod health;
+mod listen;
 mod run;
+mod send;
+mod status;
 
-/// Run fleets of Claude Code agents: supervise them, route tasks to them, and
-/// answer scripts and cron with exit codes.
+/// Run fleets of Claude Code agents: supervise them, route tasks to them in
+/// priority order, and answer scripts and cron with exit codes.
 #[derive(FromArgs, Debug)]
 #[argh(help_triggers("-h", "--help"))]
 pub struct Cli {
     /// config file (default: $MISTER_SMITH_CONFIG, else ./mister-smith.json)
     #[argh(option, arg_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// NATS server URL (default: $NATS_URL, else the config's
+    /// transport.nats_url; with none, the local socket)
+    #[argh(option, arg_name = "URL")]
+    pub nats: Option<String>,
+
+    /// local socket path; given explicitly, it wins over NATS (default:
+    /// $MISTER_SMITH_SOCKET, the config's transport.socket,
+    /// $XDG_RUNTIME_DIR/mister-smith.sock, else /tmp/mister-smith-UID.sock)
+    #[argh(option, arg_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// NATS credentials file (default: $NATS_CREDS, else transport.creds)
+    #[argh(option, arg_name = "FILE")]
+    pub creds: Option<PathBuf>,
+
+    /// NATS token (default: $NATS_TOKEN, else transport.token)
+    #[argh(option, arg_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// NATS user (default: $NATS_USER, else transport.user)
+    #[argh(option, arg_name = "USER")]
+    pub user: Option<String>,
+
+    /// NATS password (default: $NATS_PASSWORD, else transport.password)
+    #[argh(option, arg_name = "PASSWORD")]
+    pub password: Option<String>,
+
+    /// CA certificate for NATS TLS (default: $NATS_CA, else transport.tls_ca)
+    #[argh(option, arg_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// client certificate for NATS TLS (default: $NATS_CERT, else
+    /// transport.tls_cert)
+    #[argh(option, arg_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// client key for NATS TLS (default: $NATS_KEY, else transport.tls_key)
+    #[argh(option, arg_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 
     /// print the version and exit
     #[argh(switch, short = 'V')]
@@ -34,6 +84,15 @@ pub struct Cli {
 pub enum Command {
     Run(run::RunArgs),
     CheckConfig(check_config::CheckConfigArgs),
+    Send(send::SendArgs),
+    Status(status::StatusArgs),
+    Health(health::HealthArgs),
+    Start(control::StartArgs),
+    Stop(control::StopArgs),
+    Restart(control::RestartArgs),
+    Pause(control::PauseArgs),
+    Resume(control::ResumeArgs),
+    Listen(listen::ListenArgs),
 }
 
 /// The version line: package version and the git commit it was built from.
@@ -59,12 +118,16 @@ pub fn main() -> ExitCode {
                 Err(()) => {
                     let first = early.output.lines().next().unwrap_or("bad arguments");
                     eprintln!("mister-smith: error: {first} (see mister-smith --help)");
-                    ExitCode::from(exit::USAGE)
+                    // Nagios reads 3 as UNKNOWN, the right answer to a
+                    // check it could not run.
+                    let health = strs.iter().skip(1).any(|a| *a == "health");
+                    ExitCode::from(if health { 3 } else { exit::USAGE })
                 }
             };
         }
     };
-    init_logging();
+    let daemon = matches!(cli.command, Some(Command::Run(_)));
+    init_logging(if daemon { "info" } else { "warn" });
     if cli.version {
         println!("{}", version_line());
         return ExitCode::from(exit::OK);
@@ -75,9 +138,32 @@ pub fn main() -> ExitCode {
         )),
         Some(Command::Run(a)) => run::run(&cli, a),
         Some(Command::CheckConfig(a)) => check_config::run(&cli, a),
+        Some(Command::Send(a)) => send::run(&cli, a),
+        Some(Command::Status(a)) => status::run(&cli, a),
+        Some(Command::Health(a)) => return ExitCode::from(health::run(&cli, a)),
+        Some(Command::Start(a)) => {
+            control::run(&cli, &a.id, crate::message::schemas::CommandType::Start)
+        }
+        Some(Command::Stop(a)) => {
+            control::run(&cli, &a.id, crate::message::schemas::CommandType::Stop)
+        }
+        Some(Command::Restart(a)) => {
+            control::run(&cli, &a.id, crate::message::schemas::CommandType::Restart)
+        }
+        Some(Command::Pause(a)) => {
+            control::run(&cli, &a.id, crate::message::schemas::CommandType::Pause)
+        }
+        Some(Command::Resume(a)) => {
+            control::run(&cli, &a.id, crate::message::schemas::CommandType::Resume)
+        }
+        Some(Command::Listen(a)) => listen::run(&cli, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // A closed stdout (`| head`) is the reader's choice, not an error.
+        Err(SystemError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(exit::OK)
+        }
         Err(e) => {
             for line in e.lines() {
                 eprintln!("mister-smith: error: {line}");
@@ -88,11 +174,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `MISTER_SMITH_LOG` (or else `RUST_LOG`) sets the
-/// filter, `info` by default; `MISTER_SMITH_LOG_STYLE` sets colour.
-fn init_logging() {
+/// filter: `info` for the daemon, `warn` for the other commands by default;
+/// `MISTER_SMITH_LOG_STYLE` sets colour.
+fn init_logging(default: &str) {
     let filter = std::env::var("MISTER_SMITH_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+        .unwrap_or_else(|_| default.to_string());
     let mut builder = env_logger::Builder::new();
     builder
         .parse_filters(&filter)
@@ -107,4 +194,68 @@ fn init_logging() {
             )
         });
     let _ = builder.try_init();
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Cli {
+    /// The config for a client command: the named file (which must then be
+    /// valid), else `./mister-smith.json` if it exists, else none.
+    pub fn client_config(&self) -> Result<Option<Config>, SystemError> {
+        let explicit = self.config.is_some() || env_nonempty(config::CONFIG_ENV).is_some();
+        let path = config::locate(self.config.as_deref());
+        if !explicit && !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(config::load_unchecked(&path)?))
+    }
+
+    /// The local socket: `--socket`, `$MISTER_SMITH_SOCKET`, the config,
+    /// else the default path.
+    pub fn socket_path(&self, config: Option<&Config>) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| env_nonempty("MISTER_SMITH_SOCKET").map(PathBuf::from))
+            .or_else(|| config.and_then(|c| c.transport.socket.clone()))
+            .unwrap_or_else(default_socket_path)
+    }
+
+    /// NATS settings when a URL is given by `--nats`, `$NATS_URL` or the
+    /// config; credentials from flags, then the environment, then the config.
+    pub fn nats_settings(&self, config: Option<&Config>) -> Option<NatsSettings> {
+        let t = config.map(|c| &c.transport);
+        let url = self
+            .nats
+            .clone()
+            .or_else(|| env_nonempty("NATS_URL"))
+            .or_else(|| t.and_then(|t| t.nats_url.clone()))?;
+        let pick = |flag: &Option<String>, env: &str, conf: Option<String>| {
+            flag.clone().or_else(|| env_nonempty(env)).or(conf)
+        };
+        let pick_path = |flag: &Option<PathBuf>, env: &str, conf: Option<PathBuf>| {
+            flag.clone()
+                .or_else(|| env_nonempty(env).map(PathBuf::from))
+                .or(conf)
+        };
+        Some(NatsSettings {
+            url,
+            creds: pick_path(&self.creds, "NATS_CREDS", t.and_then(|t| t.creds.clone())),
+            token: pick(&self.token, "NATS_TOKEN", t.and_then(|t| t.token.clone())),
+            user: pick(&self.user, "NATS_USER", t.and_then(|t| t.user.clone())),
+            password: pick(
+                &self.password,
+                "NATS_PASSWORD",
+                t.and_then(|t| t.password.clone()),
+            ),
+            tls_ca: pick_path(&self.tls_ca, "NATS_CA", t.and_then(|t| t.tls_ca.clone())),
+            tls_cert: pick_path(
+                &self.tls_cert,
+                "NATS_CERT",
+                t.and_then(|t| t.tls_cert.clone()),
+            ),
+            tls_key: pick_path(&self.tls_key, "NATS_KEY", t.and_then(|t| t.tls_key.clone())),
+        })
+    }
 }

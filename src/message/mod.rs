@@ -1,4 +1,8 @@
-//! Messages between agents: for now, the rules for names that become NATS
-//! subject tokens. Envelopes, routing and dispatch build on these.
+//! Messages: the envelope and its typed payloads, routing of destinations
+//! to subjects, and the priority dispatcher.
 
+pub mod dispatcher;
+pub mod envelope;
+pub mod error;
+pub mod router;
 pub mod schemas;

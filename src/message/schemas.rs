@@ -1,4 +1,5 @@
-//! Validation rules shared by the config loader and the CLI.
+//! The typed payloads of the eight message types, and the validation rules
+//! shared by the config loader, the envelope decoder and the CLI.
 //!
 //! Agent ids, agent types and daemon ids are interpolated into NATS subjects
 //! (`mister-smith.{type}.{id}.{message_type}`), so anything that could change
@@ -61,9 +62,234 @@ pub fn check_token(name: &str) -> Result<(), TokenProblem> {
     Ok(())
 }
 
+/// Checks that `subject` is a literal NATS subject fit for `reply_to`:
+/// non-empty tokens of printable ASCII without wildcards.
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() || subject.len() > 1024 {
+        return Err("must be 1 to 1024 characters".into());
+    }
+    for token in subject.split('.') {
+        if token.is_empty() {
+            return Err("has an empty token".into());
+        }
+        if let Some(c) = token
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || *c == '*' || *c == '>')
+        {
+            return Err(format!("contains {c:?}"));
+        }
+    }
+    Ok(())
+}
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::runtime::lifecycle::State;
+
+/// `task_assignment`: work for an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAssignment {
+    pub task_id: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+}
+
+/// `task_progress`: one raw stream-json event of a running task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskProgress {
+    pub task_id: String,
+    pub agent_id: String,
+    pub event: Value,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+}
+
+/// `task_result`: the end of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub agent_id: String,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_turns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// What an `agent_command` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandType {
+    /// Run `prompt` as a task (like a `task_assignment`).
+    Execute,
+    /// Start a terminated agent.
+    Start,
+    Stop,
+    Pause,
+    Resume,
+    Restart,
+    /// Stop the whole daemon gracefully.
+    Shutdown,
+}
+
+impl CommandType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandType::Execute => "execute",
+            CommandType::Start => "start",
+            CommandType::Stop => "stop",
+            CommandType::Pause => "pause",
+            CommandType::Resume => "resume",
+            CommandType::Restart => "restart",
+            CommandType::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// `agent_command`: control of one agent (or, for `shutdown`, the daemon).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCommand {
+    pub command_type: CommandType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// For `execute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// For `execute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+/// Memory and CPU of an agent's process.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceUsage {
+    pub memory_mb: f64,
+    pub cpu_seconds: f64,
+}
+
+/// `agent_status`: an agent's state (published on every transition; as a
+/// request, only `agent_id` is needed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    pub agent_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<State>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<State>,
+    #[serde(default)]
+    pub uptime_seconds: f64,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub resource_usage: Option<ResourceUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_id: Option<String>,
+    #[serde(default)]
+    pub tasks_completed: u64,
+    #[serde(default)]
+    pub tasks_failed: u64,
+    #[serde(default)]
+    pub total_cost_usd: f64,
+    /// Why the agent is in this state, when it is not obvious (budget spent,
+    /// stopped by an operator, hung).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `agent_registration`: an agent this daemon runs, published at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegistration {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub daemon_id: String,
+    pub protocol: String,
+}
+
+/// `system_alert`: something needs a person, or a request was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemAlert {
+    /// `info`, `warning`, `error` or `critical`.
+    pub severity: String,
+    /// Machine-readable: `queue_full`, `no_route`, `bad_request`,
+    /// `restart_budget_spent`, `refused`, `shutting_down`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<Vec<String>>,
+}
+
+/// `system_health_check`: a request (all fields optional) or, with
+/// `report`, the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SystemHealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<HealthReport>,
+}
+
+/// One daemon's view of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReport {
+    pub daemon_id: String,
+    pub uptime_seconds: f64,
+    /// `connected`, `reconnecting` or `off`.
+    pub nats: String,
+    pub queued: usize,
+    pub queue_capacity: usize,
+    pub agents: Vec<AgentStatus>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_subjects_are_literal() {
+        assert!(check_subject("_INBOX.abc.1").is_ok());
+        assert!(check_subject("a.*").is_err());
+        assert!(check_subject("a.>").is_err());
+        assert!(check_subject("a b").is_err());
+        assert!(check_subject("a..b").is_err());
+        assert!(check_subject("").is_err());
+    }
 
     #[test]
     fn accepts_plain_names() {

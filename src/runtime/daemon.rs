@@ -1,18 +1,39 @@
-//! Wiring for `mister-smith run`: signals, the health monitor and the
-//! supervisor, on their own named threads.
+//! Wiring for `mister-smith run`: signals, transports, the hub, the
+//! dispatcher, the health monitor and the supervisor, each on its own named
+//! thread (the supervisor on this one).
 
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::Config;
+use crate::error::SystemError;
+use crate::message::dispatcher;
+use crate::message::router::{DaemonSink, Inbound, RoutingTable};
 use crate::runtime::error::ProcessError;
 use crate::runtime::health_monitor;
-use crate::runtime::supervisor::{Outcome, Supervisor};
+use crate::runtime::supervisor::{Links, Outcome, Supervisor};
+use crate::transport::hub::{self, Outbox};
+use crate::transport::local_transport;
+use crate::transport::nats_transport::{self, NatsSettings, NatsState};
+
+/// Where the daemon listens.
+pub struct Endpoints {
+    pub socket: PathBuf,
+    pub nats: Option<NatsSettings>,
+}
+
+fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> ProcessError {
+    move |source| ProcessError::DaemonThread { name, source }
+}
 
 /// Runs the daemon in the foreground until a signal stops it.
-pub fn run(config: Config) -> Result<Outcome, ProcessError> {
+pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError> {
     // Signal handlers are registered before any other thread exists
     // (signal-hook's documented limitation) and before any child is spawned.
     // SIGHUP and SIGQUIT stop the daemon like SIGTERM: a daemon that loses
@@ -21,7 +42,7 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
         .map_err(|source| ProcessError::Signals { source })?;
     let signals_handle = signals.handle();
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(8);
-    let signal_thread = thread::Builder::new()
+    thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
@@ -31,36 +52,110 @@ pub fn run(config: Config) -> Result<Outcome, ProcessError> {
                 }
             }
         })
-        .map_err(|source| ProcessError::DaemonThread {
-            name: "signals",
-            source,
-        })?;
+        .map_err(thread_err("signals"))?;
 
+    let table = Arc::new(RoutingTable::new(&config));
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
+    let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
+    let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
+    let outbox = Outbox::new(hub_tx.clone());
+    let nats_state = Arc::new(NatsState::default());
+    let queued = Arc::new(AtomicUsize::new(0));
+
+    let inbound = Inbound {
+        table: table.clone(),
+        dispatch: dispatch_tx.clone(),
+        events: events_tx.clone(),
+        outbox: outbox.clone(),
+        max_size: config.message.max_message_size,
+        default_timeout: Duration::from_millis(config.message.default_timeout_ms),
+    };
+    let handler: local_transport::Inbound =
+        Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
+            inbound.handle(subject, reply, data)
+        });
+
+    let nats_out = match &endpoints.nats {
+        Some(settings) => Some(
+            nats_transport::start_daemon(
+                settings.clone(),
+                table.daemon_subs(),
+                handler.clone(),
+                nats_state.clone(),
+            )
+            .map_err(SystemError::Transport)?,
+        ),
+        None => {
+            nats_state.set_off();
+            None
+        }
+    };
+    thread::Builder::new()
+        .name("hub".into())
+        .stack_size(256 * 1024)
+        .spawn(move || hub::run(&hub_rx, nats_out.as_ref()))
+        .map_err(thread_err("hub"))?;
+
+    // The socket is served always: `status` and `health` work on the host
+    // even while NATS is down.
+    let max_frame = config.message.max_message_size + 64 * 1024;
+    let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame)
+        .map_err(SystemError::Transport)?;
+
+    let sink = DaemonSink {
+        table: table.clone(),
+        events: events_tx.clone(),
+        outbox: outbox.clone(),
+    };
+    let types: Vec<String> = config.agents.iter().map(|a| a.agent_type.clone()).collect();
+    let capacity = config.message.queue_capacity;
+    let q = queued.clone();
+    thread::Builder::new()
+        .name("dispatcher".into())
+        .stack_size(256 * 1024)
+        .spawn(move || dispatcher::run(&dispatch_rx, capacity, &types, &q, &sink))
+        .map_err(thread_err("dispatcher"))?;
+
     let health_events = events_tx.clone();
-    let health_thread = thread::Builder::new()
+    thread::Builder::new()
         .name("health".into())
         .stack_size(256 * 1024)
         .spawn(move || health_monitor::run(&health_rx, &health_events))
-        .map_err(|source| ProcessError::DaemonThread {
-            name: "health",
-            source,
-        })?;
+        .map_err(thread_err("health"))?;
 
     log::info!(
-        "mister-smith {} daemon {} starting {} agents from {}",
+        "mister-smith {} daemon {} starting {} agents from {}; socket {}{}",
         env!("CARGO_PKG_VERSION"),
         config.daemon_id,
         config.agents.len(),
-        config.path.display()
+        config.path.display(),
+        endpoints.socket.display(),
+        endpoints
+            .nats
+            .as_ref()
+            .map(|n| format!(", NATS {}", n.url))
+            .unwrap_or_default()
     );
     // The supervisor runs on this thread: children are forked from it, and
     // PDEATHSIG is tied to the forking thread, which must outlive them.
-    let outcome = Supervisor::new(config.agents, events_tx, events_rx, sig_rx, health_tx).run();
-
+    let links = Links {
+        table,
+        outbox,
+        dispatch: dispatch_tx,
+        health: health_tx,
+        nats: nats_state,
+        queued,
+        queue_capacity: capacity,
+    };
+    let drain = links.outbox.clone();
+    let outcome = Supervisor::new(config.agents, events_tx, events_rx, sig_rx, links).run();
+    // The last answers (cancelled tasks, final statuses) leave before we do.
+    if !drain.drain(Duration::from_secs(3)) {
+        log::warn!("some final messages may not have been delivered");
+    }
     signals_handle.close();
-    let _ = signal_thread.join();
-    let _ = health_thread.join();
+    // The other threads end with the process; the socket file goes with
+    // `_server`.
     Ok(outcome)
 }

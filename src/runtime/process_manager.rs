@@ -95,9 +95,19 @@ pub fn tail_lines(tail: &StderrTail) -> Vec<String> {
     }
 }
 
-/// The argv for an agent's long-lived process.
-pub fn agent_argv(spec: &AgentSpec) -> Vec<String> {
-    let mut argv = Vec::with_capacity(spec.args.len() + 6);
+/// The argv for an agent's process: the long-lived one of a stream-json
+/// agent, the plain one of a `none` agent, or (with `prompt`) one one-shot
+/// task. The prompt goes last, after `--`, because claude's list flags
+/// (`--allowedTools`, `--mcp-config`, ...) would swallow it anywhere else.
+pub fn agent_argv(spec: &AgentSpec, prompt: Option<&str>) -> Vec<String> {
+    let mut argv = Vec::with_capacity(spec.args.len() + 8);
+    if let Some(prompt) = prompt {
+        argv.extend(["-p", "--output-format", "stream-json", "--verbose"].map(String::from));
+        argv.extend(spec.args.iter().cloned());
+        argv.push("--".into());
+        argv.push(prompt.into());
+        return argv;
+    }
     if spec.protocol == Protocol::StreamJson {
         argv.extend(
             [
@@ -115,7 +125,8 @@ pub fn agent_argv(spec: &AgentSpec) -> Vec<String> {
     argv
 }
 
-/// Starts the long-lived process of agent number `agent`, run `run`.
+/// Starts a process of agent number `agent`, run `run`: its long-lived
+/// process, or with `prompt`, the process of one one-shot task.
 ///
 /// Must be called from the supervisor thread: `PR_SET_PDEATHSIG` fires when
 /// the *thread* that forked the child exits.
@@ -123,20 +134,23 @@ pub fn spawn(
     agent: usize,
     run: u64,
     spec: &AgentSpec,
+    prompt: Option<&str>,
     events: &Sender<Event>,
 ) -> Result<RunningChild, ProcessError> {
     let mut cmd = Command::new(&spec.command);
-    cmd.args(agent_argv(spec))
+    cmd.args(agent_argv(spec, prompt))
         .current_dir(&spec.working_dir)
         .envs(&spec.env)
         .env("MISTER_SMITH_AGENT_ID", &spec.id)
         .env_remove("CLAUDECODE")
         .env_remove("CLAUDE_CODE_ENTRYPOINT")
-        .stdin(if spec.protocol == Protocol::StreamJson {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(
+            if spec.protocol == Protocol::StreamJson && prompt.is_none() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            },
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -424,12 +438,7 @@ fn trim_eol(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 
-/// Memory and CPU time of one process, from `/proc`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct ResourceUsage {
-    pub memory_mb: f64,
-    pub cpu_seconds: f64,
-}
+pub use crate::message::schemas::ResourceUsage;
 
 /// Reads the resident set size and CPU time (user + system) of `pid`.
 pub fn resource_usage(pid: u32) -> Option<ResourceUsage> {

@@ -1,32 +1,54 @@
 //! The supervisor: the one thread that owns the agent table.
 //!
 //! It loops on a single `select_biased!` over signals, events (child exits,
-//! stdout lines, health verdicts, commands) and the earliest pending timer
-//! (`crossbeam_channel::at`, or `never()` when nothing is pending). Backoff
-//! restarts, stop escalation, startup deadlines and the output watchdog are
-//! all entries in one timer map; nothing polls and nothing sleeps.
+//! stdout lines, health verdicts, commands, task assignments) and the
+//! earliest pending timer (`crossbeam_channel::at`, or `never()` when nothing
+//! is pending). Backoff restarts, stop escalation, startup deadlines, task
+//! deadlines and the output watchdog are all entries in one timer map;
+//! nothing polls and nothing sleeps.
 //!
 //! Every event carries the agent's index and the run number of the process
 //! that produced it; events from an earlier run of the same agent are
 //! dropped, so a late line or exit can never be taken for the current one.
+//!
+//! Every transition is published as an `agent_status`; task progress and
+//! results go to the agent's subject and to the sender's reply subject.
 
 use std::collections::BTreeMap;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::config::{AgentSpec, Protocol};
+use crate::message::dispatcher::{DispatchCmd, Task};
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{alert, answer_to, RoutingTable};
+use crate::message::schemas::{
+    AgentRegistration, AgentStatus, CommandType, HealthReport, TaskProgress, TaskResult, TaskStatus,
+};
 use crate::runtime::backoff::{Decision, Jitter, RestartBook};
 use crate::runtime::health_monitor::{HealthCmd, Verdict};
 use crate::runtime::lifecycle::{transition, State};
 use crate::runtime::process_manager::{self, RunningChild};
+use crate::transport::hub::Outbox;
+use crate::transport::nats_transport::NatsState;
 
 /// After closing a stream-json agent's stdin, how long it gets to exit by
 /// itself before SIGTERM (at most; never more than a quarter of its
 /// `stop_timeout_ms`).
 const STDIN_GRACE: Duration = Duration::from_millis(500);
+
+/// How long an agent gets to end a timed-out task after `interrupt` (or a
+/// one-shot process after SIGTERM) before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a one-shot process may linger after printing its `result`
+/// before it is stopped (claude sometimes never exits: issue #25629).
+const LINGER_AFTER_RESULT: Duration = Duration::from_secs(2);
 
 /// Everything that can wake the supervisor, apart from signals and timers.
 #[derive(Debug)]
@@ -37,7 +59,7 @@ pub enum Event {
         run: u64,
         status: std::io::Result<ExitStatus>,
     },
-    /// A line on a stream-json child's stdout.
+    /// A line on a child's stdout.
     Stdout { agent: usize, run: u64, line: Line },
     /// The result of a health check.
     Health {
@@ -45,28 +67,29 @@ pub enum Event {
         run: u64,
         verdict: Verdict,
     },
-    /// A request from the CLI or a transport.
+    /// A request from a transport.
     Command(Command),
+    /// The dispatcher gives agent `usize` a task.
+    Assign(usize, Box<Task>),
 }
 
-/// Control requests, by agent id.
+/// Control requests, answered on their own channel.
 #[derive(Debug)]
 pub enum Command {
-    Start(String, Sender<Result<(), String>>),
-    Stop(String, Sender<Result<(), String>>),
-    Restart(String, Sender<Result<(), String>>),
-    Pause(String, Sender<Result<(), String>>),
-    Resume(String, Sender<Result<(), String>>),
-    /// Give a task to an idle stream-json agent.
-    Assign {
-        agent: String,
-        task_id: String,
-        prompt: String,
-        reply: Sender<Result<(), String>>,
+    Control {
+        agent: usize,
+        op: CommandType,
+        reply: Sender<Result<AgentStatus, String>>,
     },
+    Report {
+        agent: Option<usize>,
+        reply: Sender<HealthReport>,
+    },
+    /// Stop the daemon, as SIGTERM does.
+    Shutdown,
 }
 
-/// A stdout line of a stream-json agent, classified by its reader thread.
+/// A stdout line of an agent, classified by its reader thread.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     /// An answer to one of our control requests.
@@ -135,7 +158,18 @@ enum Timer {
     Kill { agent: usize, run: u64 },
     Startup { agent: usize, run: u64 },
     Watchdog { agent: usize, run: u64 },
+    Deadline { agent: usize, seq: u64 },
+    InterruptGrace { agent: usize, seq: u64 },
+    Linger { agent: usize, run: u64 },
     ShutdownDeadline,
+}
+
+/// A task an agent is working on.
+#[derive(Debug)]
+struct Running {
+    task: Task,
+    started: Instant,
+    timed_out: bool,
 }
 
 /// One row of the agent table.
@@ -154,12 +188,16 @@ struct Agent {
     health_failures: u32,
     /// The state to return to on resume.
     paused_from: Option<State>,
-    task: Option<String>,
+    task: Option<Running>,
+    /// A one-shot process has printed its result and should exit.
+    result_seen: bool,
     tasks_done: u64,
     tasks_failed: u64,
     cost_usd: f64,
-    /// The state before the last transition.
-    previous: State,
+    /// Since when the agent has been up (not terminated or in error).
+    up_since: Option<Instant>,
+    /// Why the agent is in its state, when that is not obvious.
+    reason: Option<String>,
 }
 
 impl Agent {
@@ -177,10 +215,12 @@ impl Agent {
             health_failures: 0,
             paused_from: None,
             task: None,
+            result_seen: false,
             tasks_done: 0,
             tasks_failed: 0,
             cost_usd: 0.0,
-            previous: State::Terminated,
+            up_since: None,
+            reason: None,
         }
     }
 }
@@ -188,10 +228,21 @@ impl Agent {
 /// How the daemon's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stopped gracefully on this signal.
+    /// Stopped gracefully.
     Graceful,
     /// A second signal forced the stop; 128 + this signal.
     Forced(i32),
+}
+
+/// What the supervisor talks to besides its children.
+pub struct Links {
+    pub table: Arc<RoutingTable>,
+    pub outbox: Outbox,
+    pub dispatch: Sender<DispatchCmd>,
+    pub health: Sender<HealthCmd>,
+    pub nats: Arc<NatsState>,
+    pub queued: Arc<AtomicUsize>,
+    pub queue_capacity: usize,
 }
 
 pub struct Supervisor {
@@ -199,11 +250,12 @@ pub struct Supervisor {
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     signals: Receiver<i32>,
-    health: Sender<HealthCmd>,
+    links: Links,
     timers: BTreeMap<(Instant, u64), Timer>,
     timer_seq: u64,
     jitter: Jitter,
     shutdown: Option<Outcome>,
+    started: Instant,
 }
 
 impl Supervisor {
@@ -213,25 +265,37 @@ impl Supervisor {
         events_tx: Sender<Event>,
         events: Receiver<Event>,
         signals: Receiver<i32>,
-        health: Sender<HealthCmd>,
+        links: Links,
     ) -> Self {
         Supervisor {
             agents: specs.into_iter().map(Agent::new).collect(),
             events_tx,
             events,
             signals,
-            health,
+            links,
             timers: BTreeMap::new(),
             timer_seq: 0,
             jitter: Jitter::seeded(),
             shutdown: None,
+            started: Instant::now(),
         }
     }
 
-    /// Starts every agent and supervises them until a signal stops the daemon
-    /// and every process is gone.
+    /// Starts every agent and supervises them until a signal (or a
+    /// `shutdown` command) stops the daemon and every process is gone.
     pub fn run(mut self) -> Outcome {
         for i in 0..self.agents.len() {
+            let a = &self.agents[i];
+            let reg = Envelope::new(Payload::AgentRegistration(AgentRegistration {
+                agent_id: a.spec.id.clone(),
+                agent_type: a.spec.agent_type.clone(),
+                daemon_id: self.links.table.daemon_id.clone(),
+                protocol: a.spec.protocol.as_str().into(),
+            }));
+            self.links.outbox.publish(
+                &self.links.table.subject(i, MessageType::AgentRegistration),
+                &reg,
+            );
             self.start(i);
         }
         log::info!("supervising {} agents", self.agents.len());
@@ -268,27 +332,7 @@ impl Supervisor {
     fn on_signal(&mut self, sig: i32) {
         let name = signal_name(sig);
         match self.shutdown {
-            None => {
-                self.shutdown = Some(Outcome::Graceful);
-                let live = self.agents.iter().filter(|a| a.child.is_some()).count();
-                let wait = self
-                    .agents
-                    .iter()
-                    .map(|a| a.spec.stop_timeout)
-                    .max()
-                    .unwrap_or_default();
-                log::info!(
-                    "{name}: stopping {live} agents (up to {} ms; send it again to kill them now)",
-                    wait.as_millis()
-                );
-                self.timers.retain(|_, t| !matches!(t, Timer::Restart(_)));
-                for i in 0..self.agents.len() {
-                    self.stop(i, Takedown::Stop);
-                }
-                // Past every stop timeout, whatever is left is killed; this
-                // only matters if a Kill timer could not do it.
-                self.schedule(wait + Duration::from_secs(1), Timer::ShutdownDeadline);
-            }
+            None => self.begin_shutdown(&name),
             Some(Outcome::Graceful) => {
                 log::warn!("{name} again: killing every agent now");
                 self.shutdown = Some(Outcome::Forced(sig));
@@ -296,6 +340,29 @@ impl Supervisor {
             }
             Some(Outcome::Forced(_)) => self.kill_all(),
         }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        self.shutdown = Some(Outcome::Graceful);
+        let live = self.agents.iter().filter(|a| a.child.is_some()).count();
+        let wait = self
+            .agents
+            .iter()
+            .map(|a| a.spec.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        log::info!(
+            "{why}: stopping {live} agents (up to {} ms; send it again to kill them now)",
+            wait.as_millis()
+        );
+        let _ = self.links.dispatch.send(DispatchCmd::Shutdown);
+        self.timers.retain(|_, t| !matches!(t, Timer::Restart(_)));
+        for i in 0..self.agents.len() {
+            self.stop(i, Takedown::Stop);
+        }
+        // Past every stop timeout, whatever is left is killed; this only
+        // matters if a Kill timer could not do it.
+        self.schedule(wait + Duration::from_secs(1), Timer::ShutdownDeadline);
     }
 
     fn kill_all(&mut self) {
@@ -328,6 +395,7 @@ impl Supervisor {
                 }
             }
             Event::Command(cmd) => self.on_command(cmd),
+            Event::Assign(i, task) => self.assign(i, *task),
         }
     }
 
@@ -337,23 +405,61 @@ impl Supervisor {
             .is_some_and(|a| a.run == run && a.child.is_some())
     }
 
-    /// Moves agent `i` to `to`, logging the transition; an illegal one is
-    /// logged and refused.
+    /// Moves agent `i` to `to`, logging and publishing the transition; an
+    /// illegal one is logged and refused.
     fn set_state(&mut self, i: usize, to: State) -> bool {
         let a = &mut self.agents[i];
-        match transition(&mut a.state, to) {
-            Ok(from) => {
-                a.previous = from;
-                match &a.child {
-                    Some(c) => log::info!("agent {}: {from} -> {to} (pid {})", a.spec.id, c.pid),
-                    None => log::info!("agent {}: {from} -> {to}", a.spec.id),
-                }
-                true
-            }
+        let from = match transition(&mut a.state, to) {
+            Ok(from) => from,
             Err(e) => {
                 log::warn!("agent {}: {e} refused", a.spec.id);
-                false
+                return false;
             }
+        };
+        match &a.child {
+            Some(c) => log::info!("agent {}: {from} -> {to} (pid {})", a.spec.id, c.pid),
+            None => log::info!("agent {}: {from} -> {to}", a.spec.id),
+        }
+        match to {
+            State::Initializing => a.up_since = Some(Instant::now()),
+            State::Terminated | State::Error => a.up_since = None,
+            _ => {}
+        }
+        if a.spec.protocol != Protocol::None {
+            if to == State::Idle {
+                let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
+            } else if from == State::Idle {
+                let _ = self.links.dispatch.send(DispatchCmd::NotReady(i));
+            }
+        }
+        let status = self.status(i, Some(from));
+        self.links.outbox.publish(
+            &self.links.table.subject(i, MessageType::AgentStatus),
+            &Envelope::new(Payload::AgentStatus(status)),
+        );
+        true
+    }
+
+    /// The status of agent `i`, as published and reported.
+    fn status(&self, i: usize, previous: Option<State>) -> AgentStatus {
+        let a = &self.agents[i];
+        let pid = a.child.as_ref().map(|c| c.pid);
+        AgentStatus {
+            agent_id: a.spec.id.clone(),
+            status: Some(a.state),
+            previous_status: previous,
+            uptime_seconds: a
+                .up_since
+                .map_or(0.0, |t| (t.elapsed().as_millis() as f64) / 1000.0),
+            pid,
+            restarts: a.restarts,
+            resource_usage: pid.and_then(process_manager::resource_usage),
+            agent_type: Some(a.spec.agent_type.clone()),
+            daemon_id: Some(self.links.table.daemon_id.clone()),
+            tasks_completed: a.tasks_done,
+            tasks_failed: a.tasks_failed,
+            total_cost_usd: a.cost_usd,
+            reason: a.reason.clone(),
         }
     }
 
@@ -361,6 +467,11 @@ impl Supervisor {
         self.timer_seq += 1;
         self.timers
             .insert((Instant::now() + after, self.timer_seq), timer);
+    }
+
+    fn schedule_at(&mut self, when: Instant, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((when, self.timer_seq), timer);
     }
 
     fn fire_timers(&mut self) {
@@ -372,6 +483,10 @@ impl Supervisor {
             let timer = entry.remove();
             self.on_timer(timer);
         }
+    }
+
+    fn running_seq(&self, i: usize) -> Option<u64> {
+        self.agents[i].task.as_ref().map(|r| r.task.seq)
     }
 
     fn on_timer(&mut self, timer: Timer) {
@@ -425,6 +540,33 @@ impl Supervisor {
                     }
                 }
             }
+            Timer::Deadline { agent, seq } => {
+                if self.running_seq(agent) == Some(seq) {
+                    self.task_timed_out(agent);
+                }
+            }
+            Timer::InterruptGrace { agent, seq } => {
+                if self.running_seq(agent) == Some(seq) {
+                    log::warn!(
+                        "agent {}: timed-out task did not stop within {} ms: killing",
+                        self.agents[agent].spec.id,
+                        INTERRUPT_GRACE.as_millis()
+                    );
+                    self.fail(agent, "task timed out and did not stop");
+                }
+            }
+            Timer::Linger { agent, run } => {
+                if self.is_current(agent, run) && self.agents[agent].result_seen {
+                    log::warn!(
+                        "agent {}: still running {} ms after its result: stopping it",
+                        self.agents[agent].spec.id,
+                        LINGER_AFTER_RESULT.as_millis()
+                    );
+                    self.send_term(agent);
+                    let t = self.agents[agent].spec.stop_timeout;
+                    self.schedule(t, Timer::Kill { agent, run });
+                }
+            }
             Timer::ShutdownDeadline => {
                 if self.agents.iter().any(|a| a.child.is_some()) {
                     log::warn!("shutdown deadline passed: killing what is left");
@@ -434,7 +576,8 @@ impl Supervisor {
         }
     }
 
-    /// Spawns agent `i`'s process (or, for one-shot agents, marks it ready).
+    /// Starts agent `i`: spawns its long-lived process, or for one-shot
+    /// agents (a process per task) just marks it ready.
     fn start(&mut self, i: usize) {
         if self.agents[i].child.is_some() || !self.set_state(i, State::Initializing) {
             return;
@@ -444,44 +587,41 @@ impl Supervisor {
         a.takedown = None;
         a.health_failures = 0;
         a.paused_from = None;
-        a.task = None;
+        a.reason = None;
         if a.spec.protocol == Protocol::Oneshot {
-            // One-shot agents have a process per task, none while idle.
             self.set_state(i, State::Idle);
             return;
         }
         let run = a.run;
-        match process_manager::spawn(i, run, &a.spec, &self.events_tx) {
+        match process_manager::spawn(i, run, &a.spec, None, &self.events_tx) {
             Ok(child) => {
                 a.last_output = Instant::now();
                 let pid = child.pid;
                 a.child = Some(child);
-                match a.spec.protocol {
-                    Protocol::StreamJson => {
-                        let id = format!("init-{}-{run}", a.spec.id);
-                        let req = serde_json::json!({
-                            "type": "control_request",
-                            "request_id": id,
-                            "request": {"subtype": "initialize"},
-                        });
-                        a.init_request = Some(id);
-                        if let Some(c) = &a.child {
-                            c.write_line(req.to_string().into_bytes());
-                        }
-                        let t = a.spec.startup_timeout;
-                        log::debug!("agent {}: started pid {pid}, sent initialize", a.spec.id);
-                        self.schedule(t, Timer::Startup { agent: i, run });
+                if a.spec.protocol == Protocol::StreamJson {
+                    let id = format!("init-{}-{run}", a.spec.id);
+                    let req = json!({
+                        "type": "control_request",
+                        "request_id": id,
+                        "request": {"subtype": "initialize"},
+                    });
+                    a.init_request = Some(id);
+                    if let Some(c) = &a.child {
+                        c.write_line(req.to_string().into_bytes());
                     }
-                    _ => {
-                        self.set_state(i, State::Idle);
-                        self.watch_health(i);
-                    }
+                    let t = a.spec.startup_timeout;
+                    log::debug!("agent {}: started pid {pid}, sent initialize", a.spec.id);
+                    self.schedule(t, Timer::Startup { agent: i, run });
+                } else {
+                    self.set_state(i, State::Idle);
+                    self.watch_health(i);
                 }
             }
             Err(e) => {
                 log::error!("{e}");
+                a.reason = Some(e.to_string());
                 self.set_state(i, State::Error);
-                self.after_exit(i, true, Duration::ZERO);
+                self.after_exit(i, true, Duration::ZERO, Vec::new());
             }
         }
     }
@@ -489,7 +629,7 @@ impl Supervisor {
     fn watch_health(&self, i: usize) {
         let a = &self.agents[i];
         if let (Some(cmd), Some(c)) = (&a.spec.health.command, &a.child) {
-            let _ = self.health.send(HealthCmd::Watch {
+            let _ = self.links.health.send(HealthCmd::Watch {
                 agent: i,
                 run: a.run,
                 id: a.spec.id.clone(),
@@ -499,6 +639,127 @@ impl Supervisor {
                 timeout: a.spec.health.timeout,
             });
         }
+    }
+
+    /// Starts `task` on agent `i`, or hands it back to the dispatcher if the
+    /// agent is no longer idle.
+    fn assign(&mut self, i: usize, task: Task) {
+        if self.shutdown.is_some() {
+            self.answer_unstarted(
+                i,
+                &task,
+                TaskStatus::Cancelled,
+                "the daemon is shutting down".into(),
+            );
+            return;
+        }
+        if self.agents[i].state != State::Idle {
+            let _ = self.links.dispatch.send(DispatchCmd::Requeue(task));
+            return;
+        }
+        let a = &mut self.agents[i];
+        let seq = task.seq;
+        let deadline = task.deadline;
+        match a.spec.protocol {
+            Protocol::StreamJson => {
+                let line = json!({
+                    "type": "user",
+                    "message": {"role": "user", "content": task.prompt},
+                });
+                let sent = a
+                    .child
+                    .as_ref()
+                    .is_some_and(|c| c.write_line(line.to_string().into_bytes()));
+                if !sent {
+                    let _ = self.links.dispatch.send(DispatchCmd::Requeue(task));
+                    return;
+                }
+            }
+            Protocol::Oneshot => {
+                a.run += 1;
+                let run = a.run;
+                a.result_seen = false;
+                match process_manager::spawn(i, run, &a.spec, Some(&task.prompt), &self.events_tx) {
+                    Ok(child) => a.child = Some(child),
+                    Err(e) => {
+                        log::error!("{e}");
+                        let why = e.to_string();
+                        a.reason = Some(why.clone());
+                        a.tasks_failed += 1;
+                        self.answer_unstarted(i, &task, TaskStatus::Failed, why);
+                        self.set_state(i, State::Error);
+                        self.after_exit(i, true, Duration::ZERO, Vec::new());
+                        return;
+                    }
+                }
+            }
+            Protocol::None => {
+                self.answer_unstarted(
+                    i,
+                    &task,
+                    TaskStatus::Failed,
+                    "this agent takes no tasks".into(),
+                );
+                return;
+            }
+        }
+        log::info!(
+            "agent {}: task {} started (priority {})",
+            a.spec.id,
+            task.task_id,
+            task.priority
+        );
+        a.last_output = Instant::now();
+        a.task = Some(Running {
+            task,
+            started: Instant::now(),
+            timed_out: false,
+        });
+        self.set_state(i, State::Busy);
+        self.arm_watchdog(i);
+        self.schedule_at(deadline, Timer::Deadline { agent: i, seq });
+    }
+
+    fn arm_watchdog(&mut self, i: usize) {
+        let a = &self.agents[i];
+        let (t, run) = (a.spec.health.idle_timeout, a.run);
+        self.schedule(t, Timer::Watchdog { agent: i, run });
+    }
+
+    /// A running task reached its deadline: interrupt it (stream-json) or
+    /// stop its process (one-shot); kill if that does not end it.
+    fn task_timed_out(&mut self, i: usize) {
+        let a = &mut self.agents[i];
+        let Some(r) = a.task.as_mut() else { return };
+        if r.timed_out {
+            return;
+        }
+        r.timed_out = true;
+        let seq = r.task.seq;
+        log::warn!(
+            "agent {}: task {} timed out after {} ms: interrupting",
+            a.spec.id,
+            r.task.task_id,
+            r.task.timeout.as_millis()
+        );
+        match a.spec.protocol {
+            Protocol::StreamJson => {
+                let req = json!({
+                    "type": "control_request",
+                    "request_id": format!("interrupt-{}-{seq}", a.spec.id),
+                    "request": {"subtype": "interrupt"},
+                });
+                if let Some(c) = &a.child {
+                    c.write_line(req.to_string().into_bytes());
+                }
+                if a.state == State::Paused {
+                    // A stopped process cannot answer.
+                    self.signal(i, libc::SIGCONT);
+                }
+            }
+            _ => self.send_term(i),
+        }
+        self.schedule(INTERRUPT_GRACE, Timer::InterruptGrace { agent: i, seq });
     }
 
     fn on_line(&mut self, i: usize, line: Line) {
@@ -516,6 +777,7 @@ impl Supervisor {
                         }
                         Some(e) => {
                             log::error!("agent {}: initialize refused: {e}", a.spec.id);
+                            a.reason = Some(format!("initialize refused: {e}"));
                             self.fail(i, "initialize refused");
                         }
                     }
@@ -523,39 +785,146 @@ impl Supervisor {
                     log::debug!("agent {}: control response {request_id}", a.spec.id);
                 }
             }
-            Line::Result(ev) => {
-                let is_error = ev.get("is_error").and_then(Value::as_bool).unwrap_or(true)
-                    || ev.get("subtype").and_then(Value::as_str) != Some("success");
-                let cost = ev
-                    .get("total_cost_usd")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
-                if let Some(task) = a.task.take() {
-                    a.cost_usd += cost;
-                    if is_error {
-                        a.tasks_failed += 1;
-                    } else {
-                        a.tasks_done += 1;
-                    }
-                    log::info!(
-                        "agent {}: task {task} {}",
-                        a.spec.id,
-                        if is_error { "failed" } else { "completed" }
+            Line::Result(ev) => self.on_result(i, &ev),
+            Line::Event(ev) => {
+                if let Some(r) = &a.task {
+                    let progress = TaskProgress {
+                        task_id: r.task.task_id.clone(),
+                        agent_id: a.spec.id.clone(),
+                        event: ev,
+                    };
+                    let mut env = answer_to(
+                        Envelope::new(Payload::TaskProgress(progress)),
+                        &r.task.origin,
                     );
-                    if a.state == State::Busy {
-                        self.set_state(i, State::Idle);
-                    } else if a.state == State::Paused {
-                        a.paused_from = Some(State::Idle);
-                    }
-                } else {
-                    log::warn!("agent {}: result with no task running", a.spec.id);
+                    env.source_agent_id = Some(a.spec.id.clone());
+                    self.links.outbox.publish_and_reply(
+                        &self.links.table.subject(i, MessageType::TaskProgress),
+                        r.task.origin.reply_to.as_deref(),
+                        &env,
+                    );
                 }
             }
-            Line::Event(_) | Line::Dropped => {}
+            Line::Dropped => {}
             Line::NotJson(text) => {
                 log::warn!("agent {}: stdout line is not JSON: {text}", a.spec.id);
             }
         }
+    }
+
+    fn on_result(&mut self, i: usize, ev: &Value) {
+        let a = &mut self.agents[i];
+        let Some(r) = a.task.take() else {
+            log::warn!("agent {}: result with no task running", a.spec.id);
+            return;
+        };
+        let is_error = ev.get("is_error").and_then(Value::as_bool).unwrap_or(true)
+            || ev.get("subtype").and_then(Value::as_str) != Some("success");
+        let status = if r.timed_out {
+            TaskStatus::Timeout
+        } else if is_error {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Completed
+        };
+        let mut errors: Vec<String> = ev
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if r.timed_out {
+            errors.insert(
+                0,
+                format!("timed out after {} ms", r.task.timeout.as_millis()),
+            );
+        }
+        let result = TaskResult {
+            task_id: r.task.task_id.clone(),
+            agent_id: a.spec.id.clone(),
+            status,
+            result: ev.get("result").and_then(Value::as_str).map(String::from),
+            errors: (!errors.is_empty()).then_some(errors),
+            duration_ms: r.started.elapsed().as_millis() as u64,
+            num_turns: ev.get("num_turns").and_then(Value::as_u64),
+            total_cost_usd: ev.get("total_cost_usd").and_then(Value::as_f64),
+            usage: ev.get("usage").cloned(),
+            session_id: ev
+                .get("session_id")
+                .and_then(Value::as_str)
+                .map(String::from),
+        };
+        a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
+        if status == TaskStatus::Completed {
+            a.tasks_done += 1;
+        } else {
+            a.tasks_failed += 1;
+        }
+        log::info!(
+            "agent {}: task {} {}",
+            a.spec.id,
+            r.task.task_id,
+            status_word(status)
+        );
+        self.publish_result(i, &r.task, result);
+        let a = &mut self.agents[i];
+        match a.spec.protocol {
+            Protocol::Oneshot => {
+                // The task is answered; the agent is free once its process
+                // has gone, which it should do by itself.
+                a.result_seen = true;
+                let run = a.run;
+                self.schedule(LINGER_AFTER_RESULT, Timer::Linger { agent: i, run });
+            }
+            _ => {
+                if a.state == State::Busy {
+                    self.set_state(i, State::Idle);
+                } else if a.state == State::Paused {
+                    a.paused_from = Some(State::Idle);
+                }
+            }
+        }
+    }
+
+    fn publish_result(&self, i: usize, task: &Task, result: TaskResult) {
+        let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
+        env.source_agent_id = Some(self.agents[i].spec.id.clone());
+        self.links.outbox.publish_and_reply(
+            &self.links.table.subject(i, MessageType::TaskResult),
+            task.origin.reply_to.as_deref(),
+            &env,
+        );
+    }
+
+    /// Answers a task that never ran (or whose agent died under it).
+    fn answer_unstarted(&self, i: usize, task: &Task, status: TaskStatus, why: String) {
+        self.answer_with(i, task, status, vec![why], task.submitted);
+    }
+
+    fn answer_with(
+        &self,
+        i: usize,
+        task: &Task,
+        status: TaskStatus,
+        errors: Vec<String>,
+        since: Instant,
+    ) {
+        let result = TaskResult {
+            task_id: task.task_id.clone(),
+            agent_id: self.agents[i].spec.id.clone(),
+            status,
+            result: None,
+            errors: Some(errors),
+            duration_ms: since.elapsed().as_millis() as u64,
+            num_turns: None,
+            total_cost_usd: None,
+            usage: None,
+            session_id: None,
+        };
+        self.publish_result(i, task, result);
     }
 
     fn on_health(&mut self, i: usize, verdict: Verdict) {
@@ -578,6 +947,7 @@ impl Supervisor {
                     a.spec.id
                 );
                 if n >= max {
+                    a.reason = Some(format!("unhealthy: {why}"));
                     self.fail(i, "unhealthy");
                 }
             }
@@ -590,39 +960,31 @@ impl Supervisor {
         if self.agents[i].child.is_none() {
             return;
         }
-        self.set_state(i, State::Error);
-        self.agents[i].takedown = Some(Takedown::Failure(why));
+        if self.agents[i].state != State::Error {
+            self.set_state(i, State::Error);
+        }
+        let a = &mut self.agents[i];
+        if a.reason.is_none() {
+            a.reason = Some(why.into());
+        }
+        a.takedown = Some(Takedown::Failure(why));
         self.signal(i, libc::SIGKILL);
+        // A stopped process dies of SIGKILL too; no SIGCONT needed.
     }
 
     /// Begins stopping agent `i`: close stdin, SIGTERM, SIGKILL at
     /// `stop_timeout_ms`.
     fn stop(&mut self, i: usize, why: Takedown) {
+        if self.agents[i].child.is_none() {
+            self.stop_without_process(i, why);
+            return;
+        }
         let a = &mut self.agents[i];
-        if a.child.is_none() {
-            // Nothing runs: a pending restart is cancelled and the agent is
-            // down for good.
-            self.timers.retain(|_, t| *t != Timer::Restart(i));
-            if why == Takedown::Restart {
-                self.agents[i].book.reset();
-                if self.agents[i].state == State::Idle {
-                    // A one-shot agent has no process to restart.
-                    return;
-                }
-                self.start(i);
-            } else if a.state != State::Terminated {
-                if a.state != State::Error {
-                    self.set_state(i, State::Stopping);
-                }
-                self.set_state(i, State::Terminated);
-            }
-            return;
-        }
-        if a.takedown.is_some() && why != Takedown::Stop {
-            return;
-        }
-        if a.takedown.is_none() || why == Takedown::Stop {
-            a.takedown = Some(why);
+        match (a.takedown, why) {
+            // A stop overrides anything; nothing else overrides a takedown
+            // already under way.
+            (Some(_), Takedown::Stop) | (None, _) => a.takedown = Some(why),
+            (Some(_), _) => return,
         }
         if a.state != State::Stopping {
             self.set_state(i, State::Stopping);
@@ -635,13 +997,40 @@ impl Supervisor {
         if let Some(c) = a.child.as_mut() {
             c.close_stdin();
         }
-        if had_stdin && !was_paused {
+        if had_stdin && !was_paused && a.task.is_none() {
+            // An idle stream-json agent exits by itself on end of input.
             let grace = STDIN_GRACE.min(timeout / 4);
             self.schedule(grace, Timer::Term { agent: i, run });
         } else {
             self.send_term(i);
         }
         self.schedule(timeout, Timer::Kill { agent: i, run });
+    }
+
+    /// `stop` for an agent with no process: a pending restart is cancelled
+    /// and the agent is down for good (or, for `restart`, started again).
+    fn stop_without_process(&mut self, i: usize, why: Takedown) {
+        self.timers.retain(|_, t| *t != Timer::Restart(i));
+        let state = self.agents[i].state;
+        if why == Takedown::Restart {
+            self.agents[i].book.reset();
+            if state == State::Idle {
+                // A one-shot agent between tasks has nothing to restart.
+                return;
+            }
+            if state == State::Error {
+                self.set_state(i, State::Terminated);
+            }
+            self.start(i);
+            return;
+        }
+        if state == State::Terminated {
+            return;
+        }
+        if state != State::Error {
+            self.set_state(i, State::Stopping);
+        }
+        self.set_state(i, State::Terminated);
     }
 
     fn send_term(&mut self, i: usize) {
@@ -663,16 +1052,49 @@ impl Supervisor {
         let a = &mut self.agents[i];
         let Some(child) = a.child.take() else { return };
         let uptime = child.started.elapsed();
-        let _ = self.health.send(HealthCmd::Unwatch { agent: i });
+        let _ = self.links.health.send(HealthCmd::Unwatch { agent: i });
         a.init_request = None;
         a.paused_from = None;
+        a.result_seen = false;
         let how = describe_exit(&status);
         let clean = matches!(&status, Ok(s) if s.success());
-        if let Some(task) = a.task.take() {
-            a.tasks_failed += 1;
-            log::warn!("agent {}: task {task} failed: the agent {how}", a.spec.id);
+        let tail = child.stderr_lines();
+        let takedown = a.takedown.take();
+        if let Some(r) = a.task.take() {
+            // The task did not get its result: answer it from what we know.
+            let (status, why) = match takedown {
+                _ if r.timed_out => (
+                    TaskStatus::Timeout,
+                    format!("timed out after {} ms", r.task.timeout.as_millis()),
+                ),
+                Some(Takedown::Stop) | Some(Takedown::Restart) => (
+                    TaskStatus::Cancelled,
+                    format!("the agent was stopped ({how})"),
+                ),
+                Some(Takedown::Failure(why)) => (
+                    TaskStatus::Failed,
+                    format!("the agent was taken down: {why}"),
+                ),
+                None => (
+                    TaskStatus::Failed,
+                    format!("the agent {how} before its result"),
+                ),
+            };
+            if status == TaskStatus::Failed {
+                a.tasks_failed += 1;
+            }
+            log::warn!(
+                "agent {}: task {} {}: {why}",
+                a.spec.id,
+                r.task.task_id,
+                status_word(status)
+            );
+            let mut errors = vec![why];
+            errors.extend(tail.iter().rev().take(5).rev().cloned());
+            self.answer_with(i, &r.task, status, errors, r.started);
         }
-        match a.takedown.take() {
+        let a = &mut self.agents[i];
+        match takedown {
             Some(Takedown::Stop) => {
                 log::info!("agent {}: {how}", a.spec.id);
                 if a.state == State::Error {
@@ -690,10 +1112,14 @@ impl Supervisor {
             }
             Some(Takedown::Failure(why)) => {
                 log::warn!("agent {}: {how} (taken down: {why})", a.spec.id);
-                self.after_exit(i, true, uptime);
+                self.after_exit(i, true, uptime, tail);
+            }
+            None if a.spec.protocol == Protocol::Oneshot && a.state == State::Busy => {
+                // A one-shot task process ending is the normal case.
+                log::debug!("agent {}: task process {how}", a.spec.id);
+                self.set_state(i, State::Idle);
             }
             None => {
-                let tail = child.stderr_lines();
                 if clean {
                     log::warn!("agent {}: {how}", a.spec.id);
                 } else if tail.is_empty() {
@@ -705,17 +1131,18 @@ impl Supervisor {
                         tail.last().map_or("", String::as_str)
                     );
                 }
+                a.reason = Some(how);
                 if self.agents[i].state != State::Error {
                     self.set_state(i, State::Error);
                 }
-                self.after_exit(i, !clean, uptime);
+                self.after_exit(i, !clean, uptime, tail);
             }
         }
     }
 
     /// Applies the restart policy to agent `i`, now in `error` with no
     /// process.
-    fn after_exit(&mut self, i: usize, failed: bool, uptime: Duration) {
+    fn after_exit(&mut self, i: usize, failed: bool, uptime: Duration, tail: Vec<String>) {
         if self.shutdown.is_some() {
             self.set_state(i, State::Terminated);
             return;
@@ -734,6 +1161,7 @@ impl Supervisor {
                     delay.as_millis(),
                     a.spec.restart.policy.as_str()
                 );
+                a.reason = Some(format!("restarting (attempt {attempt})"));
                 self.schedule(delay, Timer::Restart(i));
             }
             Decision::Stay => {
@@ -742,145 +1170,147 @@ impl Supervisor {
                     a.spec.id,
                     a.spec.restart.policy.as_str()
                 );
+                a.reason = Some(format!(
+                    "exited; policy {} does not restart it",
+                    a.spec.restart.policy.as_str()
+                ));
                 self.set_state(i, State::Terminated);
             }
             Decision::GiveUp { restarts } => {
-                log::error!(
-                    "ALERT agent {}: restart budget spent ({restarts} restarts within {} ms): terminated",
-                    a.spec.id,
+                let message = format!(
+                    "restart budget spent ({restarts} restarts within {} ms): terminated",
                     a.spec.restart.window.as_millis()
                 );
+                log::error!("ALERT agent {}: {message}", a.spec.id);
+                a.reason = Some("restart budget spent".into());
+                let mut env = alert(
+                    "critical",
+                    "restart_budget_spent",
+                    message,
+                    Some(&a.spec.id),
+                    None,
+                );
+                if let Payload::SystemAlert(al) = &mut env.payload {
+                    al.stderr = Some(tail);
+                }
+                env.source_agent_id = Some(a.spec.id.clone());
+                self.links
+                    .outbox
+                    .publish(&self.links.table.subject(i, MessageType::SystemAlert), &env);
                 self.set_state(i, State::Terminated);
             }
         }
     }
 
-    fn find(&self, id: &str) -> Result<usize, String> {
-        self.agents
-            .iter()
-            .position(|a| a.spec.id == id)
-            .ok_or_else(|| format!("no agent {id:?} on this daemon"))
-    }
-
     fn on_command(&mut self, cmd: Command) {
-        if self.shutdown.is_some() {
-            let reply = match &cmd {
-                Command::Start(_, r)
-                | Command::Stop(_, r)
-                | Command::Restart(_, r)
-                | Command::Pause(_, r)
-                | Command::Resume(_, r)
-                | Command::Assign { reply: r, .. } => r,
-            };
-            let _ = reply.send(Err("the daemon is shutting down".into()));
-            return;
-        }
         match cmd {
-            Command::Start(id, reply) => {
-                let r = self.find(&id).and_then(|i| match self.agents[i].state {
-                    State::Terminated => {
-                        self.agents[i].book.reset();
-                        self.start(i);
-                        Ok(())
-                    }
-                    s => Err(format!("agent {id} is {s}, not terminated")),
+            Command::Shutdown => {
+                if self.shutdown.is_none() {
+                    self.begin_shutdown("shutdown requested");
+                }
+            }
+            Command::Report { agent, reply } => {
+                let agents = match agent {
+                    Some(i) => vec![self.status(i, None)],
+                    None => (0..self.agents.len())
+                        .map(|i| self.status(i, None))
+                        .collect(),
+                };
+                let _ = reply.send(HealthReport {
+                    daemon_id: self.links.table.daemon_id.clone(),
+                    uptime_seconds: (self.started.elapsed().as_millis() as f64) / 1000.0,
+                    nats: self.links.nats.describe().into(),
+                    queued: self.links.queued.load(Ordering::Relaxed),
+                    queue_capacity: self.links.queue_capacity,
+                    agents,
                 });
-                let _ = reply.send(r);
             }
-            Command::Stop(id, reply) => {
-                let r = self.find(&id).map(|i| self.stop(i, Takedown::Stop));
-                let _ = reply.send(r);
-            }
-            Command::Restart(id, reply) => {
-                let r = self.find(&id).map(|i| self.stop(i, Takedown::Restart));
-                let _ = reply.send(r);
-            }
-            Command::Pause(id, reply) => {
-                let r = self.find(&id).and_then(|i| self.pause(i));
-                let _ = reply.send(r);
-            }
-            Command::Resume(id, reply) => {
-                let r = self.find(&id).and_then(|i| self.resume(i));
-                let _ = reply.send(r);
-            }
-            Command::Assign {
-                agent,
-                task_id,
-                prompt,
-                reply,
-            } => {
-                let r = self
-                    .find(&agent)
-                    .and_then(|i| self.assign(i, task_id, &prompt));
-                let _ = reply.send(r);
+            Command::Control { agent, op, reply } => {
+                let r = if self.shutdown.is_some() {
+                    Err("the daemon is shutting down".to_string())
+                } else {
+                    self.control(agent, op)
+                };
+                let _ = reply.send(r.map(|()| self.status(agent, None)));
             }
         }
     }
 
-    fn pause(&mut self, i: usize) -> Result<(), String> {
-        let a = &self.agents[i];
-        if !matches!(a.state, State::Idle | State::Busy) || a.child.is_none() {
-            return Err(format!(
-                "agent {} is {}, not idle or busy",
-                a.spec.id, a.state
-            ));
+    fn control(&mut self, i: usize, op: CommandType) -> Result<(), String> {
+        let state = self.agents[i].state;
+        let id = self.agents[i].spec.id.clone();
+        match op {
+            CommandType::Start => match state {
+                State::Terminated | State::Error => {
+                    self.timers.retain(|_, t| *t != Timer::Restart(i));
+                    self.agents[i].book.reset();
+                    if state == State::Error && self.agents[i].child.is_none() {
+                        self.set_state(i, State::Terminated);
+                    }
+                    self.start(i);
+                    Ok(())
+                }
+                State::Stopping => Err(format!(
+                    "agent {id} is stopping; start it once it is terminated"
+                )),
+                _ => Ok(()),
+            },
+            CommandType::Stop => {
+                self.agents[i].reason = Some("stopped by an operator".into());
+                self.stop(i, Takedown::Stop);
+                Ok(())
+            }
+            CommandType::Restart => {
+                self.agents[i].reason = None;
+                self.stop(i, Takedown::Restart);
+                Ok(())
+            }
+            CommandType::Pause => match state {
+                State::Paused => Ok(()),
+                State::Idle | State::Busy if self.agents[i].child.is_some() => {
+                    self.signal(i, libc::SIGSTOP);
+                    self.agents[i].paused_from = Some(state);
+                    self.set_state(i, State::Paused);
+                    Ok(())
+                }
+                s => Err(format!(
+                    "agent {id} is {s}{}: nothing to pause",
+                    if s == State::Idle {
+                        " with no process"
+                    } else {
+                        ""
+                    }
+                )),
+            },
+            CommandType::Resume => match state {
+                State::Paused => {
+                    let a = &mut self.agents[i];
+                    let to = a.paused_from.take().unwrap_or(State::Idle);
+                    // Time spent stopped is not silence.
+                    a.last_output = Instant::now();
+                    self.signal(i, libc::SIGCONT);
+                    self.set_state(i, to);
+                    if to == State::Busy {
+                        self.arm_watchdog(i);
+                    }
+                    Ok(())
+                }
+                State::Idle | State::Busy => Ok(()),
+                s => Err(format!("agent {id} is {s}, not paused")),
+            },
+            CommandType::Execute | CommandType::Shutdown => {
+                Err(format!("{} is handled before the supervisor", op.as_str()))
+            }
         }
-        let from = a.state;
-        self.signal(i, libc::SIGSTOP);
-        self.agents[i].paused_from = Some(from);
-        self.set_state(i, State::Paused);
-        Ok(())
     }
+}
 
-    fn resume(&mut self, i: usize) -> Result<(), String> {
-        let a = &mut self.agents[i];
-        if a.state != State::Paused {
-            return Err(format!("agent {} is {}, not paused", a.spec.id, a.state));
-        }
-        let to = a.paused_from.take().unwrap_or(State::Idle);
-        // Time spent stopped is not silence.
-        a.last_output = Instant::now();
-        self.signal(i, libc::SIGCONT);
-        self.set_state(i, to);
-        if to == State::Busy {
-            self.arm_watchdog(i);
-        }
-        Ok(())
-    }
-
-    fn assign(&mut self, i: usize, task_id: String, prompt: &str) -> Result<(), String> {
-        let a = &mut self.agents[i];
-        if a.spec.protocol != Protocol::StreamJson {
-            return Err(format!(
-                "agent {} does not take stream-json tasks",
-                a.spec.id
-            ));
-        }
-        if a.state != State::Idle {
-            return Err(format!("agent {} is {}, not idle", a.spec.id, a.state));
-        }
-        let line = serde_json::json!({
-            "type": "user",
-            "message": {"role": "user", "content": prompt},
-        });
-        let sent = a
-            .child
-            .as_ref()
-            .is_some_and(|c| c.write_line(line.to_string().into_bytes()));
-        if !sent {
-            return Err(format!("agent {}: stdin is closed", a.spec.id));
-        }
-        a.task = Some(task_id);
-        a.last_output = Instant::now();
-        self.set_state(i, State::Busy);
-        self.arm_watchdog(i);
-        Ok(())
-    }
-
-    fn arm_watchdog(&mut self, i: usize) {
-        let a = &self.agents[i];
-        let (t, run) = (a.spec.health.idle_timeout, a.run);
-        self.schedule(t, Timer::Watchdog { agent: i, run });
+fn status_word(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Completed => "completed",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Cancelled => "cancelled",
+        TaskStatus::Timeout => "timed out",
     }
 }
 

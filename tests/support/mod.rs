@@ -73,17 +73,33 @@ impl Drop for TempDir {
 /// Runs `mister-smith ARGS` to completion (bounded) and returns (status,
 /// stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    run_cli_stdin(args, env, None)
+}
+
+/// [`run_cli`] with `stdin` fed from a thread (so a large input cannot
+/// deadlock against a full stdout pipe).
+pub fn run_cli_stdin(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("MISTER_SMITH_CONFIG")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
+        .env_remove("MISTER_SMITH_SOCKET")
+        .env_remove("NATS_URL")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("spawn mister-smith");
+    let mut child = cmd.spawn().expect("spawn mister-smith");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
     let pid = child.id();
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
@@ -122,12 +138,15 @@ impl Daemon {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&path)
+            .arg("--socket")
+            .arg(dir.join("ms.sock"))
             .arg("run")
             .env("MISTER_SMITH_LOG", "debug")
             .env("MISTER_SMITH_LOG_STYLE", "never")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        cmd.env_remove("NATS_URL").env_remove("MISTER_SMITH_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -149,6 +168,29 @@ impl Daemon {
             log,
             dir,
         }
+    }
+
+    /// The daemon's local socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("ms.sock")
+    }
+
+    /// Runs `mister-smith --socket <ours> ARGS` to completion.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        self.cli_with(args, &[], None)
+    }
+
+    /// Like [`Daemon::cli`], with environment and stdin.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (ExitStatus, String, String) {
+        let socket = self.socket();
+        let mut full = vec!["--socket", socket.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        run_cli_stdin(&full, env, stdin)
+    }
+
+    /// Waits until the daemon answers on its socket.
+    pub fn wait_ready(&self) {
+        self.wait_seen("supervising", Duration::from_secs(20));
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,172 @@
+//! What the client commands share: connecting by the contract's rules,
+//! request/reply over either transport, and answers turned into exit codes.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::error::{exit, SystemError};
+use crate::message::envelope::{Envelope, Payload};
+use crate::message::schemas::SystemAlert;
+use crate::transport::local_transport::LocalClient;
+use crate::transport::nats_transport::NatsClient;
+use crate::transport::{Incoming, Transport};
+
+/// How long to wait for a daemon to acknowledge a request.
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Client {
+    pub transport: Box<dyn Transport>,
+    pub config: Option<Config>,
+    next: u64,
+    subscribed: bool,
+}
+
+/// Connects: an explicit `--socket` means the local socket; otherwise NATS
+/// when a URL is known; otherwise the local socket.
+pub fn connect(cli: &Cli) -> Result<Client, SystemError> {
+    let config = cli.client_config()?;
+    let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())) {
+        (None, Some(settings)) => Box::new(NatsClient::connect(&settings)?),
+        _ => Box::new(LocalClient::connect(&cli.socket_path(config.as_ref()))?),
+    };
+    Ok(Client {
+        transport,
+        config,
+        next: 0,
+        subscribed: false,
+    })
+}
+
+impl Client {
+    pub fn max_message_size(&self) -> usize {
+        self.config
+            .as_ref()
+            .map_or(1_048_576, |c| c.message.max_message_size)
+    }
+
+    /// A fresh reply subject under this client's inbox.
+    pub fn reply_subject(&mut self) -> Result<String, SystemError> {
+        if !self.subscribed {
+            let pattern = format!("{}.>", self.transport.inbox());
+            self.transport.subscribe(&pattern)?;
+            self.subscribed = true;
+        }
+        self.next += 1;
+        Ok(format!("{}.{}", self.transport.inbox(), self.next))
+    }
+
+    /// Publishes `env` on `subject` with a fresh reply subject (also set as
+    /// the envelope's `reply_to`), and returns that subject.
+    pub fn request(&mut self, subject: &str, env: &mut Envelope) -> Result<String, SystemError> {
+        let reply = self.reply_subject()?;
+        env.reply_to = Some(reply.clone());
+        let bytes = env.encode();
+        let limit = self.max_message_size();
+        if bytes.len() > limit {
+            return Err(SystemError::Refused {
+                code: exit::DATA,
+                message: format!(
+                    "message is {} bytes, more than max_message_size ({limit})",
+                    bytes.len()
+                ),
+            });
+        }
+        self.transport.publish(subject, Some(&reply), &bytes)?;
+        Ok(reply)
+    }
+
+    /// Confirms that what was published reached the server or daemon.
+    pub fn flush(&self) -> Result<(), SystemError> {
+        self.transport.flush(ACK_WAIT)?;
+        Ok(())
+    }
+
+    /// The next message, or `None` at `deadline`.
+    pub fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
+        match self.transport.incoming().recv_deadline(deadline) {
+            Ok(m) => Ok(Some(m)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(SystemError::Transport(
+                crate::transport::TransportError::Closed,
+            )),
+        }
+    }
+
+    /// Sends one request and collects answers: all that arrive until
+    /// `deadline`, or until `quiet` passes without one after the first.
+    pub fn ask(
+        &mut self,
+        subject: &str,
+        env: &mut Envelope,
+        deadline: Instant,
+        quiet: Option<Duration>,
+    ) -> Result<Vec<Envelope>, SystemError> {
+        self.request(subject, env)?;
+        self.flush()?;
+        let mut out = Vec::new();
+        let mut until = deadline;
+        while let Some(m) = self.next_until(until)? {
+            if m.no_responders {
+                if out.is_empty() {
+                    return Err(SystemError::Refused {
+                        code: exit::UNAVAILABLE,
+                        message: format!("nothing answers on {subject} (no responders)"),
+                    });
+                }
+                continue;
+            }
+            out.push(decode(&m)?);
+            match quiet {
+                Some(q) => until = (Instant::now() + q).min(deadline),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn describe(&self) -> String {
+        self.transport.describe()
+    }
+}
+
+/// Decodes an answer; a daemon never sends one we cannot read, so this is
+/// lenient about size.
+pub fn decode(m: &Incoming) -> Result<Envelope, SystemError> {
+    Envelope::decode(&m.data, usize::MAX).map_err(|e| SystemError::Refused {
+        code: exit::INTERNAL,
+        message: format!("unreadable answer on {}: {e}", m.subject),
+    })
+}
+
+/// The exit code that a refusal carries.
+pub fn alert_code(a: &SystemAlert) -> u8 {
+    match a.code.as_str() {
+        "queue_full" | "shutting_down" | "unavailable" => exit::TEMPORARY,
+        "bad_request" => exit::DATA,
+        _ => exit::UNAVAILABLE,
+    }
+}
+
+/// An answer that is a refusal, as an error.
+pub fn refusal(env: &Envelope) -> Option<SystemError> {
+    match &env.payload {
+        Payload::SystemAlert(a) if a.severity != "info" => Some(SystemError::Refused {
+            code: alert_code(a),
+            message: a.message.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Writes one line to stdout (a closed pipe ends the command quietly).
+pub fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), SystemError> {
+    out.write_all(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|source| SystemError::Io {
+            what: "write to stdout",
+            source,
+        })
+}

@@ -1,0 +1,114 @@
+//! `mister-smith health`: one line and a Nagios exit code, for cron and
+//! monitoring.
+
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::cli::client;
+use crate::cli::status::reports;
+use crate::cli::Cli;
+use crate::error::SystemError;
+use crate::message::schemas::{check_token, AgentStatus, HealthReport};
+use crate::runtime::lifecycle::State;
+
+/// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
+/// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
+/// or stopped by hand, or NATS reconnecting), 2 CRITICAL (an agent gave up,
+/// or none is healthy), 3 UNKNOWN (no daemon answered).
+///
+/// Example: */5 * * * * mister-smith health || page-oncall
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "health")]
+pub struct HealthArgs {
+    /// only this agent
+    #[argh(option, arg_name = "ID")]
+    pub agent: Option<String>,
+
+    /// how long to wait for daemons, in ms (default: 1000)
+    #[argh(option, arg_name = "MS", default = "1000")]
+    pub timeout: u64,
+}
+
+const OK: u8 = 0;
+const WARNING: u8 = 1;
+const CRITICAL: u8 = 2;
+const UNKNOWN: u8 = 3;
+
+pub fn run(cli: &Cli, args: &HealthArgs) -> u8 {
+    match check(cli, args) {
+        Ok((code, line)) => {
+            println!("{line}");
+            code
+        }
+        Err(e) => {
+            println!("MISTER-SMITH UNKNOWN - {e}");
+            UNKNOWN
+        }
+    }
+}
+
+fn check(cli: &Cli, args: &HealthArgs) -> Result<(u8, String), SystemError> {
+    if let Some(id) = &args.agent {
+        check_token(id).map_err(|why| SystemError::Usage(format!("agent id {id:?} {why}")))?;
+    }
+    let mut client = client::connect(cli)?;
+    let within = Duration::from_millis(args.timeout.max(1));
+    let reports = reports(&mut client, args.agent.as_deref(), within)?;
+    Ok(verdict(&reports))
+}
+
+/// The Nagios state and line for a set of daemon reports.
+pub fn verdict(reports: &[HealthReport]) -> (u8, String) {
+    let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
+    let total = agents.len();
+    let healthy = agents
+        .iter()
+        .filter(|a| matches!(a.status, Some(State::Idle | State::Busy)))
+        .count();
+    let restarts: u64 = agents.iter().map(|a| u64::from(a.restarts)).sum();
+    let mut critical = Vec::new();
+    let mut warning = Vec::new();
+    for a in &agents {
+        let state = a.status.map_or("unknown", |s| s.as_str());
+        let why = a
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let line = format!("{} {state}{why}", a.agent_id);
+        match a.status {
+            Some(State::Idle | State::Busy) => {}
+            Some(State::Terminated) if a.reason.as_deref() == Some("stopped by an operator") => {
+                warning.push(line)
+            }
+            Some(State::Terminated) => critical.push(line),
+            _ => warning.push(line),
+        }
+    }
+    for r in reports {
+        if r.nats == "reconnecting" || r.nats == "closed" {
+            warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats));
+        }
+    }
+    let code = if !critical.is_empty() || (total > 0 && healthy == 0) {
+        CRITICAL
+    } else if !warning.is_empty() {
+        WARNING
+    } else {
+        OK
+    };
+    let word = ["OK", "WARNING", "CRITICAL", "UNKNOWN"][code as usize];
+    let mut text = format!("{healthy}/{total} agents healthy");
+    let details: Vec<String> = critical.into_iter().chain(warning).collect();
+    if !details.is_empty() {
+        text.push_str("; ");
+        text.push_str(&details.join(", "));
+    }
+    (
+        code,
+        format!(
+            "MISTER-SMITH {word} - {text} | agents={total} healthy={healthy} restarts={restarts}"
+        ),
+    )
+}

@@ -1,0 +1,73 @@
+//! `mister-smith listen`: watch the bus.
+
+use argh::FromArgs;
+
+use crate::cli::client::{self, print_line};
+use crate::cli::Cli;
+use crate::error::{exit, SystemError};
+use crate::message::envelope::MessageType;
+use crate::message::router::PREFIX;
+use crate::message::schemas::check_token;
+
+/// print envelopes as NDJSON on stdout until --count or Ctrl-C (a closed
+/// stdout ends it quietly): status changes, progress, results, alerts.
+///
+/// Example: mister-smith listen --type system_alert | jq -r .payload.message
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "listen")]
+pub struct ListenArgs {
+    /// only this agent's messages
+    #[argh(option, arg_name = "ID")]
+    pub agent: Option<String>,
+
+    /// only this message type (task_result, agent_status, system_alert ...)
+    #[argh(option, arg_name = "T")]
+    pub r#type: Option<String>,
+
+    /// stop after N envelopes
+    #[argh(option, arg_name = "N")]
+    pub count: Option<u64>,
+}
+
+pub fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
+    let bad = |message: String| SystemError::Refused {
+        code: exit::DATA,
+        message,
+    };
+    let agent = match &args.agent {
+        Some(a) => {
+            check_token(a).map_err(|why| bad(format!("--agent {a:?} {why}")))?;
+            a.as_str()
+        }
+        None => "*",
+    };
+    let t = match &args.r#type {
+        Some(t) => MessageType::parse(t)
+            .ok_or_else(|| bad(format!("--type {t:?} is not a message type")))?
+            .as_str(),
+        None => "*",
+    };
+    if args.count == Some(0) {
+        return Ok(exit::OK);
+    }
+    let pattern = format!("{PREFIX}.*.{agent}.{t}");
+    let mut client = client::connect(cli)?;
+    client.transport.subscribe(&pattern)?;
+    client.flush()?;
+    log::info!("listening on {pattern} ({})", client.describe());
+    let mut out = std::io::stdout().lock();
+    let mut seen = 0u64;
+    for m in client.transport.incoming() {
+        if m.no_responders {
+            continue;
+        }
+        print_line(&mut out, &m.data)?;
+        seen += 1;
+        if args.count.is_some_and(|n| seen >= n) {
+            return Ok(exit::OK);
+        }
+    }
+    Err(SystemError::Transport(
+        crate::transport::TransportError::Closed,
+    ))
+}

@@ -1,0 +1,406 @@
+//! `mister-smith send`: give an agent work from a shell pipeline.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::cli::client::{self, print_line, refusal, Client};
+use crate::cli::Cli;
+use crate::error::{exit, SystemError};
+use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
+use crate::message::router::agent_subject;
+use crate::message::schemas::{check_token, TaskAssignment, TaskStatus};
+
+/// send a task (or any message) to an agent. BODY is the prompt as plain
+/// text, or a JSON object as the payload; read from stdin when absent or
+/// "-". Prints the task id, or with --wait the task_result envelope as one
+/// JSON line. Exit: 0 completed, 1 failed, 65 bad input, 69 no such agent or
+/// daemon, 75 timeout or queue full.
+///
+/// Example: echo "fix the flaky test" | mister-smith send --to coder-1 --wait
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "send")]
+pub struct SendArgs {
+    /// the message body (default: stdin)
+    #[argh(positional)]
+    pub body: Option<String>,
+
+    /// agent id, or "any" / "all" agents of --agent-type
+    #[argh(option, arg_name = "ID")]
+    pub to: Option<String>,
+
+    /// agent type (default: claude); alone, it means any agent of the type
+    #[argh(option, arg_name = "TYPE")]
+    pub agent_type: Option<String>,
+
+    /// message type (default: task_assignment)
+    #[argh(option, arg_name = "T", default = "String::from(\"task_assignment\")")]
+    pub r#type: String,
+
+    /// priority, 1 (most urgent) to 10 (default: 5)
+    #[argh(option, arg_name = "N", default = "5")]
+    pub priority: i64,
+
+    /// task timeout in ms, queued or running (default: the daemon's
+    /// message.default_timeout_ms)
+    #[argh(option, arg_name = "MS")]
+    pub timeout: Option<u64>,
+
+    /// wait for the task_result and print it
+    #[argh(switch)]
+    pub wait: bool,
+
+    /// print each task_progress envelope as it comes (implies --wait)
+    #[argh(switch)]
+    pub stream: bool,
+
+    /// one task per non-empty input line
+    #[argh(switch)]
+    pub lines: bool,
+
+    /// correlation id (a UUID) copied into every answer
+    #[argh(option, arg_name = "UUID")]
+    pub correlation_id: Option<String>,
+
+    /// metadata entry KEY=VALUE (repeatable)
+    #[argh(option, arg_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+}
+
+fn bad(message: impl Into<String>) -> SystemError {
+    SystemError::Refused {
+        code: exit::DATA,
+        message: message.into(),
+    }
+}
+
+/// What happened to one task.
+#[derive(Debug)]
+enum Outcome {
+    Pending,
+    Accepted,
+    Done,
+}
+
+struct Pending {
+    task_id: String,
+    outcome: Outcome,
+}
+
+pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
+    let (subject, target_id, target_type) = destination(args)?;
+    let message_type = MessageType::parse(&args.r#type)
+        .ok_or_else(|| bad(format!("--type {:?} is not a message type", args.r#type)))?;
+    if !(1..=10).contains(&args.priority) {
+        return Err(bad(format!(
+            "--priority {} is out of range (1 is most urgent, 10 least)",
+            args.priority
+        )));
+    }
+    if args.timeout == Some(0) {
+        return Err(bad("--timeout must be at least 1 ms"));
+    }
+    let correlation_id = match &args.correlation_id {
+        None => None,
+        Some(s) => Some(
+            Uuid::parse_str(s).map_err(|_| bad(format!("--correlation-id {s:?} is not a UUID")))?,
+        ),
+    };
+    let mut metadata = std::collections::BTreeMap::new();
+    for m in &args.meta {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| bad(format!("--meta {m:?} is not KEY=VALUE")))?;
+        check_meta_entry(k, v).map_err(|e| bad(format!("--meta: {e}")))?;
+        metadata.insert(k.to_string(), v.to_string());
+    }
+    if metadata.len() > crate::message::envelope::MAX_META_ENTRIES {
+        return Err(bad("too many --meta entries"));
+    }
+
+    let body = match args.body.as_deref() {
+        Some(b) if b != "-" => b.to_string(),
+        _ => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|source| SystemError::Io {
+                    what: "read stdin",
+                    source,
+                })?;
+            s
+        }
+    };
+    let bodies: Vec<&str> = if args.lines {
+        body.lines().filter(|l| !l.trim().is_empty()).collect()
+    } else {
+        vec![body.as_str()]
+    };
+    if bodies.is_empty() || bodies.iter().all(|b| b.trim().is_empty()) {
+        return Err(bad("nothing to send: the body is empty"));
+    }
+    let mut envelopes = Vec::with_capacity(bodies.len());
+    for (n, b) in bodies.iter().enumerate() {
+        let payload = payload(message_type, b).map_err(|e| {
+            if args.lines {
+                bad(format!("line {}: {e}", n + 1))
+            } else {
+                e
+            }
+        })?;
+        let mut env = Envelope::new(payload);
+        env.priority = args.priority as u8;
+        env.timeout_ms = args.timeout;
+        env.correlation_id = correlation_id;
+        env.target_agent_id.clone_from(&target_id);
+        env.target_agent_type = Some(target_type.clone());
+        env.metadata.clone_from(&metadata);
+        envelopes.push(env);
+    }
+
+    let mut client = client::connect(cli)?;
+    if message_type != MessageType::TaskAssignment {
+        return send_other(&mut client, &subject, envelopes);
+    }
+    send_tasks(&mut client, &subject, envelopes, args)
+}
+
+/// The subject, target id and target type for `--to` / `--agent-type`.
+fn destination(args: &SendArgs) -> Result<(String, Option<String>, String), SystemError> {
+    let agent_type = args
+        .agent_type
+        .clone()
+        .unwrap_or_else(|| "claude".to_string());
+    check_token(&agent_type).map_err(|why| bad(format!("--agent-type {agent_type:?} {why}")))?;
+    let t = MessageType::parse(&args.r#type).unwrap_or(MessageType::TaskAssignment);
+    match (&args.to, &args.agent_type) {
+        (None, None) => Err(SystemError::Usage(
+            "say where to send: --to ID or --agent-type TYPE".into(),
+        )),
+        (None, Some(_)) => Ok((agent_subject(&agent_type, "any", t), None, agent_type)),
+        (Some(to), _) if to == "any" || to == "all" => {
+            Ok((agent_subject(&agent_type, to, t), None, agent_type))
+        }
+        (Some(to), _) => {
+            check_token(to).map_err(|why| bad(format!("--to {to:?} {why}")))?;
+            Ok((
+                agent_subject(&agent_type, to, t),
+                Some(to.clone()),
+                agent_type,
+            ))
+        }
+    }
+}
+
+/// The payload for one body: plain text is a prompt; a JSON object is the
+/// payload itself (a task without `task_id` gets one).
+fn payload(t: MessageType, body: &str) -> Result<Payload, SystemError> {
+    let trimmed = body.trim();
+    if trimmed.starts_with('{') {
+        let mut v: Value = serde_json::from_str(trimmed)
+            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
+        if t == MessageType::TaskAssignment {
+            if let Value::Object(m) = &mut v {
+                m.entry("task_id")
+                    .or_insert_with(|| Value::String(Uuid::new_v4().to_string()));
+            }
+        }
+        return Payload::from_value(t, v).map_err(|e| bad(e.to_string()));
+    }
+    if t != MessageType::TaskAssignment {
+        return Err(bad(format!("a {t} body must be a JSON object")));
+    }
+    Ok(Payload::TaskAssignment(TaskAssignment {
+        task_id: Uuid::new_v4().to_string(),
+        prompt: trimmed.to_string(),
+        context: None,
+    }))
+}
+
+fn send_tasks(
+    client: &mut Client,
+    subject: &str,
+    envelopes: Vec<Envelope>,
+    args: &SendArgs,
+) -> Result<u8, SystemError> {
+    let wait = args.wait || args.stream;
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut order = Vec::new();
+    let mut longest = Duration::ZERO;
+    for mut env in envelopes {
+        let task_id = match &env.payload {
+            Payload::TaskAssignment(t) => t.task_id.clone(),
+            _ => String::new(),
+        };
+        let timeout = env.timeout_ms.map(Duration::from_millis);
+        let reply = client.request(subject, &mut env)?;
+        longest = longest.max(timeout.unwrap_or(default_timeout(client)));
+        order.push(task_id.clone());
+        pending.insert(
+            reply,
+            Pending {
+                task_id,
+                outcome: Outcome::Pending,
+            },
+        );
+    }
+    client.flush()?;
+
+    let started = Instant::now();
+    // Accepted tasks are answered by the daemon at their deadline at the
+    // latest; the margin covers a daemon that died meanwhile.
+    let result_deadline = started + longest + Duration::from_secs(10);
+    let mut stdout = std::io::stdout().lock();
+    let mut worst = exit::OK;
+    let mut last_answer = started;
+    loop {
+        let waiting_ack = pending
+            .values()
+            .any(|p| matches!(p.outcome, Outcome::Pending));
+        let waiting_result = wait
+            && pending
+                .values()
+                .any(|p| !matches!(p.outcome, Outcome::Done));
+        if !waiting_ack && !waiting_result {
+            break;
+        }
+        // Acknowledgements come fast; the wait restarts with each answer so
+        // a long batch is not cut off while it is being acknowledged.
+        let deadline = if waiting_ack {
+            last_answer + client::ACK_WAIT
+        } else {
+            result_deadline
+        };
+        let Some(m) = client.next_until(deadline)? else {
+            let what = if waiting_ack {
+                "acknowledged"
+            } else {
+                "answered"
+            };
+            let n = pending
+                .values()
+                .filter(|p| {
+                    if waiting_ack {
+                        matches!(p.outcome, Outcome::Pending)
+                    } else {
+                        !matches!(p.outcome, Outcome::Done)
+                    }
+                })
+                .count();
+            let code = if waiting_ack {
+                exit::UNAVAILABLE
+            } else {
+                exit::TEMPORARY
+            };
+            return Err(SystemError::Refused {
+                code: code.max(worst),
+                message: format!(
+                    "{n} task(s) not {what} in time on {} ({subject})",
+                    client.describe()
+                ),
+            });
+        };
+        last_answer = Instant::now();
+        let Some(p) = pending.get_mut(&m.subject) else {
+            continue;
+        };
+        if m.no_responders {
+            eprintln!("mister-smith: error: no agent answers on {subject} (no responders)");
+            p.outcome = Outcome::Done;
+            worst = pick(worst, exit::UNAVAILABLE);
+            continue;
+        }
+        let env = client::decode(&m)?;
+        if let Some(err) = refusal(&env) {
+            eprintln!("mister-smith: error: task {}: {err}", p.task_id);
+            let code = err.exit_code();
+            p.outcome = Outcome::Done;
+            worst = pick(worst, code);
+            continue;
+        }
+        match &env.payload {
+            Payload::TaskProgress(_) => {
+                if matches!(p.outcome, Outcome::Pending) {
+                    p.outcome = Outcome::Accepted;
+                    if !wait {
+                        print_line(&mut stdout, p.task_id.as_bytes())?;
+                        p.outcome = Outcome::Done;
+                        continue;
+                    }
+                }
+                if args.stream {
+                    print_line(&mut stdout, &m.data)?;
+                }
+            }
+            Payload::TaskResult(r) => {
+                let code = match r.status {
+                    TaskStatus::Completed => exit::OK,
+                    TaskStatus::Failed => exit::TASK_FAILED,
+                    TaskStatus::Timeout | TaskStatus::Cancelled => exit::TEMPORARY,
+                };
+                if wait {
+                    print_line(&mut stdout, &m.data)?;
+                }
+                p.outcome = Outcome::Done;
+                worst = pick(worst, code);
+            }
+            _ => {}
+        }
+    }
+    stdout.flush().map_err(|source| SystemError::Io {
+        what: "write to stdout",
+        source,
+    })?;
+    Ok(worst)
+}
+
+fn default_timeout(client: &Client) -> Duration {
+    Duration::from_millis(
+        client
+            .config
+            .as_ref()
+            .map_or(300_000, |c| c.message.default_timeout_ms),
+    )
+}
+
+/// The more severe of two exit codes.
+fn pick(a: u8, b: u8) -> u8 {
+    if exit::severity(b) > exit::severity(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Any message that is not a task: publish, print the first answer.
+fn send_other(
+    client: &mut Client,
+    subject: &str,
+    envelopes: Vec<Envelope>,
+) -> Result<u8, SystemError> {
+    let mut stdout = std::io::stdout().lock();
+    let mut worst = exit::OK;
+    for mut env in envelopes {
+        let answers = client.ask(subject, &mut env, Instant::now() + client::ACK_WAIT, None)?;
+        let Some(answer) = answers.into_iter().next() else {
+            return Err(SystemError::Refused {
+                code: exit::UNAVAILABLE,
+                message: format!(
+                    "no answer on {subject} within {} ms",
+                    client::ACK_WAIT.as_millis()
+                ),
+            });
+        };
+        if let Some(err) = refusal(&answer) {
+            eprintln!("mister-smith: error: {err}");
+            worst = pick(worst, err.exit_code());
+            continue;
+        }
+        print_line(&mut stdout, &answer.encode())?;
+    }
+    Ok(worst)
+}

@@ -1,0 +1,161 @@
+//! `mister-smith status`: what every agent is doing.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+
+use crate::cli::client::{self, print_line, refusal, Client};
+use crate::cli::Cli;
+use crate::error::{exit, SystemError};
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{agent_subject, system_subject};
+use crate::message::schemas::{check_token, AgentStatus, HealthReport, SystemHealthCheck};
+
+/// show each agent's state, pid, uptime, restarts, tasks done and failed,
+/// cost and memory. Exit: 0, or 69 when no daemon answers or there is no
+/// such agent.
+///
+/// Example: mister-smith status coder-1 --json | jq .[0].status
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// only this agent
+    #[argh(positional)]
+    pub id: Option<String>,
+
+    /// print a JSON array of agent_status payloads
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Over NATS several daemons may answer: after the first answer, wait this
+/// long for more.
+const MORE_ANSWERS: Duration = Duration::from_millis(150);
+
+/// Asks every reachable daemon (or the one running `agent`) for its report.
+pub fn reports(
+    client: &mut Client,
+    agent: Option<&str>,
+    within: Duration,
+) -> Result<Vec<HealthReport>, SystemError> {
+    let (subject, payload) = match agent {
+        Some(id) => (
+            agent_subject("claude", id, MessageType::SystemHealthCheck),
+            SystemHealthCheck {
+                agent_id: Some(id.to_string()),
+                report: None,
+            },
+        ),
+        None => (
+            system_subject("all", "status"),
+            SystemHealthCheck::default(),
+        ),
+    };
+    let mut env = Envelope::new(Payload::SystemHealthCheck(payload));
+    let local = client.describe().starts_with("socket ");
+    let quiet = if local || agent.is_some() {
+        None
+    } else {
+        Some(MORE_ANSWERS)
+    };
+    let answers = client.ask(&subject, &mut env, Instant::now() + within, quiet)?;
+    if answers.is_empty() {
+        return Err(SystemError::Refused {
+            code: exit::UNAVAILABLE,
+            message: format!(
+                "no daemon answered within {} ms ({})",
+                within.as_millis(),
+                client.describe()
+            ),
+        });
+    }
+    let mut out = Vec::new();
+    for a in answers {
+        if let Some(err) = refusal(&a) {
+            return Err(err);
+        }
+        if let Payload::SystemHealthCheck(SystemHealthCheck {
+            report: Some(r), ..
+        }) = a.payload
+        {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.daemon_id.cmp(&b.daemon_id));
+    Ok(out)
+}
+
+pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
+    if let Some(id) = &args.id {
+        check_token(id).map_err(|why| SystemError::Refused {
+            code: exit::DATA,
+            message: format!("agent id {id:?} {why}"),
+        })?;
+    }
+    let mut client = client::connect(cli)?;
+    let reports = reports(&mut client, args.id.as_deref(), Duration::from_millis(2000)).map_err(
+        |e| match (&e, &args.id) {
+            (
+                SystemError::Refused {
+                    code: exit::UNAVAILABLE,
+                    ..
+                },
+                Some(id),
+            ) if !client.describe().starts_with("socket ") => SystemError::Refused {
+                code: exit::UNAVAILABLE,
+                message: format!("no agent {id} answers ({})", client.describe()),
+            },
+            _ => e,
+        },
+    )?;
+    let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let text = serde_json::to_string(&agents).unwrap_or_else(|_| "[]".into());
+        print_line(&mut out, text.as_bytes())?;
+        return Ok(exit::OK);
+    }
+    let header = format!(
+        "{:<20} {:<10} {:<12} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>8}",
+        "AGENT", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "DONE", "FAILED", "COST", "RSS"
+    );
+    print_line(&mut out, header.trim_end().as_bytes())?;
+    for a in agents {
+        let line = format!(
+            "{:<20} {:<10} {:<12} {:>7} {:>9} {:>8} {:>6} {:>6} {:>9} {:>8}",
+            a.agent_id,
+            a.agent_type.as_deref().unwrap_or("-"),
+            a.status.map_or("-", |s| s.as_str()),
+            a.pid.map_or("-".to_string(), |p| p.to_string()),
+            if a.uptime_seconds > 0.0 {
+                duration(a.uptime_seconds)
+            } else {
+                "-".into()
+            },
+            a.restarts,
+            a.tasks_completed,
+            a.tasks_failed,
+            format!("${:.4}", a.total_cost_usd),
+            a.resource_usage
+                .map_or("-".to_string(), |r| format!("{:.1}M", r.memory_mb)),
+        );
+        print_line(&mut out, line.trim_end().as_bytes())?;
+    }
+    out.flush().map_err(|source| SystemError::Io {
+        what: "write to stdout",
+        source,
+    })?;
+    Ok(exit::OK)
+}
+
+/// 42s, 3m07s, 5h02m, 2d04h.
+fn duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}

@@ -1,0 +1,191 @@
+//! The hub: the daemon's one way out.
+//!
+//! Everything the daemon publishes — progress, results, status changes,
+//! alerts, replies — goes to the hub, which delivers it to every local
+//! subscription whose pattern matches and hands a copy to the NATS
+//! publisher. A slow local listener gets its messages dropped (and counted)
+//! rather than stalling the daemon.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::message::envelope::Envelope;
+use crate::transport::subject_matches;
+
+/// Reply subjects of local clients start with this; they are never sent to
+/// NATS.
+pub const LOCAL_INBOX_PREFIX: &str = "_INBOX.local.";
+
+/// Requests to the hub.
+#[derive(Debug)]
+pub enum HubCmd {
+    Publish {
+        subject: String,
+        data: Arc<Vec<u8>>,
+    },
+    Subscribe {
+        conn: u64,
+        sid: u64,
+        pattern: String,
+        tx: Sender<Vec<u8>>,
+    },
+    Unsubscribe {
+        conn: u64,
+        sid: u64,
+    },
+    Closed {
+        conn: u64,
+    },
+    /// Answered once everything sent before it has been handed on (and,
+    /// with NATS, flushed to the server).
+    Barrier(Sender<()>),
+}
+
+/// What the hub hands the NATS publisher.
+#[derive(Debug)]
+pub enum NatsOut {
+    Publish(String, Arc<Vec<u8>>),
+    Barrier(Sender<()>),
+}
+
+/// A cheap, cloneable handle for publishing.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: Sender<HubCmd>,
+}
+
+impl Outbox {
+    pub fn new(tx: Sender<HubCmd>) -> Outbox {
+        Outbox { tx }
+    }
+
+    /// Publishes `env` on `subject`.
+    pub fn publish(&self, subject: &str, env: &Envelope) {
+        let _ = self.tx.send(HubCmd::Publish {
+            subject: subject.to_string(),
+            data: Arc::new(env.encode()),
+        });
+    }
+
+    /// Publishes `env` on `subject` and, when given, on `reply_to`.
+    pub fn publish_and_reply(&self, subject: &str, reply_to: Option<&str>, env: &Envelope) {
+        let data = Arc::new(env.encode());
+        let _ = self.tx.send(HubCmd::Publish {
+            subject: subject.to_string(),
+            data: data.clone(),
+        });
+        if let Some(r) = reply_to {
+            let _ = self.tx.send(HubCmd::Publish {
+                subject: r.to_string(),
+                data,
+            });
+        }
+    }
+
+    /// Sends `env` to `reply_to` only.
+    pub fn reply(&self, reply_to: &str, env: &Envelope) {
+        self.publish(reply_to, env);
+    }
+
+    pub fn sender(&self) -> Sender<HubCmd> {
+        self.tx.clone()
+    }
+
+    /// Waits (at most `within`) until everything published so far has left.
+    pub fn drain(&self, within: std::time::Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(HubCmd::Barrier(tx)).is_ok() && rx.recv_timeout(within).is_ok()
+    }
+}
+
+struct Sub {
+    sid: u64,
+    pattern: String,
+    tx: Sender<Vec<u8>>,
+    dropped: u64,
+}
+
+/// The hub's loop; returns when every sender is gone.
+pub fn run(inbox: &Receiver<HubCmd>, nats: Option<&Sender<NatsOut>>) {
+    let mut subs: HashMap<u64, Vec<Sub>> = HashMap::new();
+    let mut nats_dropped = 0u64;
+    for cmd in inbox {
+        match cmd {
+            HubCmd::Publish { subject, data } => {
+                for (conn, list) in subs.iter_mut() {
+                    for s in list
+                        .iter_mut()
+                        .filter(|s| subject_matches(&s.pattern, &subject))
+                    {
+                        match s.tx.try_send(frame(s.sid, &subject, &data)) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(_)) => {
+                                s.dropped += 1;
+                                if s.dropped.is_power_of_two() {
+                                    log::warn!(
+                                        "local client {conn} reads too slowly: {} messages dropped",
+                                        s.dropped
+                                    );
+                                }
+                            }
+                            Err(TrySendError::Disconnected(_)) => {}
+                        }
+                    }
+                }
+                if let Some(n) = nats {
+                    if !subject.starts_with(LOCAL_INBOX_PREFIX) {
+                        if let Err(TrySendError::Full(_)) =
+                            n.try_send(NatsOut::Publish(subject, data))
+                        {
+                            nats_dropped += 1;
+                            if nats_dropped.is_power_of_two() {
+                                log::warn!("NATS publisher is behind: {nats_dropped} messages not published");
+                            }
+                        }
+                    }
+                }
+            }
+            HubCmd::Subscribe {
+                conn,
+                sid,
+                pattern,
+                tx,
+            } => subs.entry(conn).or_default().push(Sub {
+                sid,
+                pattern,
+                tx,
+                dropped: 0,
+            }),
+            HubCmd::Unsubscribe { conn, sid } => {
+                if let Some(list) = subs.get_mut(&conn) {
+                    list.retain(|s| s.sid != sid);
+                }
+            }
+            HubCmd::Closed { conn } => {
+                subs.remove(&conn);
+            }
+            HubCmd::Barrier(done) => match nats {
+                Some(n) => {
+                    let _ = n.send(NatsOut::Barrier(done));
+                }
+                None => {
+                    let _ = done.send(());
+                }
+            },
+        }
+    }
+}
+
+/// A `msg` frame of the local protocol: one JSON line.
+pub fn frame(sid: u64, subject: &str, envelope: &[u8]) -> Vec<u8> {
+    let subject = serde_json::Value::String(subject.to_string()).to_string();
+    let mut out = Vec::with_capacity(envelope.len() + subject.len() + 48);
+    out.extend_from_slice(
+        format!("{{\"op\":\"msg\",\"sid\":{sid},\"subject\":{subject},\"envelope\":").as_bytes(),
+    );
+    out.extend_from_slice(envelope);
+    out.extend_from_slice(b"}\n");
+    out
+}

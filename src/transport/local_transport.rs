@@ -1,0 +1,444 @@
+//! The local transport: a Unix socket (mode 0600) on which the daemon acts
+//! as a small broker for one host.
+//!
+//! The protocol is NDJSON, one frame per line, with NATS's shape:
+//!
+//! ```text
+//! client -> daemon  {"op":"pub","subject":S,"reply":R|null,"envelope":{...}}
+//!                   {"op":"sub","sid":N,"subject":PATTERN}
+//!                   {"op":"unsub","sid":N}
+//!                   {"op":"ping"}
+//! daemon -> client  {"op":"msg","sid":N,"subject":S,"envelope":{...}}
+//!                   {"op":"pong"}
+//!                   {"op":"err","message":"..."}
+//! ```
+//!
+//! Only the daemon's own user (and root) may connect: the socket is created
+//! with mode 0600 and every peer's credentials are checked as well.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::runtime::process_manager::{read_line_capped, LineRead};
+use crate::transport::hub::{HubCmd, LOCAL_INBOX_PREFIX};
+use crate::transport::{Incoming, Transport, TransportError};
+
+/// At most this many local clients at once (each costs two threads).
+const MAX_CONNECTIONS: usize = 256;
+/// Messages waiting for a slow local client before it misses some.
+const CLIENT_QUEUE: usize = 10_000;
+
+/// One frame, either way. A flat struct rather than an enum tagged by
+/// `op`: serde buffers tagged enums, which a borrowed `RawValue` (the
+/// envelope, passed on without re-encoding) cannot survive.
+#[derive(Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Frame<'a> {
+    op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply: Option<String>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    envelope: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// What the daemon does with a published message: `(subject, reply, data)`.
+pub type Inbound = Arc<dyn Fn(&str, Option<&str>, &[u8]) + Send + Sync>;
+
+/// The default socket path: `$XDG_RUNTIME_DIR/mister-smith.sock`, else
+/// `mister-smith-<uid>.sock` in the system temp directory.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("mister-smith.sock"),
+        _ => std::env::temp_dir().join(format!("mister-smith-{}.sock", sys::uid())),
+    }
+}
+
+/// The daemon's listening socket; removes its file when dropped.
+pub struct LocalServer {
+    path: PathBuf,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` (mode 0600) and serves clients on background threads.
+pub fn serve(
+    path: &Path,
+    hub: Sender<HubCmd>,
+    inbound: Inbound,
+    max_frame: usize,
+) -> Result<LocalServer, TransportError> {
+    let listen_err = |source| TransportError::LocalListen {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        // A live daemon answers; a stale file from a killed one does not.
+        if UnixStream::connect(path).is_ok() {
+            return Err(TransportError::LocalInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(listen_err)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(listen_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("directory {} does not exist", dir.display()),
+            )));
+        }
+    }
+    let listener = sys::bind_private(path).map_err(listen_err)?;
+    let server = LocalServer {
+        path: path.to_path_buf(),
+    };
+    let live = Arc::new(AtomicUsize::new(0));
+    thread::Builder::new()
+        .name("local-accept".into())
+        .stack_size(128 * 1024)
+        .spawn(move || accept_loop(&listener, &hub, &inbound, max_frame, &live))
+        .map_err(listen_err)?;
+    Ok(server)
+}
+
+fn accept_loop(
+    listener: &UnixListener,
+    hub: &Sender<HubCmd>,
+    inbound: &Inbound,
+    max_frame: usize,
+    live: &Arc<AtomicUsize>,
+) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        match sys::peer_uid(&stream) {
+            Some(uid) if uid == sys::uid() || uid == 0 => {}
+            other => {
+                log::warn!("refused a local connection from uid {other:?}");
+                continue;
+            }
+        }
+        if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            let mut s = &stream;
+            let _ = s.write_all(b"{\"op\":\"err\",\"message\":\"too many connections\"}\n");
+            continue;
+        }
+        let conn = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (hub, inbound, live) = (hub.clone(), inbound.clone(), live.clone());
+        live.fetch_add(1, Ordering::Relaxed);
+        let spawned = thread::Builder::new()
+            .name(format!("local:{conn}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                serve_client(conn, stream, &hub, &inbound, max_frame);
+                let _ = hub.send(HubCmd::Closed { conn });
+                live.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            log::error!("cannot start a thread for local client {conn}");
+        }
+    }
+}
+
+fn serve_client(
+    conn: u64,
+    stream: UnixStream,
+    hub: &Sender<HubCmd>,
+    inbound: &Inbound,
+    max_frame: usize,
+) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(CLIENT_QUEUE);
+    let writer = thread::Builder::new()
+        .name(format!("local-w:{conn}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut w = write_half;
+            for frame in rx {
+                if w.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        });
+    if writer.is_err() {
+        return;
+    }
+    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let mut buf = Vec::new();
+    let err = |message: String| {
+        let f = Frame {
+            op: "err".into(),
+            message: Some(message),
+            ..Frame::default()
+        };
+        let mut line = serde_json::to_vec(&f).unwrap_or_default();
+        line.push(b'\n');
+        let _ = tx.try_send(line);
+    };
+    loop {
+        buf.clear();
+        match read_line_capped(&mut reader, &mut buf, max_frame) {
+            Ok(LineRead::Eof) | Err(_) => break,
+            Ok(LineRead::TooLong(n)) => {
+                err(format!(
+                    "frame of {n} bytes is larger than the limit of {max_frame}"
+                ));
+                continue;
+            }
+            Ok(LineRead::Line) => {}
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let frame = match serde_json::from_slice::<Frame>(&buf) {
+            Ok(f) => f,
+            Err(e) => {
+                err(format!("bad frame: {e}"));
+                continue;
+            }
+        };
+        match (frame.op.as_str(), frame.sid, frame.subject, frame.envelope) {
+            ("pub", _, Some(subject), Some(envelope)) => {
+                inbound(&subject, frame.reply.as_deref(), envelope.get().as_bytes());
+            }
+            ("sub", Some(sid), Some(pattern), _) => {
+                let _ = hub.send(HubCmd::Subscribe {
+                    conn,
+                    sid,
+                    pattern,
+                    tx: tx.clone(),
+                });
+            }
+            ("unsub", Some(sid), _, _) => {
+                let _ = hub.send(HubCmd::Unsubscribe { conn, sid });
+            }
+            ("ping", _, _, _) => {
+                // Behind every Subscribe this connection sent the hub, so a
+                // pong means earlier subscriptions are in place.
+                let _ = tx.send(b"{\"op\":\"pong\"}\n".to_vec());
+            }
+            (op, ..) => err(format!("bad frame: op {op:?} without the fields it needs")),
+        }
+    }
+    let _ = hub.send(HubCmd::Closed { conn });
+}
+
+/// The client end.
+pub struct LocalClient {
+    path: PathBuf,
+    writer: Mutex<UnixStream>,
+    incoming: Receiver<Incoming>,
+    pongs: Receiver<()>,
+    inbox: String,
+    next_sid: u64,
+}
+
+impl LocalClient {
+    pub fn connect(path: &Path) -> Result<LocalClient, TransportError> {
+        let stream = UnixStream::connect(path).map_err(|source| TransportError::LocalConnect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let read_half = stream.try_clone().map_err(TransportError::Io)?;
+        let (tx, incoming) = crossbeam_channel::unbounded();
+        let (pong_tx, pongs) = crossbeam_channel::unbounded();
+        thread::Builder::new()
+            .name("local-client".into())
+            .spawn(move || client_reader(read_half, &tx, &pong_tx))
+            .map_err(TransportError::Io)?;
+        Ok(LocalClient {
+            path: path.to_path_buf(),
+            writer: Mutex::new(stream),
+            incoming,
+            pongs,
+            inbox: format!("{LOCAL_INBOX_PREFIX}{}", uuid::Uuid::new_v4().simple()),
+            next_sid: 0,
+        })
+    }
+
+    fn write(&self, line: &[u8]) -> Result<(), TransportError> {
+        let mut w = self.writer.lock().map_err(|_| TransportError::Closed)?;
+        w.write_all(line).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                TransportError::Closed
+            } else {
+                TransportError::Io(e)
+            }
+        })
+    }
+}
+
+fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match read_line_capped(&mut reader, &mut buf, usize::MAX) {
+            Ok(LineRead::Line) => {}
+            _ => return,
+        }
+        let frame = match serde_json::from_slice::<Frame>(&buf) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("daemon sent a bad frame: {e}");
+                continue;
+            }
+        };
+        match (frame.op.as_str(), frame.subject, frame.envelope) {
+            ("msg", Some(subject), Some(envelope)) => {
+                let msg = Incoming {
+                    subject,
+                    data: envelope.get().as_bytes().to_vec(),
+                    no_responders: false,
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            ("pong", _, _) => {
+                let _ = pongs.send(());
+            }
+            ("err", _, _) => log::warn!("daemon: {}", frame.message.unwrap_or_default()),
+            (op, _, _) => log::warn!("daemon sent an unknown frame {op:?}"),
+        }
+    }
+}
+
+impl Transport for LocalClient {
+    fn publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        let subject_json = serde_json::Value::String(subject.to_string()).to_string();
+        let reply_json = match reply {
+            Some(r) => serde_json::Value::String(r.to_string()).to_string(),
+            None => "null".into(),
+        };
+        let mut line = Vec::with_capacity(data.len() + 128);
+        line.extend_from_slice(
+            format!(
+                "{{\"op\":\"pub\",\"subject\":{subject_json},\"reply\":{reply_json},\"envelope\":"
+            )
+            .as_bytes(),
+        );
+        line.extend_from_slice(data);
+        line.extend_from_slice(b"}\n");
+        self.write(&line)
+    }
+
+    fn subscribe(&mut self, pattern: &str) -> Result<(), TransportError> {
+        self.next_sid += 1;
+        let frame = serde_json::json!({"op": "sub", "sid": self.next_sid, "subject": pattern});
+        let mut line = frame.to_string().into_bytes();
+        line.push(b'\n');
+        self.write(&line)
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), TransportError> {
+        self.write(b"{\"op\":\"ping\"}\n")?;
+        match self.pongs.recv_timeout(timeout) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Err(TransportError::Protocol(format!(
+                    "the daemon at {} did not answer within {} ms",
+                    self.path.display(),
+                    timeout.as_millis()
+                )))
+            }
+            Err(_) => Err(TransportError::Closed),
+        }
+    }
+
+    fn incoming(&self) -> &Receiver<Incoming> {
+        &self.incoming
+    }
+
+    fn inbox(&self) -> &str {
+        &self.inbox
+    }
+
+    fn describe(&self) -> String {
+        format!("socket {}", self.path.display())
+    }
+}
+
+/// Socket calls std does not offer.
+mod sys {
+    use std::io;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::Path;
+
+    pub(super) fn uid() -> u32 {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        unsafe { libc::getuid() }
+    }
+
+    /// Binds a listening socket that only its owner can use. The umask is
+    /// narrowed around `bind` so the file never exists with wider
+    /// permissions; nothing else in the daemon creates files meanwhile.
+    pub(super) fn bind_private(path: &Path) -> io::Result<UnixListener> {
+        if path.as_os_str().as_bytes().len() >= 108 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path is longer than 107 bytes",
+            ));
+        }
+        // SAFETY: umask has no preconditions and cannot fail.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    }
+
+    /// The uid of the process at the other end.
+    pub(super) fn peer_uid(stream: &UnixStream) -> Option<u32> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given;
+        // the fd is open for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cred.uid)
+    }
+}

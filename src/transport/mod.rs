@@ -1,0 +1,95 @@
+//! Transports: how envelopes move between the CLI, daemons and other
+//! clients.
+//!
+//! Both transports speak in NATS terms — subjects, reply subjects,
+//! subscriptions with `*` and `>` wildcards — so the daemon routes a message
+//! the same way whichever way it came. NATS carries the multi-host case; the
+//! local Unix socket makes the daemon itself a small broker for one host,
+//! which also keeps `status` and `health` working while NATS is down.
+//!
+//! On the daemon side every outgoing message goes through the [`hub`]: it
+//! delivers to local subscribers and hands a copy to the NATS publisher.
+
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+pub mod error;
+pub mod health_check;
+pub mod hub;
+pub mod local_transport;
+pub mod nats_transport;
+
+pub use error::TransportError;
+
+/// A message delivered to a client.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub data: Vec<u8>,
+    /// NATS said nobody subscribes to the subject the request went to.
+    pub no_responders: bool,
+}
+
+/// A client's connection: publish, subscribe, and confirm delivery.
+pub trait Transport: Send {
+    /// Publishes `data` on `subject`, with replies going to `reply`.
+    fn publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        data: &[u8],
+    ) -> Result<(), TransportError>;
+    /// Subscribes to `pattern`; messages arrive on [`Transport::incoming`].
+    fn subscribe(&mut self, pattern: &str) -> Result<(), TransportError>;
+    /// Waits until everything published so far has reached the server (or
+    /// the daemon), for at most `timeout`.
+    fn flush(&self, timeout: Duration) -> Result<(), TransportError>;
+    /// Every message of every subscription.
+    fn incoming(&self) -> &Receiver<Incoming>;
+    /// A subject prefix no other client uses, for reply subjects.
+    fn inbox(&self) -> &str;
+    /// "nats://host:4222" or "socket /run/user/0/mister-smith.sock", for
+    /// messages.
+    fn describe(&self) -> String;
+}
+
+/// Whether `subject` matches the subscription `pattern` (`*` is one token,
+/// a final `>` is one or more).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches("a.*.c", "a.x.c"));
+        assert!(!subject_matches("a.*", "a.x.c"));
+        assert!(subject_matches("a.>", "a.x.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches(
+            "mister-smith.*.coder-1.*",
+            "mister-smith.claude.coder-1.task_result"
+        ));
+        assert!(!subject_matches(
+            "mister-smith.*.coder-1.*",
+            "mister-smith.claude.coder-2.task_result"
+        ));
+        assert!(subject_matches(">", "x"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The NATS transport, on the blocking `nats` crate (0.26).
+//!
+//! The crate's defaults are wrong for us in three measured ways (see
+//! shared/reference/nats.md): the first connect sleeps a random 0–1 s, every
+//! connect parses the system CA store, and a request pays a 5 ms flush gate.
+//! Here the first attempt has no delay, plain `nats://` URLs skip the CA
+//! store, and every publish whose latency matters is followed by an explicit
+//! flush — on a helper thread with a bounded wait, because the crate's
+//! `flush_timeout` ignores its timeout while disconnected.
+
+// The blocking `nats` crate is deprecated upstream in favour of async-nats;
+// the design fixes it (no async runtime), and it stays behind this module.
+#![allow(deprecated)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Select, Sender};
+
+use crate::transport::hub::NatsOut;
+use crate::transport::local_transport::Inbound;
+use crate::transport::{Incoming, Transport, TransportError};
+
+/// How to reach and log in to NATS.
+#[derive(Clone, Default)]
+pub struct NatsSettings {
+    pub url: String,
+    pub creds: Option<PathBuf>,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+// Tokens and passwords never reach a log line.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &self.url)
+            .field("creds", &self.creds)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+/// The daemon's view of its NATS connection, for `health`.
+#[derive(Debug, Default)]
+pub struct NatsState(AtomicU8);
+
+const OFF: u8 = 0;
+const CONNECTED: u8 = 1;
+const RECONNECTING: u8 = 2;
+const CLOSED: u8 = 3;
+
+impl NatsState {
+    pub fn set_connected(&self) {
+        self.0.store(CONNECTED, Ordering::Relaxed);
+    }
+    pub fn set_off(&self) {
+        self.0.store(OFF, Ordering::Relaxed);
+    }
+    pub fn set_reconnecting(&self) {
+        self.0.store(RECONNECTING, Ordering::Relaxed);
+    }
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            OFF => "off",
+            CONNECTED => "connected",
+            RECONNECTING => "reconnecting",
+            _ => "closed",
+        }
+    }
+}
+
+/// `nats::Options` for `s`. `daemon` connections reconnect forever.
+fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
+    let mut o = if let Some(c) = &s.creds {
+        nats::Options::with_credentials(c)
+    } else if let Some(t) = &s.token {
+        nats::Options::with_token(t)
+    } else if let Some(u) = &s.user {
+        nats::Options::with_user_pass(u, s.password.as_deref().unwrap_or(""))
+    } else {
+        nats::Options::new()
+    };
+    o = o.with_name(if daemon {
+        "mister-smith daemon"
+    } else {
+        "mister-smith"
+    });
+    // No sleep before the first attempt (the crate's default adds 0-1 s of
+    // jitter even then); short, growing delays after.
+    o = o.reconnect_delay_callback(|n| {
+        if n == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(25u64.saturating_mul(1 << n.min(6)).min(1000))
+        }
+    });
+    if let Some(ca) = &s.tls_ca {
+        o = o.add_root_certificate(ca);
+    } else if s.url.starts_with("nats://") && s.tls_cert.is_none() {
+        // Loading the system CA store costs ~6 ms per connect and a plain
+        // nats:// connection needs none: give the crate an empty list
+        // instead (it reads native certificates only when the list is
+        // empty).
+        o = o.add_root_certificate("/dev/null");
+    }
+    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+        o = o.client_cert(cert, key);
+    }
+    if s.url.starts_with("tls://") || s.tls_ca.is_some() || s.tls_cert.is_some() {
+        o = o.tls_required(true);
+    }
+    if daemon {
+        o = o
+            .max_reconnects(None)
+            .no_echo()
+            .reconnect_buffer_size(8 * 1024 * 1024);
+    } else {
+        o = o.max_reconnects(Some(1));
+    }
+    o
+}
+
+fn connect_error(url: &str, source: std::io::Error) -> TransportError {
+    TransportError::NatsConnect {
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// Subscriptions the daemon makes: `(subject, queue group)`.
+pub type DaemonSubs = Vec<(String, Option<String>)>;
+
+/// Connects the daemon (retrying in the background until NATS answers),
+/// subscribes, and starts the receive and publish threads. Returns the
+/// publisher's inbox for the hub.
+pub fn start_daemon(
+    settings: NatsSettings,
+    subs: DaemonSubs,
+    inbound: Inbound,
+    state: Arc<NatsState>,
+) -> Result<Sender<NatsOut>, TransportError> {
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<NatsOut>(65_536);
+    state.set_reconnecting();
+    thread::Builder::new()
+        .name("nats".into())
+        .stack_size(256 * 1024)
+        .spawn(move || daemon_connect(&settings, &subs, &inbound, &state, out_rx))
+        .map_err(TransportError::Io)?;
+    Ok(out_tx)
+}
+
+fn daemon_connect(
+    settings: &NatsSettings,
+    subs: &DaemonSubs,
+    inbound: &Inbound,
+    state: &Arc<NatsState>,
+    out_rx: Receiver<NatsOut>,
+) {
+    let mut delay = Duration::from_millis(50);
+    let conn = loop {
+        let (s1, s2, s3) = (state.clone(), state.clone(), state.clone());
+        let opts = options(settings, true)
+            .disconnect_callback(move || {
+                s1.set_reconnecting();
+                log::warn!("NATS disconnected; reconnecting");
+            })
+            .reconnect_callback(move || {
+                s2.set_connected();
+                log::info!("NATS reconnected");
+            })
+            .close_callback(move || {
+                s3.0.store(CLOSED, Ordering::Relaxed);
+                log::error!("NATS connection closed");
+            });
+        match opts.connect(settings.url.as_str()) {
+            Ok(c) => break c,
+            Err(e) => {
+                log::warn!(
+                    "NATS at {} not reachable ({e}); retrying in {} ms",
+                    settings.url,
+                    delay.as_millis()
+                );
+                // A bounded, deliberate wait: there is no readiness signal
+                // for a server that is not there yet.
+                thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let mut subscriptions = Vec::new();
+    for (subject, queue) in subs {
+        let sub = match queue {
+            Some(q) => conn.queue_subscribe(subject, q),
+            None => conn.subscribe(subject),
+        };
+        match sub {
+            Ok(s) => {
+                // Bound what a stuck receiver can hold (the crate's queues
+                // are unbounded by default).
+                s.set_message_limits(65_536);
+                subscriptions.push(s);
+            }
+            Err(e) => log::error!("NATS: cannot subscribe to {subject}: {e}"),
+        }
+    }
+    if let Err(e) = conn.flush_timeout(Duration::from_secs(5)) {
+        log::warn!("NATS: subscriptions not confirmed: {e}");
+    }
+    state.set_connected();
+    log::info!(
+        "NATS connected to {} ({} subscriptions)",
+        settings.url,
+        subscriptions.len()
+    );
+    crate::transport::health_check::spawn_probe(conn.clone(), state.clone());
+
+    let publisher = conn.clone();
+    let pub_state = state.clone();
+    let spawned = thread::Builder::new()
+        .name("nats-out".into())
+        .stack_size(128 * 1024)
+        .spawn(move || publish_loop(&publisher, &out_rx, &pub_state));
+    if let Err(e) = spawned {
+        log::error!("NATS: cannot start the publisher: {e}");
+        return;
+    }
+    receive_loop(&subscriptions, inbound);
+}
+
+/// Publishes what the hub hands over; flushes once per burst so replies and
+/// results leave at once instead of waiting out the crate's 5 ms gate.
+fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &NatsState) {
+    while let Ok(out) = rx.recv() {
+        match out {
+            NatsOut::Publish(subject, data) => {
+                if let Err(e) = conn.publish(&subject, &**data) {
+                    log::warn!("NATS: publish to {subject} failed: {e}");
+                }
+            }
+            NatsOut::Barrier(done) => {
+                if state.describe() == "connected" {
+                    let _ = conn.flush_timeout(Duration::from_secs(2));
+                }
+                let _ = done.send(());
+                continue;
+            }
+        }
+        if rx.is_empty() && state.describe() == "connected" {
+            if let Err(e) = conn.flush_timeout(Duration::from_secs(2)) {
+                log::debug!("NATS: flush: {e}");
+            }
+        }
+    }
+}
+
+/// Hands every message of every subscription to `inbound`.
+fn receive_loop(subs: &[nats::Subscription], inbound: &Inbound) {
+    if subs.is_empty() {
+        return;
+    }
+    let mut sel = Select::new();
+    for s in subs {
+        sel.recv(s.receiver());
+    }
+    loop {
+        let op = sel.select();
+        let i = op.index();
+        match op.recv(subs[i].receiver()) {
+            Ok(msg) => inbound(&msg.subject, msg.reply.as_deref(), &msg.data),
+            Err(_) => {
+                log::error!("NATS subscription closed");
+                return;
+            }
+        }
+    }
+}
+
+/// The CLI's NATS connection.
+pub struct NatsClient {
+    url: String,
+    conn: nats::Connection,
+    incoming_tx: Sender<Incoming>,
+    incoming: Receiver<Incoming>,
+    inbox: String,
+    subs: Vec<nats::Subscription>,
+}
+
+impl NatsClient {
+    pub fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
+        let conn = options(settings, false)
+            .connect(settings.url.as_str())
+            .map_err(|e| connect_error(&settings.url, e))?;
+        let (incoming_tx, incoming) = crossbeam_channel::unbounded();
+        Ok(NatsClient {
+            url: settings.url.clone(),
+            conn,
+            incoming_tx,
+            incoming,
+            inbox: format!("_INBOX.{}", uuid::Uuid::new_v4().simple()),
+            subs: Vec::new(),
+        })
+    }
+}
+
+impl Transport for NatsClient {
+    fn publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        let r = match reply {
+            Some(r) => self.conn.publish_request(subject, r, data),
+            None => self.conn.publish(subject, data),
+        };
+        r.map_err(TransportError::Nats)
+    }
+
+    fn subscribe(&mut self, pattern: &str) -> Result<(), TransportError> {
+        let sub = self.conn.subscribe(pattern).map_err(TransportError::Nats)?;
+        let rx = sub.receiver().clone();
+        let tx = self.incoming_tx.clone();
+        thread::Builder::new()
+            .name("nats-sub".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                for msg in rx {
+                    let no_responders = msg.is_no_responders();
+                    let m = Incoming {
+                        subject: msg.subject,
+                        data: msg.data,
+                        no_responders,
+                    };
+                    if tx.send(m).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(TransportError::Io)?;
+        self.subs.push(sub);
+        Ok(())
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), TransportError> {
+        // The crate's flush_timeout can block past its timeout while
+        // disconnected: wait on a helper thread instead.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let conn = self.conn.clone();
+        thread::Builder::new()
+            .name("nats-flush".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = tx.send(conn.flush());
+            })
+            .map_err(TransportError::Io)?;
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError::Nats(e)),
+            Err(_) => Err(TransportError::FlushTimeout(timeout.as_millis())),
+        }
+    }
+
+    fn incoming(&self) -> &Receiver<Incoming> {
+        &self.incoming
+    }
+
+    fn inbox(&self) -> &str {
+        &self.inbox
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}
