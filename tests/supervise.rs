@@ -328,3 +328,21 @@ fn failing_health_checks_restart_the_agent() {
     assert!(wait_gone(first, Duration::from_secs(1)));
     d.stop();
 }
+
+#[test]
+fn limits_become_rlimits_of_the_child() {
+    let dir = TempDir::new("limits");
+    let out = dir.join("ulimit");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [{
+            "id": "limited", "command": "sh", "protocol": "none",
+            "args": ["-c", "echo $(ulimit -n) $(ulimit -t) $(ulimit -d) > \"$0\"; echo ready >&2; exec sleep 300", out],
+            "limits": {"open_files": 64, "cpu_seconds": 100, "memory_mb": 512}
+        }]}),
+    );
+    d.wait_seen("limited stderr: ready", T);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.trim(), format!("64 100 {}", 512 * 1024));
+    d.stop();
+}

@@ -495,3 +495,151 @@ fn send_lines_sends_one_task_per_line_and_prints_one_result_each() {
         assert_eq!(out.lines().count(), 2);
     });
 }
+
+#[test]
+fn oneshot_agents_run_one_process_per_task_with_the_prompt_last() {
+    let dir = TempDir::new("oneshot-rec");
+    let rec = dir.join("rec");
+    let mut agent = coder("once", Some(&rec), json!({}));
+    agent["protocol"] = json!("oneshot");
+    // A list flag before the prompt: claude would swallow a prompt placed
+    // right after it, so mister-smith must end the options with `--`.
+    agent["args"] = json!(["--allowedTools", "Read", "Bash"]);
+    let f = Fleet::start("oneshot", false, json!({"agents": [agent]}));
+    f.daemon.wait_seen("agent once: initializing -> idle", T);
+    for prompt in ["first", "-second looks like a flag"] {
+        let (status, out, err) = f.cli(&["send", "--to", "once", "--wait", "--", prompt], None);
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert_eq!(
+            json_lines(&out)[0]["payload"]["result"],
+            format!("done: {prompt}")
+        );
+    }
+    let starts: Vec<Value> = records(&rec)
+        .into_iter()
+        .filter(|r| r["event"] == "start")
+        .collect();
+    assert_eq!(starts.len(), 2, "one process per task");
+    assert_ne!(starts[0]["pid"], starts[1]["pid"]);
+    let argv: Vec<&str> = starts[1]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(argv.first(), Some(&"-p"));
+    assert_eq!(argv[argv.len() - 2..], ["--", "-second looks like a flag"]);
+    // The agent is idle between tasks, with no process.
+    let st: Vec<Value> = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st[0]["status"], "idle");
+    assert_eq!(st[0]["pid"], Value::Null);
+    assert_eq!(st[0]["tasks_completed"], 2);
+}
+
+#[test]
+fn a_task_that_waits_past_its_timeout_in_the_queue_is_answered_timeout() {
+    let f = Fleet::start(
+        "queue-expiry",
+        false,
+        json!({"agents": [coder("busy", None, json!({}))]}),
+    );
+    f.daemon.wait_seen("agent busy: initializing -> idle", T);
+    f.ok(&["pause", "busy"]);
+    let started = std::time::Instant::now();
+    let (status, out, err) = f.cli(
+        &[
+            "send",
+            "--to",
+            "busy",
+            "--wait",
+            "--timeout",
+            "300",
+            "never runs",
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["payload"]["status"], "timeout");
+    assert!(
+        r["payload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("waiting in the queue"),
+        "{r}"
+    );
+    f.ok(&["resume", "busy"]);
+    let (status, _, err) = f.cli(&["send", "--to", "busy", "--wait", "now"], None);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn correlation_id_and_metadata_reach_the_answers() {
+    let f = Fleet::start(
+        "correlation",
+        false,
+        json!({"agents": [coder("c", None, json!({}))]}),
+    );
+    f.daemon.wait_seen("agent c: initializing -> idle", T);
+    let id = "0b7f5a8e-3c1d-4e2f-9a6b-5c4d3e2f1a0b";
+    let (status, out, err) = f.cli(
+        &[
+            "send",
+            "--to",
+            "c",
+            "--wait",
+            "--correlation-id",
+            id,
+            "--meta",
+            "ticket=JIRA-7",
+            "--priority",
+            "2",
+            "hi",
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(json_lines(&out)[0]["correlation_id"], id);
+    // A JSON object body is the payload itself.
+    let (status, out, err) = f.cli(
+        &[
+            "send",
+            "--to",
+            "c",
+            "--wait",
+            r#"{"task_id":"mine-1","prompt":"as json","context":{"k":1}}"#,
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(json_lines(&out)[0]["payload"]["task_id"], "mine-1");
+}
+
+#[test]
+fn control_commands_answer_for_unknown_and_unfit_agents() {
+    let f = Fleet::start(
+        "control",
+        false,
+        json!({"agents": [coder("k", None, json!({}))]}),
+    );
+    f.daemon.wait_seen("agent k: initializing -> idle", T);
+    let (status, _, err) = f.cli(&["pause", "ghost"], None);
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("ghost"), "{err}");
+    let (status, _, err) = f.cli(&["resume", "a.b"], None);
+    assert_eq!(status.code(), Some(65), "{err}");
+    assert_eq!(f.ok(&["stop", "k"]), "k: stopping\n");
+    f.daemon.wait_seen("agent k: stopping -> terminated", T);
+    let (status, _, err) = f.cli(&["pause", "k"], None);
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("terminated"), "{err}");
+    assert_eq!(f.ok(&["start", "k"]), "k: initializing\n");
+    f.daemon.wait_for("agent k: initializing -> idle", T);
+    let first = f.ok(&["status", "--json"]);
+    f.ok(&["restart", "k"]);
+    f.daemon.wait_for("agent k: initializing -> idle", T);
+    let second = f.ok(&["status", "--json"]);
+    let pid = |s: &str| serde_json::from_str::<Vec<Value>>(s).unwrap()[0]["pid"].clone();
+    assert_ne!(pid(&first), pid(&second));
+}
