@@ -86,6 +86,13 @@ impl Client {
     /// The next message, or `None` at `deadline`.
     pub fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
         match self.transport.incoming().recv_deadline(deadline) {
+            Ok(m) if m.lost => Err(SystemError::Refused {
+                code: exit::TEMPORARY,
+                message: format!(
+                    "lost the connection to {} while waiting for answers",
+                    self.describe()
+                ),
+            }),
             Ok(m) => Ok(Some(m)),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(SystemError::Transport(

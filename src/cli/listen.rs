@@ -58,6 +58,9 @@ pub fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
     let mut out = std::io::stdout().lock();
     let mut seen = 0u64;
     for m in client.transport.incoming() {
+        if m.lost {
+            break;
+        }
         if m.no_responders {
             continue;
         }

@@ -18,6 +18,7 @@ use crate::message::router::{DaemonSink, Inbound, RoutingTable};
 use crate::runtime::error::ProcessError;
 use crate::runtime::health_monitor;
 use crate::runtime::supervisor::{Links, Outcome, Supervisor};
+use crate::runtime::tracker;
 use crate::transport::hub::{self, Outbox};
 use crate::transport::local_transport;
 use crate::transport::nats_transport::{self, NatsSettings, NatsState};
@@ -53,6 +54,43 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
             }
         })
         .map_err(thread_err("signals"))?;
+
+    // One daemon per run directory; what a killed predecessor left behind is
+    // swept before anything of ours starts.
+    let run_dir = tracker::run_dir(&config.daemon_id).map_err(|source| SystemError::Io {
+        what: "create the run directory",
+        source,
+    })?;
+    let _lock = match tracker::lock(&run_dir) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return Err(SystemError::Refused {
+                code: crate::error::exit::UNAVAILABLE,
+                message: format!(
+                    "another daemon with id {} is running (run directory {} is locked)",
+                    config.daemon_id,
+                    run_dir.display()
+                ),
+            })
+        }
+        Err(source) => {
+            return Err(SystemError::Io {
+                what: "lock the run directory",
+                source,
+            })
+        }
+    };
+    let swept = tracker::sweep(&run_dir);
+    if swept > 0 {
+        log::warn!("swept {swept} leftovers of a previous daemon that did not stop cleanly");
+    }
+    let (track_tx, track_rx) = crossbeam_channel::unbounded();
+    let dir = run_dir.clone();
+    thread::Builder::new()
+        .name("tracker".into())
+        .stack_size(256 * 1024)
+        .spawn(move || tracker::run(&track_rx, &dir))
+        .map_err(thread_err("tracker"))?;
 
     let table = Arc::new(RoutingTable::new(&config));
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -144,9 +182,11 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
         outbox,
         dispatch: dispatch_tx,
         health: health_tx,
+        tracker: track_tx,
         nats: nats_state,
         queued,
         queue_capacity: capacity,
+        max_message_size: config.message.max_message_size,
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(config.agents, events_tx, events_rx, sig_rx, links).run();
@@ -155,6 +195,8 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
         log::warn!("some final messages may not have been delivered");
     }
     signals_handle.close();
+    // A clean stop leaves nothing to sweep.
+    let _ = std::fs::remove_file(run_dir.join("state.json"));
     // The other threads end with the process; the socket file goes with
     // `_server`.
     Ok(outcome)

@@ -8,3 +8,4 @@ pub mod health_monitor;
 pub mod lifecycle;
 pub mod process_manager;
 pub mod supervisor;
+pub mod tracker;

@@ -135,6 +135,7 @@ pub fn spawn(
     run: u64,
     spec: &AgentSpec,
     prompt: Option<&str>,
+    max_message_size: usize,
     events: &Sender<Event>,
 ) -> Result<RunningChild, ProcessError> {
     let mut cmd = Command::new(&spec.command);
@@ -188,7 +189,9 @@ pub fn spawn(
                 .name(format!("out:{}", spec.id))
                 .stack_size(READER_STACK)
                 .spawn(move || {
-                    read_stdout(out, agent, run, &id, parse, &tx);
+                    // Room for the envelope around a progress event.
+                    let limit = max_message_size.saturating_sub(4096);
+                    read_stdout(out, agent, run, &id, parse, limit, &tx);
                     drop(eof);
                 })
                 .map_err(thread_err)?;
@@ -279,6 +282,7 @@ fn read_stdout(
     run: u64,
     id: &str,
     parse: bool,
+    limit: usize,
     events: &Sender<Event>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, out);
@@ -305,7 +309,7 @@ fn read_stdout(
             }
             Ok(LineRead::Line) => {
                 if parse {
-                    let line = Line::classify(&buf);
+                    let line = Line::classify(&buf, limit);
                     if events.send(Event::Stdout { agent, run, line }).is_err() {
                         return;
                     }

@@ -34,6 +34,7 @@ use crate::runtime::backoff::{Decision, Jitter, RestartBook};
 use crate::runtime::health_monitor::{HealthCmd, Verdict};
 use crate::runtime::lifecycle::{transition, State};
 use crate::runtime::process_manager::{self, RunningChild};
+use crate::runtime::tracker::TrackCmd;
 use crate::transport::hub::Outbox;
 use crate::transport::nats_transport::NatsState;
 
@@ -110,7 +111,10 @@ pub enum Line {
 impl Line {
     /// Parses one stdout line. Unknown event types are progress, as the
     /// stream-json format asks (new types appear in new claude versions).
-    pub fn classify(raw: &[u8]) -> Line {
+    /// A progress event longer than `limit` bytes (a whole file in a tool
+    /// result, say) is replaced by a stub naming its type and size, so it
+    /// can still be published within `max_message_size`.
+    pub fn classify(raw: &[u8], limit: usize) -> Line {
         let v: Value = match serde_json::from_slice(raw) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
@@ -134,6 +138,12 @@ impl Line {
                 };
                 Line::ControlResponse { request_id, error }
             }
+            Some(t) if raw.len() > limit => Line::Event(json!({
+                "type": t,
+                "subtype": v.get("subtype").cloned().unwrap_or(Value::Null),
+                "truncated_by_mister_smith": true,
+                "bytes": raw.len(),
+            })),
             _ => Line::Event(v),
         }
     }
@@ -240,9 +250,11 @@ pub struct Links {
     pub outbox: Outbox,
     pub dispatch: Sender<DispatchCmd>,
     pub health: Sender<HealthCmd>,
+    pub tracker: Sender<TrackCmd>,
     pub nats: Arc<NatsState>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
+    pub max_message_size: usize,
 }
 
 pub struct Supervisor {
@@ -593,10 +605,21 @@ impl Supervisor {
             return;
         }
         let run = a.run;
-        match process_manager::spawn(i, run, &a.spec, None, &self.events_tx) {
+        match process_manager::spawn(
+            i,
+            run,
+            &a.spec,
+            None,
+            self.links.max_message_size,
+            &self.events_tx,
+        ) {
             Ok(child) => {
                 a.last_output = Instant::now();
                 let pid = child.pid;
+                let _ = self.links.tracker.send(TrackCmd::Up {
+                    id: a.spec.id.clone(),
+                    pgid: pid,
+                });
                 a.child = Some(child);
                 if a.spec.protocol == Protocol::StreamJson {
                     let id = format!("init-{}-{run}", a.spec.id);
@@ -679,8 +702,21 @@ impl Supervisor {
                 a.run += 1;
                 let run = a.run;
                 a.result_seen = false;
-                match process_manager::spawn(i, run, &a.spec, Some(&task.prompt), &self.events_tx) {
-                    Ok(child) => a.child = Some(child),
+                match process_manager::spawn(
+                    i,
+                    run,
+                    &a.spec,
+                    Some(&task.prompt),
+                    self.links.max_message_size,
+                    &self.events_tx,
+                ) {
+                    Ok(child) => {
+                        let _ = self.links.tracker.send(TrackCmd::Up {
+                            id: a.spec.id.clone(),
+                            pgid: child.pid,
+                        });
+                        a.child = Some(child);
+                    }
                     Err(e) => {
                         log::error!("{e}");
                         let why = e.to_string();
@@ -889,7 +925,22 @@ impl Supervisor {
         }
     }
 
-    fn publish_result(&self, i: usize, task: &Task, result: TaskResult) {
+    fn publish_result(&self, i: usize, task: &Task, mut result: TaskResult) {
+        // A result too large to publish keeps its head and says so.
+        let limit = self.links.max_message_size.saturating_sub(16 * 1024);
+        if let Some(text) = result.result.as_mut() {
+            if text.len() > limit {
+                let total = text.len();
+                let mut cut = limit;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                result.errors.get_or_insert_with(Vec::new).push(format!(
+                    "result truncated from {total} to {cut} bytes to fit max_message_size"
+                ));
+            }
+        }
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i].spec.id.clone());
         self.links.outbox.publish_and_reply(
@@ -1053,6 +1104,9 @@ impl Supervisor {
         let Some(child) = a.child.take() else { return };
         let uptime = child.started.elapsed();
         let _ = self.links.health.send(HealthCmd::Unwatch { agent: i });
+        let _ = self.links.tracker.send(TrackCmd::Down {
+            id: a.spec.id.clone(),
+        });
         a.init_request = None;
         a.paused_from = None;
         a.result_seen = false;
@@ -1353,7 +1407,7 @@ mod tests {
     fn stdout_lines_are_classified() {
         let ok = br#"{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"pid":1}}}"#;
         assert_eq!(
-            Line::classify(ok),
+            Line::classify(ok, 1000),
             Line::ControlResponse {
                 request_id: "r1".into(),
                 error: None
@@ -1361,21 +1415,30 @@ mod tests {
         );
         let bad = br#"{"type":"control_response","response":{"subtype":"error","request_id":"r2","error":"Unsupported"}}"#;
         assert_eq!(
-            Line::classify(bad),
+            Line::classify(bad, 1000),
             Line::ControlResponse {
                 request_id: "r2".into(),
                 error: Some("Unsupported".into())
             }
         );
         assert!(matches!(
-            Line::classify(br#"{"type":"result","subtype":"success"}"#),
+            Line::classify(br#"{"type":"result","subtype":"success"}"#, 10),
             Line::Result(_)
         ));
         assert!(matches!(
-            Line::classify(br#"{"type":"brand_new_kind"}"#),
+            Line::classify(br#"{"type":"brand_new_kind"}"#, 1000),
             Line::Event(_)
         ));
-        assert!(matches!(Line::classify(b"[1,2]"), Line::NotJson(_)));
-        assert!(matches!(Line::classify(b"{\"type\":"), Line::NotJson(_)));
+        assert!(matches!(Line::classify(b"[1,2]", 1000), Line::NotJson(_)));
+        assert!(matches!(
+            Line::classify(b"{\"type\":", 1000),
+            Line::NotJson(_)
+        ));
+        assert_eq!(
+            Line::classify(br#"{"type":"user","message":"a long tool result"}"#, 20),
+            Line::Event(
+                json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
+            )
+        );
     }
 }

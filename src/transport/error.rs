@@ -51,7 +51,7 @@ impl TransportError {
                     || msg.contains("tls")
                     || msg.contains("credentials")
             }
-            TransportError::LocalListen { .. } | TransportError::LocalInUse { .. } => true,
+            TransportError::LocalListen { .. } => true,
             _ => false,
         }
     }

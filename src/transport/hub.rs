@@ -29,7 +29,7 @@ pub enum HubCmd {
         conn: u64,
         sid: u64,
         pattern: String,
-        tx: Sender<Vec<u8>>,
+        tx: Sender<WriterMsg>,
     },
     Unsubscribe {
         conn: u64,
@@ -38,15 +38,25 @@ pub enum HubCmd {
     Closed {
         conn: u64,
     },
-    /// Answered once everything sent before it has been handed on (and,
-    /// with NATS, flushed to the server).
+    /// Every copy of this sender is dropped once everything sent before it
+    /// has been written to local clients and flushed to NATS.
     Barrier(Sender<()>),
+}
+
+/// What a local client's writer thread is given.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// One line to write.
+    Frame(Vec<u8>),
+    /// Dropped once everything before it is written.
+    Flush(Sender<()>),
 }
 
 /// What the hub hands the NATS publisher.
 #[derive(Debug)]
 pub enum NatsOut {
     Publish(String, Arc<Vec<u8>>),
+    /// Dropped once everything before it is flushed to the server.
     Barrier(Sender<()>),
 }
 
@@ -95,15 +105,22 @@ impl Outbox {
 
     /// Waits (at most `within`) until everything published so far has left.
     pub fn drain(&self, within: std::time::Duration) -> bool {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.tx.send(HubCmd::Barrier(tx)).is_ok() && rx.recv_timeout(within).is_ok()
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        if self.tx.send(HubCmd::Barrier(tx)).is_err() {
+            return false;
+        }
+        // Every holder of the barrier drops its copy when done.
+        matches!(
+            rx.recv_timeout(within),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
     }
 }
 
 struct Sub {
     sid: u64,
     pattern: String,
-    tx: Sender<Vec<u8>>,
+    tx: Sender<WriterMsg>,
     dropped: u64,
 }
 
@@ -119,7 +136,10 @@ pub fn run(inbox: &Receiver<HubCmd>, nats: Option<&Sender<NatsOut>>) {
                         .iter_mut()
                         .filter(|s| subject_matches(&s.pattern, &subject))
                     {
-                        match s.tx.try_send(frame(s.sid, &subject, &data)) {
+                        match s
+                            .tx
+                            .try_send(WriterMsg::Frame(frame(s.sid, &subject, &data)))
+                        {
                             Ok(()) => {}
                             Err(TrySendError::Full(_)) => {
                                 s.dropped += 1;
@@ -166,14 +186,16 @@ pub fn run(inbox: &Receiver<HubCmd>, nats: Option<&Sender<NatsOut>>) {
             HubCmd::Closed { conn } => {
                 subs.remove(&conn);
             }
-            HubCmd::Barrier(done) => match nats {
-                Some(n) => {
+            HubCmd::Barrier(done) => {
+                for list in subs.values() {
+                    if let Some(s) = list.first() {
+                        let _ = s.tx.send(WriterMsg::Flush(done.clone()));
+                    }
+                }
+                if let Some(n) = nats {
                     let _ = n.send(NatsOut::Barrier(done));
                 }
-                None => {
-                    let _ = done.send(());
-                }
-            },
+            }
         }
     }
 }

@@ -29,13 +29,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::runtime::process_manager::{read_line_capped, LineRead};
-use crate::transport::hub::{HubCmd, LOCAL_INBOX_PREFIX};
+use crate::transport::hub::{HubCmd, WriterMsg, LOCAL_INBOX_PREFIX};
 use crate::transport::{Incoming, Transport, TransportError};
 
 /// At most this many local clients at once (each costs two threads).
 const MAX_CONNECTIONS: usize = 256;
 /// Messages waiting for a slow local client before it misses some.
-const CLIENT_QUEUE: usize = 10_000;
+const CLIENT_QUEUE: usize = 65_536;
+/// Above this many waiting answers, the daemon stops reading the client's
+/// requests until it has read its answers: a client that sends faster than
+/// it reads slows itself down instead of losing answers.
+const HIGH_WATER: usize = 8_192;
 
 /// One frame, either way. A flat struct rather than an enum tagged by
 /// `op`: serde buffers tagged enums, which a borrowed `RawValue` (the
@@ -169,15 +173,24 @@ fn serve_client(
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(CLIENT_QUEUE);
+    let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(CLIENT_QUEUE);
+    let (drained_tx, drained_rx) = crossbeam_channel::bounded::<()>(1);
     let writer = thread::Builder::new()
         .name(format!("local-w:{conn}"))
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut w = write_half;
-            for frame in rx {
-                if w.write_all(&frame).is_err() {
-                    break;
+            for msg in &rx {
+                match msg {
+                    WriterMsg::Frame(frame) => {
+                        if w.write_all(&frame).is_err() {
+                            break;
+                        }
+                    }
+                    WriterMsg::Flush(done) => drop(done),
+                }
+                if rx.len() < HIGH_WATER / 2 {
+                    let _ = drained_tx.try_send(());
                 }
             }
             let _ = w.shutdown(std::net::Shutdown::Both);
@@ -195,9 +208,15 @@ fn serve_client(
         };
         let mut line = serde_json::to_vec(&f).unwrap_or_default();
         line.push(b'\n');
-        let _ = tx.try_send(line);
+        let _ = tx.try_send(WriterMsg::Frame(line));
     };
     loop {
+        // Backpressure: let the client catch up on its answers first.
+        while tx.len() >= HIGH_WATER {
+            if drained_rx.recv_timeout(Duration::from_secs(1)).is_err() && tx.is_empty() {
+                break;
+            }
+        }
         buf.clear();
         match read_line_capped(&mut reader, &mut buf, max_frame) {
             Ok(LineRead::Eof) | Err(_) => break,
@@ -237,7 +256,7 @@ fn serve_client(
             ("ping", _, _, _) => {
                 // Behind every Subscribe this connection sent the hub, so a
                 // pong means earlier subscriptions are in place.
-                let _ = tx.send(b"{\"op\":\"pong\"}\n".to_vec());
+                let _ = tx.send(WriterMsg::Frame(b"{\"op\":\"pong\"}\n".to_vec()));
             }
             (op, ..) => err(format!("bad frame: op {op:?} without the fields it needs")),
         }
@@ -312,6 +331,7 @@ fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) 
                     subject,
                     data: envelope.get().as_bytes().to_vec(),
                     no_responders: false,
+                    lost: false,
                 };
                 if tx.send(msg).is_err() {
                     return;

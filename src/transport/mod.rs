@@ -29,6 +29,8 @@ pub struct Incoming {
     pub data: Vec<u8>,
     /// NATS said nobody subscribes to the subject the request went to.
     pub no_responders: bool,
+    /// Not a message: the connection was lost (answers may be gone).
+    pub lost: bool,
 }
 
 /// A client's connection: publish, subscribe, and confirm delivery.

@@ -246,6 +246,16 @@ fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &NatsSta
     while let Ok(out) = rx.recv() {
         match out {
             NatsOut::Publish(subject, data) => {
+                // The server closes a connection that exceeds its
+                // max_payload; never send such a message.
+                if data.len() > conn.max_payload() {
+                    log::warn!(
+                        "NATS: not publishing {} bytes on {subject} (server max_payload {})",
+                        data.len(),
+                        conn.max_payload()
+                    );
+                    continue;
+                }
                 if let Err(e) = conn.publish(&subject, &**data) {
                     log::warn!("NATS: publish to {subject} failed: {e}");
                 }
@@ -254,7 +264,7 @@ fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &NatsSta
                 if state.describe() == "connected" {
                     let _ = conn.flush_timeout(Duration::from_secs(2));
                 }
-                let _ = done.send(());
+                drop(done);
                 continue;
             }
         }
@@ -300,10 +310,21 @@ pub struct NatsClient {
 
 impl NatsClient {
     pub fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
+        let (incoming_tx, incoming) = crossbeam_channel::unbounded();
+        let lost = incoming_tx.clone();
         let conn = options(settings, false)
+            .disconnect_callback(move || {
+                // Replies to our inbox may be lost with the connection: say
+                // so rather than wait for them.
+                let _ = lost.try_send(Incoming {
+                    subject: String::new(),
+                    data: Vec::new(),
+                    no_responders: false,
+                    lost: true,
+                });
+            })
             .connect(settings.url.as_str())
             .map_err(|e| connect_error(&settings.url, e))?;
-        let (incoming_tx, incoming) = crossbeam_channel::unbounded();
         Ok(NatsClient {
             url: settings.url.clone(),
             conn,
@@ -343,6 +364,7 @@ impl Transport for NatsClient {
                         subject: msg.subject,
                         data: msg.data,
                         no_responders,
+                        lost: false,
                     };
                     if tx.send(m).is_err() {
                         return;

@@ -154,7 +154,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        cmd.env_remove("NATS_URL").env_remove("MISTER_SMITH_SOCKET");
+        // The run directory (state file, lock) lives in the test's own dir.
+        cmd.env_remove("NATS_URL")
+            .env_remove("MISTER_SMITH_SOCKET")
+            .env("XDG_RUNTIME_DIR", dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,325 @@
+//! The tracker: remembers every process an agent started, on disk, so that
+//! nothing outlives a daemon that was killed with SIGKILL.
+//!
+//! PDEATHSIG takes an agent's own process down with the daemon, but not the
+//! rest of its process group, and not a grandchild that left the group with
+//! `setsid` (claude's Bash tool does that). So the tracker keeps a small
+//! state file in the run directory with each agent's group (and the start
+//! time of its leader) and every escaped descendant it has seen (pid and
+//! start time), refreshed by a scan of `/proc` every two seconds. The next
+//! daemon sweeps whatever of those is still alive before it starts its own
+//! agents. Start times make the sweep safe against pid reuse.
+//!
+//! When an agent's process exits normally, its escaped descendants are
+//! killed too, so a stop leaves no survivors either way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{select_biased, tick, Receiver};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::process_manager::signal_group;
+
+/// How often `/proc` is scanned for escaped descendants.
+pub const SCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// Requests from the supervisor.
+#[derive(Debug)]
+pub enum TrackCmd {
+    /// Agent `id` runs in process group `pgid` (its leader's pid).
+    Up { id: String, pgid: u32 },
+    /// Agent `id`'s process has exited: kill its escaped descendants and
+    /// forget it.
+    Down { id: String },
+}
+
+/// One process, identified beyond pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Proc {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub daemon_pid: u32,
+    /// Agent id → its group leader.
+    pub groups: BTreeMap<String, Proc>,
+    /// Agent id → descendants that left its group.
+    pub escaped: BTreeMap<String, Vec<Proc>>,
+}
+
+/// `pid`'s (ppid, pgid, start time), from `/proc`.
+fn stat(pid: u32) -> Option<(u32, u32, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) pgrp(2) session(3) ... starttime(19).
+    if f.first() == Some(&"Z") {
+        return None;
+    }
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(2)?.parse().ok()?,
+        f.get(19)?.parse().ok()?,
+    ))
+}
+
+/// Whether `p` is still the process that was recorded.
+pub fn alive(p: &Proc) -> bool {
+    stat(p.pid).is_some_and(|(_, _, start)| start == p.start)
+}
+
+/// Every live process: pid → (ppid, pgid, start).
+fn scan() -> HashMap<u32, (u32, u32, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(s) = stat(pid) {
+                out.insert(pid, s);
+            }
+        }
+    }
+    out
+}
+
+/// The descendants of `root` that are not in group `pgid`.
+fn escapees(procs: &HashMap<u32, (u32, u32, u64)>, root: u32, pgid: u32) -> Vec<Proc> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, &(ppid, _, _)) in procs {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !seen.insert(c) {
+                continue;
+            }
+            if let Some(&(_, g, start)) = procs.get(&c) {
+                if g != pgid {
+                    out.push(Proc { pid: c, start });
+                }
+            }
+            stack.push(c);
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Kills an escaped process and its own group (it left ours with
+/// `setsid`, so it leads a group of its own).
+fn kill_escaped(p: &Proc) -> bool {
+    if !alive(p) {
+        return false;
+    }
+    let _ = signal_group(p.pid, libc::SIGKILL);
+    // Not a group leader after all: the process alone.
+    // SAFETY: kill has no memory-safety preconditions; the start time was
+    // checked just above, so the pid is the recorded process.
+    unsafe {
+        libc::kill(p.pid as libc::pid_t, libc::SIGKILL);
+    }
+    true
+}
+
+/// Kills what a previous daemon left behind according to the state file in
+/// `dir`. Returns how many groups or processes were swept.
+pub fn sweep(dir: &Path) -> usize {
+    let path = dir.join("state.json");
+    let Ok(text) = fs::read(&path) else { return 0 };
+    let Ok(state) = serde_json::from_slice::<State>(&text) else {
+        log::warn!("ignoring an unreadable state file {}", path.display());
+        return 0;
+    };
+    let procs = scan();
+    let mut swept = 0;
+    for (id, leader) in &state.groups {
+        // The group is ours if its leader is the recorded process, or gone:
+        // a pid stays reserved while it is the id of a live group, so a
+        // group with a dead leader is the old one.
+        let leader_ok = match procs.get(&leader.pid) {
+            Some(&(_, _, start)) => start == leader.start,
+            None => true,
+        };
+        let members = procs.values().filter(|(_, g, _)| *g == leader.pid).count();
+        if leader_ok && members > 0 {
+            log::warn!(
+                "sweeping {members} leftover processes of agent {id} (group {})",
+                leader.pid
+            );
+            let _ = signal_group(leader.pid, libc::SIGKILL);
+            swept += 1;
+        }
+    }
+    for (id, list) in &state.escaped {
+        for p in list {
+            if kill_escaped(p) {
+                log::warn!(
+                    "sweeping leftover process {} of agent {id} (left its group)",
+                    p.pid
+                );
+                swept += 1;
+            }
+        }
+    }
+    swept
+}
+
+/// The tracker's loop: keeps `dir/state.json` current until the supervisor
+/// drops its sender.
+pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
+    let mut state = State {
+        daemon_pid: std::process::id(),
+        ..State::default()
+    };
+    let path = dir.join("state.json");
+    write(&path, &state);
+    let ticker = tick(SCAN_EVERY);
+    loop {
+        let changed = select_biased! {
+            recv(inbox) -> cmd => match cmd {
+                Ok(TrackCmd::Up { id, pgid }) => {
+                    let start = stat(pgid).map_or(0, |(_, _, s)| s);
+                    state.groups.insert(id, Proc { pid: pgid, start });
+                    true
+                }
+                Ok(TrackCmd::Down { id }) => {
+                    state.groups.remove(&id);
+                    for p in state.escaped.remove(&id).unwrap_or_default() {
+                        if kill_escaped(&p) {
+                            log::info!("agent {id}: killed process {} that had left its group", p.pid);
+                        }
+                    }
+                    true
+                }
+                Err(_) => {
+                    // The daemon is done: its agents are gone.
+                    let _ = fs::remove_file(&path);
+                    return;
+                }
+            },
+            recv(ticker) -> _ => {
+                if state.groups.is_empty() {
+                    false
+                } else {
+                    let procs = scan();
+                    let mut changed = false;
+                    for (id, leader) in &state.groups {
+                        let found = escapees(&procs, leader.pid, leader.pid);
+                        let known = state.escaped.entry(id.clone()).or_default();
+                        for p in found {
+                            if !known.contains(&p) {
+                                log::info!("agent {id}: process {} left the group; tracking it", p.pid);
+                                known.push(p);
+                                changed = true;
+                            }
+                        }
+                        let before = known.len();
+                        known.retain(alive);
+                        changed |= known.len() != before;
+                    }
+                    changed
+                }
+            },
+        };
+        if changed {
+            write(&path, &state);
+        }
+    }
+}
+
+/// Writes the state atomically (a rename), so a crash never leaves half a
+/// file.
+fn write(path: &Path, state: &State) {
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    let ok = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&serde_json::to_vec(state).unwrap_or_default())?;
+            f.sync_data()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        log::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// The run directory: `$XDG_RUNTIME_DIR/mister-smith/<daemon_id>`, else
+/// `mister-smith-<uid>/<daemon_id>` in the temp directory. Created 0700.
+pub fn run_dir(daemon_id: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("mister-smith"),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        _ => std::env::temp_dir().join(format!("mister-smith-{}", unsafe { libc::getuid() })),
+    };
+    let dir = base.join(daemon_id);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(dir)
+}
+
+/// An exclusive lock on the run directory, held for the daemon's life: two
+/// daemons with one run directory would sweep each other's agents.
+pub struct RunLock(#[allow(dead_code)] fs::File);
+
+pub fn lock(dir: &Path) -> std::io::Result<Option<RunLock>> {
+    use std::os::unix::io::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: the fd is open for the duration of the call.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(Some(RunLock(f)))
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapees_are_descendants_outside_the_group() {
+        let mut procs = HashMap::new();
+        procs.insert(10, (1, 10, 100)); // agent leader
+        procs.insert(11, (10, 10, 101)); // child in the group
+        procs.insert(12, (11, 12, 102)); // grandchild that called setsid
+        procs.insert(13, (12, 12, 103)); // its child, in its new group
+        procs.insert(20, (1, 20, 200)); // unrelated
+        let got: Vec<u32> = escapees(&procs, 10, 10).iter().map(|p| p.pid).collect();
+        assert_eq!(got, [12, 13]);
+    }
+
+    #[test]
+    fn our_own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let (_, _, start) = stat(me).unwrap();
+        assert!(alive(&Proc { pid: me, start }));
+        assert!(!alive(&Proc {
+            pid: me,
+            start: start + 1
+        }));
+    }
+}
