@@ -4,6 +4,7 @@
 
 mod support;
 
+mod chaos;
 mod check_config;
 mod nats;
 mod supervise;

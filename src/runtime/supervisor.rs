@@ -115,6 +115,27 @@ impl Line {
     /// result, say) is replaced by a stub naming its type and size, so it
     /// can still be published within `max_message_size`.
     pub fn classify(raw: &[u8], limit: usize) -> Line {
+        if raw.len() > limit {
+            // Read only the type of a huge line: a progress event becomes a
+            // stub without its body ever being held as a JSON tree.
+            #[derive(serde::Deserialize)]
+            struct Head {
+                #[serde(rename = "type")]
+                kind: String,
+                #[serde(default)]
+                subtype: Option<String>,
+            }
+            if let Ok(h) = serde_json::from_slice::<Head>(raw) {
+                if h.kind != "result" && h.kind != "control_response" {
+                    return Line::Event(json!({
+                        "type": h.kind,
+                        "subtype": h.subtype,
+                        "truncated_by_mister_smith": true,
+                        "bytes": raw.len(),
+                    }));
+                }
+            }
+        }
         let v: Value = match serde_json::from_slice(raw) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
@@ -138,12 +159,6 @@ impl Line {
                 };
                 Line::ControlResponse { request_id, error }
             }
-            Some(t) if raw.len() > limit => Line::Event(json!({
-                "type": t,
-                "subtype": v.get("subtype").cloned().unwrap_or(Value::Null),
-                "truncated_by_mister_smith": true,
-                "bytes": raw.len(),
-            })),
             _ => Line::Event(v),
         }
     }

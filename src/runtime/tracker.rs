@@ -186,6 +186,7 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     let path = dir.join("state.json");
     write(&path, &state);
     let ticker = tick(SCAN_EVERY);
+    let mut noticed = Vec::new();
     loop {
         let changed = select_biased! {
             recv(inbox) -> cmd => match cmd {
@@ -210,17 +211,15 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                 }
             },
             recv(ticker) -> _ => {
-                if state.groups.is_empty() {
-                    false
-                } else {
+                let mut changed = false;
+                if !state.groups.is_empty() {
                     let procs = scan();
-                    let mut changed = false;
                     for (id, leader) in &state.groups {
                         let found = escapees(&procs, leader.pid, leader.pid);
                         let known = state.escaped.entry(id.clone()).or_default();
                         for p in found {
                             if !known.contains(&p) {
-                                log::info!("agent {id}: process {} left the group; tracking it", p.pid);
+                                noticed.push(format!("agent {id}: process {} left the group; tracking it", p.pid));
                                 known.push(p);
                                 changed = true;
                             }
@@ -229,12 +228,16 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                         known.retain(alive);
                         changed |= known.len() != before;
                     }
-                    changed
                 }
+                changed
             },
         };
         if changed {
             write(&path, &state);
+        }
+        // Said once it is on disk, so "tracking" means "would be swept".
+        for line in noticed.drain(..) {
+            log::info!("{line}");
         }
     }
 }

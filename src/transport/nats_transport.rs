@@ -99,12 +99,13 @@ fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
         "mister-smith"
     });
     // No sleep before the first attempt (the crate's default adds 0-1 s of
-    // jitter even then); short, growing delays after.
+    // jitter even then); short, growing delays after, capped at 250 ms so a
+    // restarted server is found again within a quarter second.
     o = o.reconnect_delay_callback(|n| {
         if n == 0 {
             Duration::ZERO
         } else {
-            Duration::from_millis(25u64.saturating_mul(1 << n.min(6)).min(1000))
+            Duration::from_millis(25u64.saturating_mul(1 << n.min(6)).min(250))
         }
     });
     if let Some(ca) = &s.tls_ca {

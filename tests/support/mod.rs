@@ -132,16 +132,18 @@ pub struct Daemon {
     child: Option<Child>,
     lines: Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
-    pub dir: TempDir,
+    /// Shared, so a test can start a second daemon in the same place.
+    pub dir: Arc<TempDir>,
 }
 
 impl Daemon {
     /// Starts `mister-smith --config <dir>/mister-smith.json run`.
-    pub fn start(dir: TempDir, config: &serde_json::Value) -> Daemon {
+    pub fn start(dir: impl Into<Arc<TempDir>>, config: &serde_json::Value) -> Daemon {
         Daemon::start_with(dir, config, &[])
     }
 
-    pub fn start_with(dir: TempDir, config: &serde_json::Value, env: &[(&str, &str)]) -> Daemon {
+    pub fn start_with(dir: impl Into<Arc<TempDir>>, config: &serde_json::Value, env: &[(&str, &str)]) -> Daemon {
+        let dir: Arc<TempDir> = dir.into();
         let path = dir.config(config);
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
