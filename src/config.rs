@@ -322,21 +322,33 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
 /// agent's program and working directory exist (for `run` and
 /// `check-config`).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let config = load_unchecked(path)?;
-    let missing = missing_programs(&config);
-    if !missing.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems: missing,
-        });
+    let (config, mut problems) = read_and_parse(path)?;
+    if let Some(c) = &config {
+        problems.extend(missing_programs(c));
     }
-    Ok(config)
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+    }
 }
 
 /// Reads and checks the config file at `path` without looking for the
 /// agents' programs: what client commands need (they may run on a host
 /// without `claude`).
 pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+    match read_and_parse(path)? {
+        (Some(c), problems) if problems.is_empty() => Ok(c),
+        (_, problems) => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+    }
+}
+
+fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigError> {
     let meta = std::fs::metadata(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             ConfigError::NotFound {
@@ -369,13 +381,11 @@ pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
         _ => PathBuf::from("."),
     };
     let base = std::path::absolute(&base).unwrap_or(base);
-    let invalid = |problems| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        problems,
-    };
-    let mut config = parse(&value, &base).map_err(invalid)?;
-    config.path = path.to_path_buf();
-    Ok(config)
+    let (mut config, problems) = parse_all(&value, &base);
+    if let Some(c) = config.as_mut() {
+        c.path = path.to_path_buf();
+    }
+    Ok((config, problems))
 }
 
 /// Agents whose program cannot be found or is not executable, or whose
@@ -423,9 +433,19 @@ fn missing_programs(config: &Config) -> Vec<Problem> {
 /// Checks a parsed config document. Relative paths are resolved against
 /// `base`. Returns every problem found, not just the first.
 pub fn parse(value: &Value, base: &Path) -> Result<Config, Vec<Problem>> {
+    match parse_all(value, base) {
+        (Some(c), problems) if problems.is_empty() => Ok(c),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// Like [`parse`], but also returns what could be read despite the
+/// problems (the agents without problems of their own), so later checks can
+/// add theirs to the same list.
+fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     let mut p = Problems::default();
     let Some(top) = p.object(value, "") else {
-        return Err(p.0);
+        return (None, p.0);
     };
     p.known_keys(top, "", &["daemon_id", "transport", "message", "agents"]);
 
@@ -465,17 +485,14 @@ pub fn parse(value: &Value, base: &Path) -> Result<Config, Vec<Problem>> {
         }
     }
 
-    if p.0.is_empty() {
-        Ok(Config {
-            path: PathBuf::new(),
-            daemon_id,
-            transport,
-            message,
-            agents: agents.into_iter().map(|(a, _)| a).collect(),
-        })
-    } else {
-        Err(p.0)
-    }
+    let config = Config {
+        path: PathBuf::new(),
+        daemon_id,
+        transport,
+        message,
+        agents: agents.into_iter().map(|(a, _)| a).collect(),
+    };
+    (Some(config), p.0)
 }
 
 /// The host name, made into a valid token, or `localhost`.

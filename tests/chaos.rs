@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    alive, fake_agent, json_lines, pid_in, records, run_cli_stdin, wait_gone, Daemon, NatsServer, TempDir,
+    alive, fake_agent, json_lines, pid_in, records, run_cli_stdin, wait_gone, Daemon, NatsServer,
+    TempDir,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -60,7 +61,17 @@ fn nats_restarting_under_load_loses_no_answer_and_hangs_nothing() {
                 let started = Instant::now();
                 let prompt = format!("s{n}-{i} [[fake:delay=20]]");
                 let (status, out, err) = run_cli_stdin(
-                    &["--nats", &url, "send", "--agent-type", "claude", "--wait", "--timeout", "3000", &prompt],
+                    &[
+                        "--nats",
+                        &url,
+                        "send",
+                        "--agent-type",
+                        "claude",
+                        "--wait",
+                        "--timeout",
+                        "3000",
+                        &prompt,
+                    ],
                     &[],
                     None,
                 );
@@ -88,8 +99,16 @@ fn nats_restarting_under_load_loses_no_answer_and_hangs_nothing() {
     // After the reconnection, tasks complete again.
     let after = d.log().len();
     let deadline = Instant::now() + T;
-    while d.log()[after..].iter().filter(|l| l.contains(" completed")).count() < 6 {
-        assert!(Instant::now() < deadline, "no tasks completed after the reconnection");
+    while d.log()[after..]
+        .iter()
+        .filter(|l| l.contains(" completed"))
+        .count()
+        < 6
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no tasks completed after the reconnection"
+        );
         d.wait_for(" completed", T);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -98,14 +117,20 @@ fn nats_restarting_under_load_loses_no_answer_and_hangs_nothing() {
         for (code, took, out, err) in s.join().unwrap() {
             total += 1;
             // 3 s timeout + the interrupt grace + connection setup.
-            assert!(took < Duration::from_secs(10), "a send took {took:?}: {err}");
+            assert!(
+                took < Duration::from_secs(10),
+                "a send took {took:?}: {err}"
+            );
             let results = json_lines(&out);
             assert!(results.len() <= 1, "answered twice: {out}");
             match code {
                 Some(0) => assert_eq!(results[0]["payload"]["status"], "completed"),
                 // The reason is on stderr, or in a timeout/cancelled result.
                 Some(69 | 75) => assert!(
-                    !err.is_empty() || results.first().is_some_and(|r| r["payload"]["status"] != "completed"),
+                    !err.is_empty()
+                        || results
+                            .first()
+                            .is_some_and(|r| r["payload"]["status"] != "completed"),
                     "a failure without a reason: {out}"
                 ),
                 other => panic!("unexpected exit {other:?}: {out} {err}"),
@@ -141,20 +166,33 @@ fn after_sigkill_nothing_survives_the_next_start_and_status_is_right() {
         .find(|r| r["event"] == "grandchild")
         .and_then(|r| r["pid"].as_u64())
         .unwrap() as u32;
-    let in_group: u32 = std::fs::read_to_string(dir.join("grp.pid")).unwrap().trim().parse().unwrap();
+    let in_group: u32 = std::fs::read_to_string(dir.join("grp.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
 
     d.signal(libc::SIGKILL);
     d.wait_exit(T);
     for pid in [esc, grp] {
-        assert!(wait_gone(pid, Duration::from_secs(1)), "agent {pid} outlived the daemon");
+        assert!(
+            wait_gone(pid, Duration::from_secs(1)),
+            "agent {pid} outlived the daemon"
+        );
     }
     // Only PDEATHSIG has acted: the grandchildren are still there.
     assert!(alive(escaped) && alive(in_group));
 
     let d2 = Daemon::start(dir.clone(), &config);
     d2.wait_seen("swept 2 leftovers", T);
-    assert!(wait_gone(escaped, Duration::from_secs(2)), "escaped grandchild survived");
-    assert!(wait_gone(in_group, Duration::from_secs(2)), "group grandchild survived");
+    assert!(
+        wait_gone(escaped, Duration::from_secs(2)),
+        "escaped grandchild survived"
+    );
+    assert!(
+        wait_gone(in_group, Duration::from_secs(2)),
+        "group grandchild survived"
+    );
     d2.wait_seen("agent esc: initializing -> idle", T);
     d2.wait_seen("agent grp: initializing -> idle", T);
     let (status, out, _) = d2.cli(&["status", "--json"]);
@@ -182,7 +220,10 @@ fn a_crash_loop_is_stopped_by_its_budget_cheaply_while_the_rest_works() {
     d.wait_seen("supervising", T);
     let before = cpu_seconds(d.pid());
     let started = Instant::now();
-    d.wait_seen("ALERT agent loop: restart budget spent (1000 restarts", Duration::from_secs(120));
+    d.wait_seen(
+        "ALERT agent loop: restart budget spent (1000 restarts",
+        Duration::from_secs(120),
+    );
     let took = started.elapsed();
     let cpu = cpu_seconds(d.pid()) - before;
     println!(
@@ -192,7 +233,10 @@ fn a_crash_loop_is_stopped_by_its_budget_cheaply_while_the_rest_works() {
         cpu * 1e6 / 1000.0
     );
     // A loose bound: a polling or leaking supervisor would blow through it.
-    assert!(cpu < 10.0, "the daemon used {cpu:.2} s of CPU for 1000 restarts");
+    assert!(
+        cpu < 10.0,
+        "the daemon used {cpu:.2} s of CPU for 1000 restarts"
+    );
     let (status, out, _) = d.cli(&["health"]);
     assert_eq!(status.code(), Some(2), "{out}");
     let (status, _, err) = d.cli(&["send", "--to", "fine", "--wait", "still here"]);
@@ -264,7 +308,15 @@ fn a_50_mb_line_or_100_mb_of_stderr_stalls_nobody() {
     let big = std::thread::spawn(move || {
         let _keep = dir;
         run_cli_stdin(
-            &["--socket", sock.to_str().unwrap(), "send", "--to", "big", "--stream", "huge [[fake:big=50000000]]"],
+            &[
+                "--socket",
+                sock.to_str().unwrap(),
+                "send",
+                "--to",
+                "big",
+                "--stream",
+                "huge [[fake:big=50000000]]",
+            ],
             &[],
             None,
         )
@@ -276,7 +328,9 @@ fn a_50_mb_line_or_100_mb_of_stderr_stalls_nobody() {
     assert_eq!(status.code(), Some(0), "{err}");
     let lines = json_lines(&out);
     assert!(
-        lines.iter().any(|l| l["payload"]["event"]["truncated_by_mister_smith"] == true),
+        lines
+            .iter()
+            .any(|l| l["payload"]["event"]["truncated_by_mister_smith"] == true),
         "the big event was not reduced"
     );
     assert_eq!(lines.last().unwrap()["payload"]["status"], "completed");
@@ -288,11 +342,15 @@ fn a_50_mb_line_or_100_mb_of_stderr_stalls_nobody() {
 
 #[test]
 fn sigterm_while_eight_agents_are_busy_answers_every_task_cancelled() {
-    let agents: Vec<Value> = (1..=8).map(|n| fake_agent(&format!("b{n}"), json!({}))).collect();
+    let agents: Vec<Value> = (1..=8)
+        .map(|n| fake_agent(&format!("b{n}"), json!({})))
+        .collect();
     let mut d = Daemon::start(TempDir::new("busy-stop"), &json!({"agents": agents}));
     let mut pids = Vec::new();
     for n in 1..=8 {
-        pids.push(pid_in(&d.wait_seen(&format!("agent b{n}: initializing -> idle"), T)));
+        pids.push(pid_in(
+            &d.wait_seen(&format!("agent b{n}: initializing -> idle"), T),
+        ));
     }
     let sock = d.socket();
     let sends: Vec<_> = (1..=8)
@@ -300,8 +358,15 @@ fn sigterm_while_eight_agents_are_busy_answers_every_task_cancelled() {
             let sock = sock.clone();
             std::thread::spawn(move || {
                 run_cli_stdin(
-                    &["--socket", sock.to_str().unwrap(), "send", "--to", &format!("b{n}"), "--wait",
-                      "long job [[fake:delay=500]] [[fake:turns=20]]"],
+                    &[
+                        "--socket",
+                        sock.to_str().unwrap(),
+                        "send",
+                        "--to",
+                        &format!("b{n}"),
+                        "--wait",
+                        "long job [[fake:delay=500]] [[fake:turns=20]]",
+                    ],
                     &[],
                     None,
                 )
@@ -320,7 +385,10 @@ fn sigterm_while_eight_agents_are_busy_answers_every_task_cancelled() {
         assert_eq!(json_lines(&out)[0]["payload"]["status"], "cancelled");
     }
     for pid in pids {
-        assert!(wait_gone(pid, Duration::from_secs(1)), "agent {pid} survived");
+        assert!(
+            wait_gone(pid, Duration::from_secs(1)),
+            "agent {pid} survived"
+        );
     }
     // No zombies of ours: the daemon is gone and reaped by the test.
 }

@@ -643,3 +643,101 @@ fn control_commands_answer_for_unknown_and_unfit_agents() {
     let pid = |s: &str| serde_json::from_str::<Vec<Value>>(s).unwrap()[0]["pid"].clone();
     assert_ne!(pid(&first), pid(&second));
 }
+
+#[test]
+fn an_earlier_tasks_deadline_never_hits_a_later_task() {
+    let f = Fleet::start(
+        "seq",
+        false,
+        json!({"agents": [coder("s", None, json!({}))]}),
+    );
+    f.daemon.wait_seen("agent s: initializing -> idle", T);
+    // A's deadline (1.5 s) passes while B, sent straight to the idle agent
+    // after A, is running.
+    let (status, _, err) = f.cli(
+        &[
+            "send",
+            "--to",
+            "s",
+            "--wait",
+            "--timeout",
+            "1500",
+            "a [[fake:delay=100]]",
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (status, out, err) = f.cli(
+        &[
+            "send",
+            "--to",
+            "s",
+            "--wait",
+            "--timeout",
+            "60000",
+            "b [[fake:delay=300]] [[fake:turns=3]]",
+        ],
+        None,
+    );
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    assert_eq!(json_lines(&out)[0]["payload"]["status"], "completed");
+}
+
+#[test]
+fn a_stop_during_a_timed_out_task_stays_a_stop() {
+    let f = Fleet::start(
+        "stop-timeout",
+        false,
+        json!({"agents": [coder("st", None, json!({"FAKE_CLAUDE_IGNORE_SIGTERM": "1"}))]}),
+    );
+    f.daemon.wait_seen("agent st: initializing -> idle", T);
+    let sock = f.daemon.socket();
+    let send = std::thread::spawn(move || {
+        run_cli_stdin(
+            &[
+                "--socket",
+                sock.to_str().unwrap(),
+                "send",
+                "--to",
+                "st",
+                "--wait",
+                "--timeout",
+                "300",
+                "stuck [[fake:hang]]",
+            ],
+            &[],
+            None,
+        )
+    });
+    f.daemon.wait_seen("task", T);
+    f.daemon
+        .wait_seen("timed out after 300 ms: interrupting", T);
+    f.ok(&["stop", "st"]);
+    f.daemon.wait_seen("agent st: stopping -> terminated", T);
+    let (status, out, _) = send.join().unwrap();
+    assert_eq!(status.code(), Some(75), "{out}");
+    let st: Vec<Value> = serde_json::from_str(&f.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st[0]["status"], "terminated");
+    assert_eq!(st[0]["restarts"], 0);
+}
+
+#[test]
+fn send_to_all_waits_for_every_agents_result() {
+    let f = Fleet::start(
+        "to-all",
+        false,
+        json!({"agents": [coder("x1", None, json!({})), coder("x2", None, json!({})), coder("x3", None, json!({}))]}),
+    );
+    for id in ["x1", "x2", "x3"] {
+        f.daemon
+            .wait_seen(&format!("agent {id}: initializing -> idle"), T);
+    }
+    let (status, out, err) = f.cli(&["send", "--to", "all", "--wait", "everyone"], None);
+    assert_eq!(status.code(), Some(0), "{err}");
+    let mut agents: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|l| l["payload"]["agent_id"].as_str().unwrap().to_string())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["x1", "x2", "x3"]);
+}

@@ -78,17 +78,18 @@ fn bad(message: impl Into<String>) -> SystemError {
     }
 }
 
-/// What happened to one task.
-#[derive(Debug)]
-enum Outcome {
-    Pending,
-    Accepted,
-    Done,
-}
+/// Past a task's own deadline, how long to wait for its answer: the
+/// daemon's interrupt grace (5 s) and some slack.
+const RESULT_MARGIN: Duration = Duration::from_secs(7);
 
+/// What is known of one request (one task, or one per agent for `--to all`).
 struct Pending {
     task_id: String,
-    outcome: Outcome,
+    acks: u32,
+    results: u32,
+    done: bool,
+    /// When to stop waiting for the results.
+    deadline: Instant,
 }
 
 pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
@@ -162,6 +163,28 @@ pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         envelopes.push(env);
     }
 
+    // Whatever happens underneath (a NATS client stuck in a reconnect, a
+    // daemon that vanished), `send` ends within its bound: scripts rely on
+    // it not hanging.
+    let longest = args
+        .timeout
+        .map_or(Duration::from_secs(3600), Duration::from_millis);
+    let bound = if message_type == MessageType::TaskAssignment && (args.wait || args.stream) {
+        longest + RESULT_MARGIN + client::ACK_WAIT * 3
+    } else {
+        client::ACK_WAIT * 3
+    };
+    let _ = std::thread::Builder::new()
+        .name("send-bound".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            std::thread::sleep(bound);
+            eprintln!(
+                "mister-smith: error: gave up after {} ms without an answer",
+                bound.as_millis()
+            );
+            std::process::exit(i32::from(exit::TEMPORARY));
+        });
     let mut client = client::connect(cli)?;
     if message_type != MessageType::TaskAssignment {
         return send_other(&mut client, &subject, envelopes);
@@ -228,47 +251,40 @@ fn send_tasks(
     args: &SendArgs,
 ) -> Result<u8, SystemError> {
     let wait = args.wait || args.stream;
+    let default = default_timeout(client);
     let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut order = Vec::new();
-    let mut longest = Duration::ZERO;
     for mut env in envelopes {
         let task_id = match &env.payload {
             Payload::TaskAssignment(t) => t.task_id.clone(),
             _ => String::new(),
         };
-        let timeout = env.timeout_ms.map(Duration::from_millis);
+        let timeout = env.timeout_ms.map_or(default, Duration::from_millis);
         let reply = client.request(subject, &mut env)?;
-        longest = longest.max(timeout.unwrap_or(default_timeout(client)));
-        order.push(task_id.clone());
         pending.insert(
             reply,
             Pending {
                 task_id,
-                outcome: Outcome::Pending,
+                acks: 0,
+                results: 0,
+                done: false,
+                deadline: Instant::now() + timeout + RESULT_MARGIN,
             },
         );
     }
     client.flush()?;
 
-    let started = Instant::now();
-    // Accepted tasks are answered by the daemon at their deadline at the
-    // latest; the margin covers a daemon that died meanwhile.
-    let result_deadline = started + longest + Duration::from_secs(10);
     let mut stdout = std::io::stdout().lock();
     let mut worst = exit::OK;
-    let mut last_answer = started;
+    let mut last_answer = Instant::now();
     loop {
-        let waiting_ack = pending
+        let waiting_ack = pending.values().any(|p| !p.done && p.acks == 0);
+        let open = pending
             .values()
-            .any(|p| matches!(p.outcome, Outcome::Pending));
-        let waiting_result = wait
-            && pending
-                .values()
-                .any(|p| !matches!(p.outcome, Outcome::Done));
-        if !waiting_ack && !waiting_result {
-            break;
-        }
-        // Acknowledgements come fast; the wait restarts with each answer so
+            .filter(|p| !p.done)
+            .map(|p| p.deadline)
+            .min();
+        let Some(result_deadline) = open else { break };
+        // Acknowledgements come fast; that wait restarts with each answer so
         // a long batch is not cut off while it is being acknowledged.
         let deadline = if waiting_ack {
             last_answer + client::ACK_WAIT
@@ -276,33 +292,27 @@ fn send_tasks(
             result_deadline
         };
         let Some(m) = client.next_until(deadline)? else {
-            let what = if waiting_ack {
-                "acknowledged"
-            } else {
-                "answered"
-            };
-            let n = pending
-                .values()
-                .filter(|p| {
-                    if waiting_ack {
-                        matches!(p.outcome, Outcome::Pending)
-                    } else {
-                        !matches!(p.outcome, Outcome::Done)
-                    }
-                })
-                .count();
-            let code = if waiting_ack {
-                exit::UNAVAILABLE
-            } else {
-                exit::TEMPORARY
-            };
-            return Err(SystemError::Refused {
-                code: code.max(worst),
-                message: format!(
-                    "{n} task(s) not {what} in time on {} ({subject})",
-                    client.describe()
-                ),
-            });
+            if waiting_ack {
+                let n = pending.values().filter(|p| !p.done && p.acks == 0).count();
+                return Err(SystemError::Refused {
+                    code: pick(worst, exit::UNAVAILABLE),
+                    message: format!(
+                        "{n} task(s) not acknowledged within {} ms on {} ({subject})",
+                        client::ACK_WAIT.as_millis(),
+                        client.describe()
+                    ),
+                });
+            }
+            let now = Instant::now();
+            for p in pending
+                .values_mut()
+                .filter(|p| !p.done && p.deadline <= now)
+            {
+                eprintln!("mister-smith: error: task {}: no result in time", p.task_id);
+                p.done = true;
+                worst = pick(worst, exit::TEMPORARY);
+            }
+            continue;
         };
         last_answer = Instant::now();
         let Some(p) = pending.get_mut(&m.subject) else {
@@ -310,25 +320,32 @@ fn send_tasks(
         };
         if m.no_responders {
             eprintln!("mister-smith: error: no agent answers on {subject} (no responders)");
-            p.outcome = Outcome::Done;
+            p.done = true;
             worst = pick(worst, exit::UNAVAILABLE);
             continue;
         }
         let env = client::decode(&m)?;
         if let Some(err) = refusal(&env) {
             eprintln!("mister-smith: error: task {}: {err}", p.task_id);
-            let code = err.exit_code();
-            p.outcome = Outcome::Done;
-            worst = pick(worst, code);
+            p.done = true;
+            worst = pick(worst, err.exit_code());
             continue;
         }
         match &env.payload {
-            Payload::TaskProgress(_) => {
-                if matches!(p.outcome, Outcome::Pending) {
-                    p.outcome = Outcome::Accepted;
+            Payload::TaskProgress(progress) => {
+                let event = &progress.event;
+                if event["type"] == "system" && event["subtype"] == "queued" {
+                    p.acks += 1;
+                    // The daemon says how long the task may take.
+                    if let Some(ms) = event["timeout_ms"].as_u64() {
+                        let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
+                        p.deadline = p.deadline.max(d);
+                    }
                     if !wait {
-                        print_line(&mut stdout, p.task_id.as_bytes())?;
-                        p.outcome = Outcome::Done;
+                        if p.acks == 1 {
+                            print_line(&mut stdout, p.task_id.as_bytes())?;
+                        }
+                        p.done = true;
                         continue;
                     }
                 }
@@ -345,7 +362,11 @@ fn send_tasks(
                 if wait {
                     print_line(&mut stdout, &m.data)?;
                 }
-                p.outcome = Outcome::Done;
+                p.results += 1;
+                // `--to all`: one result per agent that acknowledged.
+                if p.results >= p.acks {
+                    p.done = true;
+                }
                 worst = pick(worst, code);
             }
             _ => {}

@@ -105,14 +105,23 @@ impl Queue {
         self.tasks.is_empty()
     }
 
+    /// Gives a new task its arrival number, unique for the queue's life.
+    /// Every task is stamped, also one that goes straight to an idle agent:
+    /// the supervisor tells tasks apart by it.
+    pub fn stamp(&mut self, task: &mut Task) {
+        self.next_seq += 1;
+        task.seq = self.next_seq;
+    }
+
     /// Adds a new task, or gives it back when the queue is full.
     pub fn push(&mut self, mut task: Task) -> Result<(), (Box<Task>, Refusal)> {
         if self.tasks.len() >= self.capacity {
             let capacity = self.capacity;
             return Err((Box::new(task), Refusal::Full { capacity }));
         }
-        self.next_seq += 1;
-        task.seq = self.next_seq;
+        if task.seq == 0 {
+            self.stamp(&mut task);
+        }
         self.insert(task);
         Ok(())
     }
@@ -208,8 +217,10 @@ pub enum DispatchCmd {
     Ready(usize),
     /// Agent `usize` is no longer idle.
     NotReady(usize),
-    /// Stop taking tasks; answer every queued one `cancelled`.
-    Shutdown,
+    /// Stop taking tasks; answer every queued one `cancelled`. The sender
+    /// is dropped once done, so every assignment made before is already on
+    /// its way to the supervisor.
+    Shutdown(crossbeam_channel::Sender<()>),
 }
 
 /// What the dispatcher tells the rest of the daemon.
@@ -236,10 +247,7 @@ pub fn run(
     sink: &dyn DispatchSink,
 ) {
     let mut queue = Queue::new(capacity);
-    // Idle agents: a flag per agent, and per type the idle ones in the order
-    // they became idle, so work is spread over them.
-    let mut idle = vec![false; agent_types.len()];
-    let mut idle_by_type: HashMap<&str, VecDeque<usize>> = HashMap::new();
+    let mut idle = Idle::new(agent_types);
     let mut closed = false;
     loop {
         let timer = queue.next_deadline().map_or_else(never, at);
@@ -248,29 +256,16 @@ pub fn run(
                 let Ok(cmd) = cmd else { return };
                 match cmd {
                     DispatchCmd::Submit(task) if closed => sink.refused(&task, Refusal::ShuttingDown),
-                    DispatchCmd::Submit(task) => {
-                        // An idle agent that fits takes it at once.
-                        let agent = match &task.target {
-                            Target::Agent(i) => idle.get(*i).copied().unwrap_or(false).then_some(*i),
-                            Target::Type(t) => idle_by_type.get_mut(t.as_str()).and_then(|q| {
-                                while let Some(i) = q.pop_front() {
-                                    if idle[i] {
-                                        return Some(i);
-                                    }
-                                }
-                                None
-                            }),
-                        };
-                        if let Some(i) = agent {
-                            idle[i] = false;
+                    DispatchCmd::Submit(mut task) => {
+                        queue.stamp(&mut task);
+                        if let Some(i) = idle.take_for(&task.target) {
                             sink.accepted(&task, 0);
                             sink.assign(i, task);
                         } else {
+                            let seq = task.seq;
                             match queue.push(task) {
                                 Ok(()) => {
-                                    // The just-pushed task has the highest
-                                    // sequence number.
-                                    if let Some(t) = queue.tasks.get(&queue.next_seq) {
+                                    if let Some(t) = queue.tasks.get(&seq) {
                                         sink.accepted(t, queue.len());
                                     }
                                 }
@@ -281,30 +276,29 @@ pub fn run(
                     DispatchCmd::Requeue(task) => {
                         if closed {
                             sink.cancelled(&task);
+                        } else if let Some(i) = idle.take_for(&task.target) {
+                            // Another idle agent that fits takes it now.
+                            sink.assign(i, task);
                         } else {
                             queue.requeue(task);
                         }
                     }
-                    DispatchCmd::Ready(i) if closed || i >= idle.len() => {}
+                    DispatchCmd::Ready(i) if closed || i >= agent_types.len() => {}
                     DispatchCmd::Ready(i) => {
                         if let Some(task) = queue.pop_for(i, &agent_types[i]) {
-                            idle[i] = false;
+                            idle.set_busy(i);
                             sink.assign(i, task);
-                        } else if !idle[i] {
-                            idle[i] = true;
-                            idle_by_type.entry(agent_types[i].as_str()).or_default().push_back(i);
+                        } else {
+                            idle.set_idle(i);
                         }
                     }
-                    DispatchCmd::NotReady(i) => {
-                        if let Some(flag) = idle.get_mut(i) {
-                            *flag = false;
-                        }
-                    }
-                    DispatchCmd::Shutdown => {
+                    DispatchCmd::NotReady(i) => idle.set_busy(i),
+                    DispatchCmd::Shutdown(done) => {
                         closed = true;
                         for t in queue.drain() {
                             sink.cancelled(&t);
                         }
+                        drop(done);
                     }
                 }
             },
@@ -315,6 +309,65 @@ pub fn run(
             },
         }
         queued.store(queue.len(), Ordering::Relaxed);
+    }
+}
+
+/// Which agents are idle: a flag per agent, and per type the idle ones in
+/// the order they became idle, so work is spread over them. An agent is in
+/// its type's list at most once.
+struct Idle<'a> {
+    types: &'a [String],
+    idle: Vec<bool>,
+    listed: Vec<bool>,
+    by_type: HashMap<&'a str, VecDeque<usize>>,
+}
+
+impl<'a> Idle<'a> {
+    fn new(types: &'a [String]) -> Self {
+        Idle {
+            types,
+            idle: vec![false; types.len()],
+            listed: vec![false; types.len()],
+            by_type: HashMap::new(),
+        }
+    }
+
+    fn set_idle(&mut self, i: usize) {
+        self.idle[i] = true;
+        if !self.listed[i] {
+            self.listed[i] = true;
+            self.by_type
+                .entry(self.types[i].as_str())
+                .or_default()
+                .push_back(i);
+        }
+    }
+
+    fn set_busy(&mut self, i: usize) {
+        if let Some(f) = self.idle.get_mut(i) {
+            *f = false;
+        }
+    }
+
+    /// An idle agent for `target`, now marked busy.
+    fn take_for(&mut self, target: &Target) -> Option<usize> {
+        let i = match target {
+            Target::Agent(i) => self.idle.get(*i).copied().unwrap_or(false).then_some(*i),
+            Target::Type(t) => {
+                let q = self.by_type.get_mut(t.as_str())?;
+                let mut found = None;
+                while let Some(i) = q.pop_front() {
+                    self.listed[i] = false;
+                    if self.idle[i] {
+                        found = Some(i);
+                        break;
+                    }
+                }
+                found
+            }
+        }?;
+        self.idle[i] = false;
+        Some(i)
     }
 }
 
@@ -465,7 +518,8 @@ mod tests {
         tx.send(DispatchCmd::Ready(0)).unwrap();
         tx.send(DispatchCmd::Submit(task("t4", 5, Target::Agent(1))))
             .unwrap();
-        tx.send(DispatchCmd::Shutdown).unwrap();
+        let (done, _) = crossbeam_channel::bounded(1);
+        tx.send(DispatchCmd::Shutdown(done)).unwrap();
         tx.send(DispatchCmd::Submit(task("t5", 5, Target::Agent(1))))
             .unwrap();
         drop(tx);

@@ -26,7 +26,8 @@ use crate::message::dispatcher::{DispatchCmd, DispatchSink, Origin, Refusal, Tar
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::error::MessageError;
 use crate::message::schemas::{
-    check_token, CommandType, SystemAlert, SystemHealthCheck, TaskProgress, TaskResult, TaskStatus,
+    check_subject, check_token, CommandType, SystemAlert, SystemHealthCheck, TaskProgress,
+    TaskResult, TaskStatus,
 };
 use crate::runtime::supervisor::{Command, Event};
 use crate::transport::hub::Outbox;
@@ -165,9 +166,10 @@ impl RoutingTable {
             .iter()
             .map(|a| (format!("{PREFIX}.*.{}.*", a.id), None))
             .collect();
-        let mut types: Vec<&String> = self.agents.iter().map(|a| &a.agent_type).collect();
+        // Only types with agents that take tasks: a daemon must not take
+        // its share of `any` tasks it can only refuse.
+        let mut types: Vec<&String> = self.by_type.keys().collect();
         types.sort();
-        types.dedup();
         for t in types {
             subs.push((
                 format!("{PREFIX}.{t}.any.{}", MessageType::TaskAssignment),
@@ -220,6 +222,15 @@ pub struct Inbound {
 
 impl Inbound {
     pub fn handle(&self, subject: &str, reply: Option<&str>, data: &[u8]) {
+        // A reply subject is published to as is: it must be a literal,
+        // well-formed subject (the local socket passes what a client wrote).
+        let reply = match reply {
+            Some(r) if check_subject(r).is_err() => {
+                log::warn!("ignoring a malformed reply subject on {subject}");
+                None
+            }
+            r => r,
+        };
         let Some(dest) = parse_subject(subject, &self.table.daemon_id) else {
             log::debug!("ignoring a message on {subject}");
             return;
@@ -571,7 +582,12 @@ impl DispatchSink for DaemonSink {
             let progress = TaskProgress {
                 task_id: t.task_id.clone(),
                 agent_id: self.agent_id(t),
-                event: json!({"type": "system", "subtype": "queued", "position": position}),
+                event: json!({
+                    "type": "system",
+                    "subtype": "queued",
+                    "position": position,
+                    "timeout_ms": t.timeout.as_millis() as u64,
+                }),
             };
             self.outbox.reply(
                 r,

@@ -154,7 +154,9 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
     let gid = child.id();
     // Drain both pipes so a chatty check cannot block; keep the start of
     // each for the log.
-    let readers: Vec<_> = [
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let mut readers = 0;
+    for pipe in [
         child
             .stdout
             .take()
@@ -166,8 +168,10 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
     ]
     .into_iter()
     .flatten()
-    .map(|mut pipe| {
-        thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+    {
+        let tx = out_tx.clone();
+        let spawned = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            let mut pipe = pipe;
             let mut kept = Vec::new();
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
@@ -177,40 +181,43 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
                 let room = MAX_CHECK_OUTPUT.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
-            kept
-        })
-    })
-    .collect();
+            let _ = tx.send(kept);
+        });
+        if spawned.is_ok() {
+            readers += 1;
+        }
+    }
+    drop(out_tx);
+    // The waiter only observes the exit; the check process is reaped here,
+    // after its group is killed, so the group id cannot have been reused.
     let (tx, rx) = crossbeam_channel::bounded(1);
     let waiter = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-        let _ = tx.send(child.wait());
+        let _ = tx.send(crate::runtime::process_manager::wait_exited_nowait(gid));
     });
     if waiter.is_err() {
         let _ = signal_group(gid, libc::SIGKILL);
+        let _ = child.wait();
         return Verdict::Unhealthy("cannot wait for the check".into());
     }
-    let status = match rx.recv_timeout(timeout) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = signal_group(gid, libc::SIGKILL);
-            // The waiter reaps it; the pipes close with the group.
-            for r in readers.into_iter().flatten() {
-                let _ = r.join();
-            }
-            return Verdict::Unhealthy(format!("timed out after {} ms", timeout.as_millis()));
-        }
-    };
-    // Kill anything the check left behind in its group, so the pipes close.
+    let status = rx.recv_timeout(timeout).ok();
+    // Whatever the check left in its group goes, and on timeout the check
+    // itself; then the pipes close.
     let _ = signal_group(gid, libc::SIGKILL);
+    let _ = child.wait();
     let mut output = String::new();
-    for r in readers.into_iter().flatten() {
-        if let Ok(bytes) = r.join() {
-            output.push_str(String::from_utf8_lossy(&bytes).trim());
+    // A process that left the group may hold a pipe open: do not wait on it
+    // for long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    for _ in 0..readers {
+        match out_rx.recv_deadline(deadline) {
+            Ok(bytes) => output.push_str(String::from_utf8_lossy(&bytes).trim()),
+            Err(_) => break,
         }
     }
     match status {
-        Ok(s) if s.success() => Verdict::Healthy,
-        Ok(s) => {
+        None => Verdict::Unhealthy(format!("timed out after {} ms", timeout.as_millis())),
+        Some(Ok(s)) if s.success() => Verdict::Healthy,
+        Some(Ok(s)) => {
             let how = crate::runtime::supervisor::describe_exit(&Ok(s));
             if output.is_empty() {
                 Verdict::Unhealthy(format!("check {how}"))
@@ -218,7 +225,7 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
                 Verdict::Unhealthy(format!("check {how}: {output}"))
             }
         }
-        Err(e) => Verdict::Unhealthy(format!("cannot wait for the check: {e}")),
+        Some(Err(e)) => Verdict::Unhealthy(format!("cannot wait for the check: {e}")),
     }
 }
 

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
@@ -66,6 +66,10 @@ pub struct RunningChild {
     /// Lines for the child's stdin; dropping it closes stdin.
     pub stdin: Option<Sender<Vec<u8>>>,
     pub stderr_tail: StderrTail,
+    /// Dropped when the supervisor is done with the child: only then does
+    /// the waiter reap it, so its pid (the group id) stays reserved for as
+    /// long as the supervisor might still signal the group.
+    _reap: Sender<()>,
 }
 
 impl RunningChild {
@@ -234,15 +238,24 @@ pub fn spawn(
 
     drop(eof_tx);
     let tx = events.clone();
+    let (reap_tx, reap_rx) = crossbeam_channel::bounded::<()>(0);
     let waiter = thread::Builder::new()
         .name(format!("wait:{}", spec.id))
         .stack_size(SMALL_STACK)
         .spawn(move || {
-            let status = wait_and_sweep(&mut child);
+            let status = sys::wait_exited_nowait(child.id());
+            // The leader is a zombie now: its pid, and so the group id,
+            // cannot be reused until it is reaped. Kill what is left of the
+            // group while that holds.
+            let _ = signal_group(child.id(), libc::SIGKILL);
             // The group is dead, so the pipes are closing; a process that
             // escaped the group may hold them open, hence the bound.
             let _ = eof_rx.recv_timeout(PIPE_DRAIN_WAIT);
             let _ = tx.send(Event::Exited { agent, run, status });
+            // Reap once the supervisor has let go of the child (bounded, in
+            // case it never does).
+            let _ = reap_rx.recv_timeout(std::time::Duration::from_secs(60));
+            let _ = child.wait();
         });
     if let Err(source) = waiter {
         // The closure (and the `Child` in it) is gone; the process is not.
@@ -255,17 +268,8 @@ pub fn spawn(
         started,
         stdin: stdin_tx,
         stderr_tail,
+        _reap: reap_tx,
     })
-}
-
-/// Waits for the group leader to exit, kills what remains of its group, then
-/// reaps it. Returns the leader's exit status.
-fn wait_and_sweep(child: &mut Child) -> io::Result<ExitStatus> {
-    sys::wait_exited_nowait(child.id());
-    // The leader is a zombie now: its pid, and so the group id, cannot be
-    // reused until we reap it below.
-    let _ = signal_group(child.id(), libc::SIGKILL);
-    child.wait()
 }
 
 /// Sends `signal` to the process group `pgid`. A group that no longer exists
@@ -443,6 +447,7 @@ fn trim_eol(b: &[u8]) -> &[u8] {
 }
 
 pub use crate::message::schemas::ResourceUsage;
+pub(crate) use sys::wait_exited_nowait;
 
 /// Reads the resident set size and CPU time (user + system) of `pid`.
 pub fn resource_usage(pid: u32) -> Option<ResourceUsage> {
@@ -472,6 +477,8 @@ mod sys {
     use std::io;
     use std::os::unix::process::CommandExt;
     use std::process::Command;
+
+    use std::process::ExitStatus;
 
     use crate::config::Limits;
 
@@ -523,13 +530,16 @@ mod sys {
         }
     }
 
-    /// Blocks until process `pid` (our child) has exited, without reaping it.
-    pub(super) fn wait_exited_nowait(pid: u32) {
+    /// Blocks until process `pid` (our child) has exited, without reaping
+    /// it, and returns how it exited.
+    pub(crate) fn wait_exited_nowait(pid: u32) -> io::Result<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
         loop {
             // SAFETY: `info` is a plain C struct that waitid fills in; an
             // all-zero value is a valid starting point.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is valid for writes for the duration of the call.
             let rc = unsafe {
-                let mut info: libc::siginfo_t = std::mem::zeroed();
                 libc::waitid(
                     libc::P_PID,
                     pid as libc::id_t,
@@ -537,8 +547,21 @@ mod sys {
                     libc::WEXITED | libc::WNOWAIT,
                 )
             };
-            if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return;
+            if rc == 0 {
+                // SAFETY: waitid succeeded for a child, so si_status holds
+                // its exit code or signal.
+                let status = unsafe { info.si_status() };
+                // Encode as wait(2) does, so ExitStatus reads it back.
+                let raw = match info.si_code {
+                    libc::CLD_EXITED => (status & 0xff) << 8,
+                    libc::CLD_DUMPED => status | 0x80,
+                    _ => status,
+                };
+                return Ok(ExitStatus::from_raw(raw));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
             }
         }
     }

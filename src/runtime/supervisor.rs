@@ -182,7 +182,7 @@ enum Timer {
     Term { agent: usize, run: u64 },
     Kill { agent: usize, run: u64 },
     Startup { agent: usize, run: u64 },
-    Watchdog { agent: usize, run: u64 },
+    Watchdog { agent: usize, generation: u64 },
     Deadline { agent: usize, seq: u64 },
     InterruptGrace { agent: usize, seq: u64 },
     Linger { agent: usize, run: u64 },
@@ -223,6 +223,9 @@ struct Agent {
     up_since: Option<Instant>,
     /// Why the agent is in its state, when that is not obvious.
     reason: Option<String>,
+    /// Bumped whenever the watchdog is armed; an older watchdog timer is
+    /// stale.
+    watchdog: u64,
 }
 
 impl Agent {
@@ -246,6 +249,7 @@ impl Agent {
             cost_usd: 0.0,
             up_since: None,
             reason: None,
+            watchdog: 0,
         }
     }
 }
@@ -329,6 +333,12 @@ impl Supervisor {
         loop {
             if let Some(outcome) = self.shutdown {
                 if self.agents.iter().all(|a| a.child.is_none()) {
+                    // Assignments still in the channel get their answer.
+                    while let Ok(ev) = self.events.try_recv() {
+                        if let Event::Assign(i, task) = ev {
+                            self.assign(i, *task);
+                        }
+                    }
                     log::info!("all agents stopped");
                     return outcome;
                 }
@@ -382,7 +392,18 @@ impl Supervisor {
             "{why}: stopping {live} agents (up to {} ms; send it again to kill them now)",
             wait.as_millis()
         );
-        let _ = self.links.dispatch.send(DispatchCmd::Shutdown);
+        // Once the dispatcher has closed, every assignment it made is in our
+        // event channel; they are answered `cancelled` as they come (or in
+        // the final drain below).
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        if self
+            .links
+            .dispatch
+            .send(DispatchCmd::Shutdown(done_tx))
+            .is_ok()
+        {
+            let _ = done_rx.recv_timeout(Duration::from_secs(2));
+        }
         self.timers.retain(|_, t| !matches!(t, Timer::Restart(_)));
         for i in 0..self.agents.len() {
             self.stop(i, Takedown::Stop);
@@ -550,8 +571,9 @@ impl Supervisor {
                     self.fail(agent, "startup timeout");
                 }
             }
-            Timer::Watchdog { agent, run } => {
-                if self.is_current(agent, run) && self.agents[agent].state == State::Busy {
+            Timer::Watchdog { agent, generation } => {
+                let a = &self.agents[agent];
+                if a.watchdog == generation && a.child.is_some() && a.state == State::Busy {
                     let a = &self.agents[agent];
                     let silent = a.last_output.elapsed();
                     if silent >= a.spec.health.idle_timeout {
@@ -563,7 +585,7 @@ impl Supervisor {
                         self.fail(agent, "hung");
                     } else {
                         let left = a.spec.health.idle_timeout - silent;
-                        self.schedule(left, Timer::Watchdog { agent, run });
+                        self.schedule(left, Timer::Watchdog { agent, generation });
                     }
                 }
             }
@@ -772,9 +794,16 @@ impl Supervisor {
     }
 
     fn arm_watchdog(&mut self, i: usize) {
-        let a = &self.agents[i];
-        let (t, run) = (a.spec.health.idle_timeout, a.run);
-        self.schedule(t, Timer::Watchdog { agent: i, run });
+        let a = &mut self.agents[i];
+        a.watchdog += 1;
+        let (t, generation) = (a.spec.health.idle_timeout, a.watchdog);
+        self.schedule(
+            t,
+            Timer::Watchdog {
+                agent: i,
+                generation,
+            },
+        );
     }
 
     /// A running task reached its deadline: interrupt it (stream-json) or
@@ -787,6 +816,12 @@ impl Supervisor {
         }
         r.timed_out = true;
         let seq = r.task.seq;
+        if a.state == State::Paused {
+            // A stopped process can neither answer nor exit: resume it.
+            let _ = self.control(i, CommandType::Resume);
+        }
+        let a = &mut self.agents[i];
+        let Some(r) = a.task.as_ref() else { return };
         log::warn!(
             "agent {}: task {} timed out after {} ms: interrupting",
             a.spec.id,
@@ -802,10 +837,6 @@ impl Supervisor {
                 });
                 if let Some(c) = &a.child {
                     c.write_line(req.to_string().into_bytes());
-                }
-                if a.state == State::Paused {
-                    // A stopped process cannot answer.
-                    self.signal(i, libc::SIGCONT);
                 }
             }
             _ => self.send_term(i),
@@ -1024,6 +1055,15 @@ impl Supervisor {
     /// SIGKILL to the group; its exit goes through the restart policy.
     fn fail(&mut self, i: usize, why: &'static str) {
         if self.agents[i].child.is_none() {
+            return;
+        }
+        if matches!(
+            self.agents[i].takedown,
+            Some(Takedown::Stop | Takedown::Restart)
+        ) {
+            // Already on its way down at someone's request: finish it, but
+            // keep the request (a stop must not turn into a restart).
+            self.signal(i, libc::SIGKILL);
             return;
         }
         if self.agents[i].state != State::Error {

@@ -48,6 +48,14 @@ pub struct Proc {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub daemon_pid: u32,
+    /// The kernel's boot id: after a reboot every recorded pid is someone
+    /// else's.
+    #[serde(default)]
+    pub boot_id: String,
+    /// When the file was last written, in clock ticks since boot: a process
+    /// started later cannot be one the old daemon saw.
+    #[serde(default)]
+    pub updated: u64,
     /// Agent id → its group leader.
     pub groups: BTreeMap<String, Proc>,
     /// Agent id → descendants that left its group.
@@ -73,6 +81,23 @@ fn stat(pid: u32) -> Option<(u32, u32, u64)> {
 /// Whether `p` is still the process that was recorded.
 pub fn alive(p: &Proc) -> bool {
     stat(p.pid).is_some_and(|(_, _, start)| start == p.start)
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Now, in the clock ticks of `/proc/PID/stat` start times.
+fn now_ticks() -> u64 {
+    let up: f64 = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (up * hz) as u64
 }
 
 /// Every live process: pid → (ppid, pgid, start).
@@ -142,20 +167,35 @@ pub fn sweep(dir: &Path) -> usize {
         log::warn!("ignoring an unreadable state file {}", path.display());
         return 0;
     };
+    if state.boot_id != boot_id() {
+        log::info!(
+            "the state file {} is from before a reboot; nothing to sweep",
+            path.display()
+        );
+        return 0;
+    }
     let procs = scan();
     let mut swept = 0;
     for (id, leader) in &state.groups {
-        // The group is ours if its leader is the recorded process, or gone:
-        // a pid stays reserved while it is the id of a live group, so a
-        // group with a dead leader is the old one.
+        // The group is ours if its leader is the recorded process, or gone
+        // (a pid stays reserved while it is the id of a live group), and a
+        // member was already alive when the old daemon last looked.
         let leader_ok = match procs.get(&leader.pid) {
             Some(&(_, _, start)) => start == leader.start,
             None => true,
         };
-        let members = procs.values().filter(|(_, g, _)| *g == leader.pid).count();
-        if leader_ok && members > 0 {
+        let members: Vec<u64> = procs
+            .values()
+            .filter(|(_, g, _)| *g == leader.pid)
+            .map(|&(_, _, start)| start)
+            .collect();
+        let seen_before = members
+            .iter()
+            .any(|&start| start >= leader.start && start <= state.updated);
+        if leader_ok && seen_before {
             log::warn!(
-                "sweeping {members} leftover processes of agent {id} (group {})",
+                "sweeping {} leftover processes of agent {id} (group {})",
+                members.len(),
                 leader.pid
             );
             let _ = signal_group(leader.pid, libc::SIGKILL);
@@ -163,7 +203,7 @@ pub fn sweep(dir: &Path) -> usize {
         }
     }
     for (id, list) in &state.escaped {
-        for p in list {
+        for p in list.iter().filter(|p| p.start <= state.updated) {
             if kill_escaped(p) {
                 log::warn!(
                     "sweeping leftover process {} of agent {id} (left its group)",
@@ -181,10 +221,11 @@ pub fn sweep(dir: &Path) -> usize {
 pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     let mut state = State {
         daemon_pid: std::process::id(),
+        boot_id: boot_id(),
         ..State::default()
     };
     let path = dir.join("state.json");
-    write(&path, &state);
+    write(&path, &mut state);
     let ticker = tick(SCAN_EVERY);
     let mut noticed = Vec::new();
     loop {
@@ -211,7 +252,9 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                 }
             },
             recv(ticker) -> _ => {
-                let mut changed = false;
+                // With agents running, every scan is written: `updated`
+                // keeps up with what the tracker has seen.
+                let mut changed = !state.groups.is_empty();
                 if !state.groups.is_empty() {
                     let procs = scan();
                     for (id, leader) in &state.groups {
@@ -233,7 +276,7 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
             },
         };
         if changed {
-            write(&path, &state);
+            write(&path, &mut state);
         }
         // Said once it is on disk, so "tracking" means "would be swept".
         for line in noticed.drain(..) {
@@ -243,10 +286,18 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
 }
 
 /// Writes the state atomically (a rename), so a crash never leaves half a
-/// file.
-fn write(path: &Path, state: &State) {
+/// file. The temporary file is created fresh, never through a symlink.
+fn write(path: &Path, state: &mut State) {
+    use std::os::unix::fs::OpenOptionsExt;
+    state.updated = now_ticks();
     let tmp: PathBuf = path.with_extension("json.tmp");
-    let ok = fs::File::create(&tmp)
+    let _ = fs::remove_file(&tmp);
+    let ok = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
         .and_then(|mut f| {
             f.write_all(&serde_json::to_vec(state).unwrap_or_default())?;
             f.sync_data()

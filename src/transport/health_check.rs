@@ -25,19 +25,32 @@ pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
         .stack_size(64 * 1024)
         .spawn(move || {
             let tick = crossbeam_channel::tick(EVERY);
+            // At most one ping at a time: while disconnected a ping blocks
+            // until the reconnection, and must not be joined by more.
+            let mut pending: Option<(crossbeam_channel::Receiver<bool>, std::time::Instant)> = None;
             for _ in tick.iter() {
                 if state.describe() == "closed" {
                     return;
                 }
-                if ping(&conn) {
-                    state.set_connected();
-                } else {
-                    log::warn!(
-                        "NATS did not answer a ping within {} ms",
-                        WITHIN.as_millis()
-                    );
-                    state.set_reconnecting();
+                if let Some((rx, since)) = &pending {
+                    match rx.try_recv() {
+                        Ok(true) => state.set_connected(),
+                        Ok(false) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                            state.set_reconnecting()
+                        }
+                        Err(crossbeam_channel::TryRecvError::Empty) => {
+                            if since.elapsed() >= WITHIN {
+                                log::warn!(
+                                    "NATS did not answer a ping within {} ms",
+                                    WITHIN.as_millis()
+                                );
+                                state.set_reconnecting();
+                            }
+                            continue;
+                        }
+                    }
                 }
+                pending = ping(&conn).map(|rx| (rx, std::time::Instant::now()));
             }
         });
     if let Err(e) = spawned {
@@ -45,16 +58,17 @@ pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
     }
 }
 
-/// One bounded PING/PONG. The crate's flush may block past any timeout while
-/// disconnected, so it runs on its own thread.
-fn ping(conn: &nats::Connection) -> bool {
+/// Starts one PING/PONG on its own thread (the crate's flush may block past
+/// any timeout while disconnected); its answer arrives on the receiver.
+fn ping(conn: &nats::Connection) -> Option<crossbeam_channel::Receiver<bool>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let c = conn.clone();
-    let started = thread::Builder::new()
+    thread::Builder::new()
         .name("nats-ping".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             let _ = tx.send(c.flush().is_ok());
-        });
-    started.is_ok() && rx.recv_timeout(WITHIN).unwrap_or(false)
+        })
+        .ok()?;
+    Some(rx)
 }

@@ -94,8 +94,15 @@ pub fn serve(
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
-        // A live daemon answers; a stale file from a killed one does not.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(listen_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+        // A live daemon answers; a stale socket from a killed one does not.
         if UnixStream::connect(path).is_ok() {
             return Err(TransportError::LocalInUse {
                 path: path.to_path_buf(),
@@ -280,6 +287,17 @@ impl LocalClient {
             path: path.to_path_buf(),
             source,
         })?;
+        // Prompts and results are only exchanged with a daemon of our own
+        // user (or root): someone else could have put a socket there first.
+        match sys::peer_uid(&stream) {
+            Some(uid) if uid == sys::uid() || uid == 0 => {}
+            other => {
+                return Err(TransportError::Protocol(format!(
+                    "refusing {}: it is served by uid {other:?}, not by us",
+                    path.display()
+                )))
+            }
+        }
         let read_half = stream.try_clone().map_err(TransportError::Io)?;
         let (tx, incoming) = crossbeam_channel::unbounded();
         let (pong_tx, pongs) = crossbeam_channel::unbounded();

@@ -241,9 +241,30 @@ fn daemon_connect(
     receive_loop(&subscriptions, inbound);
 }
 
-/// Publishes what the hub hands over; flushes once per burst so replies and
-/// results leave at once instead of waiting out the crate's 5 ms gate.
-fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &NatsState) {
+/// Publishes what the hub hands over. Flushing — which the crate lets
+/// block far past any timeout on a dead connection — happens on a flusher
+/// thread of its own, kicked once per burst, so this loop never waits on
+/// the network for it.
+fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<NatsState>) {
+    // `None` asks for a flush, `Some(done)` is a barrier to drop after one.
+    let (kick_tx, kick_rx) = crossbeam_channel::bounded::<Option<Sender<()>>>(64);
+    let (fconn, fstate) = (conn.clone(), state.clone());
+    let spawned = thread::Builder::new()
+        .name("nats-flush".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for kick in kick_rx {
+                if fstate.describe() == "connected" {
+                    if let Err(e) = fconn.flush_timeout(Duration::from_secs(2)) {
+                        log::debug!("NATS: flush: {e}");
+                    }
+                }
+                drop(kick);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("NATS: cannot start the flusher: {e}");
+    }
     while let Ok(out) = rx.recv() {
         match out {
             NatsOut::Publish(subject, data) => {
@@ -262,17 +283,13 @@ fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &NatsSta
                 }
             }
             NatsOut::Barrier(done) => {
-                if state.describe() == "connected" {
-                    let _ = conn.flush_timeout(Duration::from_secs(2));
-                }
-                drop(done);
+                let _ = kick_tx.send_timeout(Some(done), Duration::from_secs(1));
                 continue;
             }
         }
-        if rx.is_empty() && state.describe() == "connected" {
-            if let Err(e) = conn.flush_timeout(Duration::from_secs(2)) {
-                log::debug!("NATS: flush: {e}");
-            }
+        if rx.is_empty() {
+            // A full kick queue means a flush is coming anyway.
+            let _ = kick_tx.try_send(None);
         }
     }
 }

@@ -142,7 +142,11 @@ impl Daemon {
         Daemon::start_with(dir, config, &[])
     }
 
-    pub fn start_with(dir: impl Into<Arc<TempDir>>, config: &serde_json::Value, env: &[(&str, &str)]) -> Daemon {
+    pub fn start_with(
+        dir: impl Into<Arc<TempDir>>,
+        config: &serde_json::Value,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir: Arc<TempDir> = dir.into();
         let path = dir.config(config);
         let mut cmd = Command::new(BIN);
