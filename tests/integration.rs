@@ -6,6 +6,8 @@ mod support;
 
 mod chaos;
 mod check_config;
+mod fuzz;
 mod nats;
+mod security;
 mod supervise;
 mod tasks;
