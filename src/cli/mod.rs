@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use argh::FromArgs;
 
@@ -104,7 +103,7 @@ pub fn version_line() -> String {
 }
 
 /// Parses `std::env::args`, runs the command, and returns its exit code.
-pub fn main() -> ExitCode {
+pub fn main() -> u8 {
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cli = match Cli::from_args(&["mister-smith"], strs.get(1..).unwrap_or(&[])) {
@@ -113,7 +112,7 @@ pub fn main() -> ExitCode {
             return match early.status {
                 Ok(()) => {
                     let _ = writeln!(std::io::stdout(), "{}", early.output.trim_end());
-                    ExitCode::from(exit::OK)
+                    exit::OK
                 }
                 Err(()) => {
                     let first = early.output.lines().next().unwrap_or("bad arguments");
@@ -121,7 +120,11 @@ pub fn main() -> ExitCode {
                     // Nagios reads 3 as UNKNOWN, the right answer to a
                     // check it could not run.
                     let health = strs.iter().skip(1).any(|a| *a == "health");
-                    ExitCode::from(if health { 3 } else { exit::USAGE })
+                    if health {
+                        3
+                    } else {
+                        exit::USAGE
+                    }
                 }
             };
         }
@@ -130,7 +133,7 @@ pub fn main() -> ExitCode {
     init_logging(if daemon { "info" } else { "warn" });
     if cli.version {
         println!("{}", version_line());
-        return ExitCode::from(exit::OK);
+        return exit::OK;
     }
     let result = match &cli.command {
         None => Err(SystemError::Usage(
@@ -140,7 +143,7 @@ pub fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => check_config::run(&cli, a),
         Some(Command::Send(a)) => send::run(&cli, a),
         Some(Command::Status(a)) => status::run(&cli, a),
-        Some(Command::Health(a)) => return ExitCode::from(health::run(&cli, a)),
+        Some(Command::Health(a)) => return health::run(&cli, a),
         Some(Command::Start(a)) => {
             control::run(&cli, &a.id, crate::message::schemas::CommandType::Start)
         }
@@ -159,16 +162,16 @@ pub fn main() -> ExitCode {
         Some(Command::Listen(a)) => listen::run(&cli, a),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         // A closed stdout (`| head`) is the reader's choice, not an error.
         Err(SystemError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::from(exit::OK)
+            exit::OK
         }
         Err(e) => {
             for line in e.lines() {
                 eprintln!("mister-smith: error: {line}");
             }
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
     }
 }
