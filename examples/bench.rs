@@ -1,0 +1,885 @@
+//! The benchmark harness: mister-smith against the physical floor, measured
+//! in the same run on the same machine.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--quick] [--json]
+//! ```
+//!
+//! It starts its own `nats-server` on a free port and prints one table, each
+//! row "ours / floor = ratio" (medians, and p99 where there are enough
+//! samples). `--quick` shrinks every measurement (CI runs it to check the
+//! harness works); `--json` prints the rows as JSON instead. Figures for the
+//! README come from a full run.
+//!
+//! Rows:
+//! 1. restart latency: a worker that stamps its start, lives 200 ms and exits
+//!    1, under `policy: always` with no delay, vs a `while true` shell loop;
+//! 2. cold start of 50 plain agents vs 50 started by a shell loop with `&`,
+//!    and of 50 fake-claude agents until all answered `initialize`;
+//! 3. daemon memory with 50 and 500 children, and threads per child;
+//! 4. task round trip over NATS through the daemon and a fake-claude echo
+//!    agent vs raw NATS request/reply (both sides flushing);
+//! 5. wall time of one `mister-smith send --wait` process vs a minimal raw
+//!    NATS client process;
+//! 6. the dispatcher's queue in process;
+//! 7. tasks per second with 8 agents and 1,000 tasks in flight.
+
+// The harness uses the blocking `nats` crate as a raw client, as the daemon
+// does.
+#![allow(deprecated)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mister_smith::message::dispatcher::{Origin, Queue, Target, Task};
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    ours: f64,
+    ours_p99: Option<f64>,
+    floor: Option<f64>,
+    note: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--raw-client") {
+        raw_client(&args);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args.iter().any(|a| a == "--json");
+    let bins = Bins::find();
+    let work = Scratch::new();
+    let mut rows = Vec::new();
+
+    eprintln!("bench: restart latency");
+    rows.extend(restart_latency(&bins, &work, if quick { 5 } else { 40 }));
+    eprintln!("bench: cold start");
+    rows.extend(cold_start(
+        &bins,
+        &work,
+        if quick { 10 } else { 50 },
+        if quick { 1 } else { 5 },
+    ));
+    eprintln!("bench: memory");
+    rows.extend(memory(
+        &bins,
+        &work,
+        if quick { &[10, 20][..] } else { &[50, 500][..] },
+    ));
+    let nats = Nats::start(&work);
+    eprintln!("bench: task round trip");
+    rows.extend(round_trip(
+        &bins,
+        &work,
+        &nats,
+        if quick { 50 } else { 2000 },
+    ));
+    eprintln!("bench: send process");
+    rows.extend(send_process(
+        &bins,
+        &work,
+        &nats,
+        if quick { 5 } else { 40 },
+    ));
+    eprintln!("bench: dispatcher");
+    rows.extend(dispatcher(if quick { 20_000 } else { 1_000_000 }));
+    eprintln!("bench: throughput");
+    rows.extend(throughput(
+        &bins,
+        &work,
+        &nats,
+        if quick { 100 } else { 1000 },
+    ));
+
+    if json {
+        let out: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "unit": r.unit, "ours": r.ours, "ours_p99": r.ours_p99,
+                    "floor": r.floor, "ratio": r.floor.map(|f| r.ours / f), "note": r.note,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print_table(&rows, quick);
+    }
+}
+
+fn print_table(rows: &[Row], quick: bool) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "mister-smith bench{} — {} cores, {cpu}",
+        if quick {
+            " (quick: small samples, not for the README)"
+        } else {
+            ""
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| measurement | ours | floor | ours / floor | notes |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        let ours = match r.ours_p99 {
+            Some(p) => format!("{} (p99 {})", fmt(r.ours, r.unit), fmt(p, r.unit)),
+            None => fmt(r.ours, r.unit),
+        };
+        let (floor, ratio) = match r.floor {
+            Some(f) => (fmt(f, r.unit), format!("{:.2}", r.ours / f)),
+            None => ("–".into(), "–".into()),
+        };
+        println!("| {} | {ours} | {floor} | {ratio} | {} |", r.name, r.note);
+    }
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    match unit {
+        "ms" => format!("{v:.3} ms"),
+        "MB" => format!("{v:.2} MB"),
+        "/s" => format!("{v:.0}/s"),
+        u => format!("{v:.2} {u}"),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * 0.99).ceil() as usize)
+        .saturating_sub(1)
+        .min(v.len() - 1)]
+}
+
+/// The binaries under test, built in release mode if missing.
+struct Bins {
+    ms: PathBuf,
+    fake: PathBuf,
+}
+
+impl Bins {
+    fn find() -> Bins {
+        let exe = std::env::current_exe().expect("own path");
+        // target/release/examples/bench -> target/release
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let bins = Bins {
+            ms: dir.join("mister-smith"),
+            fake: dir.join("examples").join("fake-claude"),
+        };
+        if !bins.ms.exists() || !bins.fake.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = dir.ends_with("release");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--bins", "--examples"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let ok = cmd.status().is_ok_and(|s| s.success());
+            assert!(
+                ok && bins.ms.exists(),
+                "build mister-smith first: cargo build --release --bins --examples"
+            );
+        }
+        if !dir.ends_with("release") {
+            eprintln!("bench: WARNING: not a release build; run with --release for real figures");
+        }
+        bins
+    }
+}
+
+/// A scratch directory, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let p = std::env::temp_dir().join(format!("ms-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+    fn sub(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch subdir");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `mister-smith run` with its stderr read line by line.
+struct Daemon {
+    child: Child,
+    lines: crossbeam_channel::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Daemon {
+    fn start(bins: &Bins, dir: &Path, config: &serde_json::Value, nats: Option<&str>) -> Daemon {
+        let cfg = dir.join("mister-smith.json");
+        std::fs::write(&cfg, serde_json::to_vec(config).expect("json")).expect("write config");
+        let mut cmd = Command::new(&bins.ms);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(dir.join("ms.sock"))
+            .arg("run")
+            .env("XDG_RUNTIME_DIR", dir)
+            .env("MISTER_SMITH_LOG", "info")
+            .env_remove("NATS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(url) = nats {
+            cmd.env("NATS_URL", url);
+        }
+        let mut child = cmd.spawn().expect("start the daemon");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines: rx,
+            seen: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Waits until `n` lines containing `needle` have been logged.
+    fn wait_for(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let count = self
+                .seen
+                .borrow()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if count >= n {
+                return;
+            }
+            match self.lines.recv_deadline(deadline) {
+                Ok(l) => self.seen.borrow_mut().push(l),
+                Err(_) => panic!("bench: only {count} of {n} lines {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A bash worker: stamps "S <t>" (monotonic enough: $EPOCHREALTIME, no
+/// fork), then either sleeps 200 ms and exits 1, or `exec`s a long sleep.
+fn worker(dir: &Path, crash: bool) -> PathBuf {
+    let path = dir.join(if crash { "crash.sh" } else { "idle.sh" });
+    let body = if crash {
+        "#!/bin/bash\necho \"S $EPOCHREALTIME\" >> \"$1\"\nsleep 0.2\necho \"E $EPOCHREALTIME\" >> \"$1\"\nexit 1\n"
+    } else {
+        "#!/bin/bash\necho \"S $EPOCHREALTIME\" >> \"$1\"\nexec sleep 100000\n"
+    };
+    std::fs::write(&path, body).expect("worker script");
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+    path
+}
+
+fn stamps(file: &Path) -> Vec<(char, f64)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.chars().next()?, v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn gaps_ms(file: &Path) -> Vec<f64> {
+    stamps(file)
+        .windows(2)
+        .filter(|w| w[0].0 == 'E' && w[1].0 == 'S')
+        .map(|w| (w[1].1 - w[0].1) * 1000.0)
+        .collect()
+}
+
+/// Waits until `file` has `n` lines starting with `S`.
+fn wait_stamps(file: &Path, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while stamps(file).iter().filter(|s| s.0 == 'S').count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "bench: {n} starts not seen in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn restart_latency(bins: &Bins, work: &Scratch, restarts: usize) -> Vec<Row> {
+    let dir = work.sub("restart");
+    let w = worker(&dir, true);
+    let ours_file = dir.join("ours");
+    let d = Daemon::start(
+        bins,
+        &dir,
+        &serde_json::json!({"agents": [{"id": "w", "command": w, "args": [ours_file], "protocol": "none",
+            "restart": {"policy": "always", "initial_delay_ms": 0, "max_restarts": 1_000_000, "window_ms": 1000}}]}),
+        None,
+    );
+    wait_stamps(&ours_file, restarts + 1, Duration::from_secs(120));
+    d.stop();
+    let floor_file = dir.join("floor");
+    let mut sh = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "while true; do {} {}; done",
+                w.display(),
+                floor_file.display()
+            ),
+        ])
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    wait_stamps(&floor_file, restarts + 1, Duration::from_secs(120));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::killpg(sh.id() as libc::pid_t, libc::SIGKILL);
+    }
+    let _ = sh.wait();
+    let (mut ours, mut floor) = (gaps_ms(&ours_file), gaps_ms(&floor_file));
+    vec![Row {
+        name: "restart latency (exit → next start)",
+        unit: "ms",
+        ours: median(&mut ours),
+        ours_p99: Some(p99(&mut ours)),
+        floor: Some(median(&mut floor)),
+        note: format!("{} restarts; floor: bash while-loop", ours.len()),
+    }]
+}
+
+use std::os::unix::process::CommandExt;
+
+fn cold_start(bins: &Bins, work: &Scratch, n: usize, runs: usize) -> Vec<Row> {
+    let mut ours = Vec::new();
+    let mut floor = Vec::new();
+    let mut claude = Vec::new();
+    for run in 0..runs {
+        let dir = work.sub(&format!("cold-{run}"));
+        let w = worker(&dir, false);
+        let agents: Vec<serde_json::Value> = (0..n)
+            .map(|i| serde_json::json!({"id": format!("w{i}"), "command": w, "args": [dir.join(format!("s{i}"))], "protocol": "none"}))
+            .collect();
+        let t0 = now_epoch();
+        let d = Daemon::start(bins, &dir, &serde_json::json!({"agents": agents}), None);
+        let files: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("s{i}"))).collect();
+        for f in &files {
+            wait_stamps(f, 1, Duration::from_secs(60));
+        }
+        let last = files
+            .iter()
+            .filter_map(|f| stamps(f).first().map(|s| s.1))
+            .fold(0.0, f64::max);
+        ours.push((last - t0) * 1000.0);
+        d.stop();
+
+        let fdir = work.sub(&format!("cold-floor-{run}"));
+        let script: String = (0..n)
+            .map(|i| {
+                format!(
+                    "{} {} & ",
+                    w.display(),
+                    fdir.join(format!("s{i}")).display()
+                )
+            })
+            .collect();
+        let t0 = now_epoch();
+        let mut sh = Command::new("bash")
+            .args(["-c", &format!("{script} wait")])
+            .process_group(0)
+            .spawn()
+            .expect("bash");
+        let files: Vec<PathBuf> = (0..n).map(|i| fdir.join(format!("s{i}"))).collect();
+        for f in &files {
+            wait_stamps(f, 1, Duration::from_secs(60));
+        }
+        let last = files
+            .iter()
+            .filter_map(|f| stamps(f).first().map(|s| s.1))
+            .fold(0.0, f64::max);
+        floor.push((last - t0) * 1000.0);
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::killpg(sh.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let _ = sh.wait();
+
+        let cdir = work.sub(&format!("cold-claude-{run}"));
+        let agents: Vec<serde_json::Value> = (0..n)
+            .map(|i| serde_json::json!({"id": format!("c{i}"), "command": bins.fake}))
+            .collect();
+        let t0 = Instant::now();
+        let d = Daemon::start(bins, &cdir, &serde_json::json!({"agents": agents}), None);
+        d.wait_for("initializing -> idle", n, Duration::from_secs(60));
+        claude.push(t0.elapsed().as_secs_f64() * 1000.0);
+        d.stop();
+    }
+    vec![
+        Row {
+            name: "cold start, plain agents (all started)",
+            unit: "ms",
+            ours: median(&mut ours),
+            ours_p99: None,
+            floor: Some(median(&mut floor)),
+            note: format!("{n} agents, median of {runs} runs; floor: bash loop with &"),
+        },
+        Row {
+            name: "cold start, fake-claude agents (all idle)",
+            unit: "ms",
+            ours: median(&mut claude),
+            ours_p99: None,
+            floor: None,
+            note: format!("{n} agents until initialize answered, median of {runs} runs"),
+        },
+    ]
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn memory(bins: &Bins, work: &Scratch, sizes: &[usize]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let dir = work.sub(&format!("mem-{n}"));
+        let w = worker(&dir, false);
+        let agents: Vec<serde_json::Value> = (0..n)
+            .map(|i| serde_json::json!({"id": format!("m{i}"), "command": w, "args": [dir.join(format!("s{i}"))], "protocol": "none"}))
+            .collect();
+        let d = Daemon::start(bins, &dir, &serde_json::json!({"agents": agents}), None);
+        d.wait_for("initializing -> idle", n, Duration::from_secs(120));
+        // Let the first tracker scan and the startup settle.
+        std::thread::sleep(Duration::from_secs(3));
+        let rss = status_kb(d.pid(), "VmRSS:") / 1024.0;
+        let hwm = status_kb(d.pid(), "VmHWM:") / 1024.0;
+        let threads = std::fs::read_dir(format!("/proc/{}/task", d.pid())).map_or(0, |r| r.count());
+        d.stop();
+        rows.push(Row {
+            name: if n == sizes[0] { "daemon RSS, small fleet" } else { "daemon RSS, large fleet" },
+            unit: "MB",
+            ours: rss,
+            ours_p99: None,
+            floor: None,
+            note: format!(
+                "{n} children: VmRSS {rss:.2} MB, VmHWM {hwm:.2} MB, {threads} threads ({:.1} per child)",
+                threads as f64 / n as f64
+            ),
+        });
+    }
+    rows
+}
+
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    fn start(_work: &Scratch) -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server (install it: apt-get install nats-server)");
+        let err = child.stderr.take().expect("stderr");
+        let mut reader = BufReader::new(err);
+        let mut line = String::new();
+        while reader.read_line(&mut line).map_or(false, |n| n > 0) {
+            if line.contains("Server is ready") {
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fast_connect(url: &str) -> nats::Connection {
+    nats::Options::new()
+        .reconnect_delay_callback(|_| Duration::ZERO)
+        .add_root_certificate("/dev/null")
+        .connect(url)
+        .expect("connect to NATS")
+}
+
+fn task_envelope(prompt: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "message_type": "task_assignment",
+        "payload": {"task_id": prompt, "prompt": prompt},
+    }))
+    .expect("json")
+}
+
+/// Sends `n` tasks one at a time over NATS and returns each round trip in
+/// ms (request out → task_result back).
+fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let reply = format!("{inbox}.{i}");
+        let t = Instant::now();
+        nc.publish_request(subject, &reply, task_envelope(&format!("t{i}")))
+            .expect("publish");
+        nc.flush().expect("flush");
+        loop {
+            let m = sub
+                .next_timeout(Duration::from_secs(10))
+                .expect("an answer");
+            if m.subject == reply && m.data.windows(13).any(|w| w == b"\"task_result\"") {
+                break;
+            }
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
+    let dir = work.sub("rtt");
+    let d = Daemon::start(
+        bins,
+        &dir,
+        &serde_json::json!({"agents": [{"id": "echo", "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
+        Some(&nats.url),
+    );
+    d.wait_for("NATS connected", 1, Duration::from_secs(20));
+    d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
+    let nc = fast_connect(&nats.url);
+    task_loop(&nc, "mister-smith.claude.echo.task_assignment", n / 10 + 1);
+    let mut ours = task_loop(&nc, "mister-smith.claude.echo.task_assignment", n);
+    d.stop();
+
+    // Floor: raw request/reply between two connections, both flushing.
+    let responder = fast_connect(&nats.url);
+    let sub = responder.subscribe("floor.echo").expect("subscribe");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok(m) = sub.next_timeout(Duration::from_millis(100)) {
+                if let Some(r) = &m.reply {
+                    let _ = responder.publish(r, &m.data);
+                    let _ = responder.flush();
+                }
+            }
+        }
+    });
+    let inbox = nc.new_inbox();
+    let rsub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
+    let mut floor = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let reply = format!("{inbox}.{i}");
+        let t = Instant::now();
+        nc.publish_request("floor.echo", &reply, task_envelope("x"))
+            .expect("publish");
+        nc.flush().expect("flush");
+        let _ = rsub.next_timeout(Duration::from_secs(10)).expect("echo");
+        if i >= n / 10 {
+            floor.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = h.join();
+    let (m_ours, m_floor) = (median(&mut ours), median(&mut floor));
+    vec![Row {
+        name: "task round trip (NATS → daemon → agent → task_result)",
+        unit: "ms",
+        ours: m_ours,
+        ours_p99: Some(p99(&mut ours)),
+        floor: Some(m_floor),
+        note: format!(
+            "{n} tasks, fake-claude echo; floor: raw NATS request/reply, both sides flushing (p99 {:.3} ms); ours − floor = {:.3} ms",
+            p99(&mut floor),
+            m_ours - m_floor
+        ),
+    }]
+}
+
+/// `--raw-client URL SUBJECT`: the floor for one `send` process: connect
+/// without a first-attempt delay, publish a request, flush, wait for the
+/// reply, exit.
+fn raw_client(args: &[String]) {
+    let (url, subject) = (&args[2], &args[3]);
+    let nc = fast_connect(url);
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&inbox).expect("subscribe");
+    nc.publish_request(subject, &inbox, b"ping")
+        .expect("publish");
+    nc.flush().expect("flush");
+    let _ = sub.next_timeout(Duration::from_secs(10)).expect("reply");
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
+    let dir = work.sub("send");
+    let d = Daemon::start(
+        bins,
+        &dir,
+        &serde_json::json!({"agents": [{"id": "echo", "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
+        Some(&nats.url),
+    );
+    d.wait_for("NATS connected", 1, Duration::from_secs(20));
+    d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
+    let mut ours = Vec::new();
+    for i in 0..n + 2 {
+        let t = Instant::now();
+        let out = Command::new(&bins.ms)
+            .args(["--nats", &nats.url, "send", "--to", "echo", "--wait", "hi"])
+            .env_remove("MISTER_SMITH_CONFIG")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("send");
+        assert!(out.success(), "send failed");
+        if i >= 2 {
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    d.stop();
+
+    let responder = fast_connect(&nats.url);
+    let sub = responder.subscribe("floor.send").expect("subscribe");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok(m) = sub.next_timeout(Duration::from_millis(100)) {
+                if let Some(r) = &m.reply {
+                    let _ = responder.publish(r, "pong");
+                    let _ = responder.flush();
+                }
+            }
+        }
+    });
+    let me = std::env::current_exe().expect("own path");
+    let mut floor = Vec::new();
+    for i in 0..n + 2 {
+        let t = Instant::now();
+        let ok = Command::new(&me)
+            .args(["--raw-client", &nats.url, "floor.send"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "raw client failed");
+        if i >= 2 {
+            floor.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = h.join();
+    vec![Row {
+        name: "`send --wait` process, wall time",
+        unit: "ms",
+        ours: median(&mut ours),
+        ours_p99: Some(p99(&mut ours)),
+        floor: Some(median(&mut floor)),
+        note: format!("{n} runs; ours includes the agent's turn; floor: raw client process, request/reply to an echo"),
+    }]
+}
+
+fn dispatcher(n: usize) -> Vec<Row> {
+    let now = Instant::now();
+    let tasks: Vec<Task> = (0..n)
+        .map(|i| Task {
+            task_id: String::new(),
+            prompt: String::new(),
+            context: None,
+            priority: [5, 1, 10, 3, 7][i % 5],
+            timeout: Duration::from_secs(3600),
+            deadline: now + Duration::from_secs(3600),
+            target: if i % 2 == 0 {
+                Target::Agent(i % 8)
+            } else {
+                Target::Type("claude".into())
+            },
+            origin: Origin::default(),
+            submitted: now,
+            seq: 0,
+        })
+        .collect();
+    // One agent draining everything addressed to agent 0 and to the type.
+    let single: Vec<Task> = tasks
+        .iter()
+        .cloned()
+        .map(|mut t| {
+            t.target = Target::Agent(0);
+            t
+        })
+        .collect();
+    let mut q = Queue::new(n + 1);
+    let t = Instant::now();
+    for task in single {
+        let _ = q.push(task);
+    }
+    let mut popped = 0;
+    while q.pop_for(0, "claude").is_some() {
+        popped += 1;
+    }
+    let one = popped as f64 / t.elapsed().as_secs_f64();
+
+    let mut q = Queue::new(n + 1);
+    let t = Instant::now();
+    for task in tasks {
+        let _ = q.push(task);
+    }
+    let mut popped = 0;
+    let mut agent = 0;
+    while !q.is_empty() {
+        if q.pop_for(agent, "claude").is_some() {
+            popped += 1;
+        }
+        agent = (agent + 1) % 8;
+    }
+    let eight = popped as f64 / t.elapsed().as_secs_f64();
+    vec![
+        Row {
+            name: "dispatcher queue, push + pop in order",
+            unit: "/s",
+            ours: one,
+            ours_p99: None,
+            floor: None,
+            note: format!("{n} envelopes, priorities 1/3/5/7/10, one agent"),
+        },
+        Row {
+            name: "dispatcher queue, 8 agents",
+            unit: "/s",
+            ours: eight,
+            ours_p99: None,
+            floor: None,
+            note: format!("{n} envelopes, half to one agent, half to any of the type"),
+        },
+    ]
+}
+
+fn throughput(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
+    let dir = work.sub("tput");
+    let agents: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"id": format!("e{i}"), "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}))
+        .collect();
+    let d = Daemon::start(
+        bins,
+        &dir,
+        &serde_json::json!({"message": {"queue_capacity": 100_000}, "agents": agents}),
+        Some(&nats.url),
+    );
+    d.wait_for("NATS connected", 1, Duration::from_secs(20));
+    d.wait_for("initializing -> idle", 8, Duration::from_secs(20));
+    let nc = fast_connect(&nats.url);
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
+    let t = Instant::now();
+    for i in 0..n {
+        nc.publish_request(
+            "mister-smith.claude.any.task_assignment",
+            &format!("{inbox}.{i}"),
+            task_envelope(&format!("t{i}")),
+        )
+        .expect("publish");
+    }
+    nc.flush().expect("flush");
+    let mut done: HashMap<String, ()> = HashMap::new();
+    while done.len() < n {
+        let m = sub
+            .next_timeout(Duration::from_secs(30))
+            .expect("results keep coming");
+        if m.data.windows(13).any(|w| w == b"\"task_result\"") {
+            done.insert(m.subject, ());
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    d.stop();
+    vec![Row {
+        name: "throughput, 8 agents",
+        unit: "/s",
+        ours: rate,
+        ours_p99: None,
+        floor: None,
+        note: format!("{n} tasks in flight over NATS, fake-claude echo agents"),
+    }]
+}
