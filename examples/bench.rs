@@ -557,7 +557,7 @@ impl Nats {
         let err = child.stderr.take().expect("stderr");
         let mut reader = BufReader::new(err);
         let mut line = String::new();
-        while reader.read_line(&mut line).map_or(false, |n| n > 0) {
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
             if line.contains("Server is ready") {
                 break;
             }
