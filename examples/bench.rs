@@ -54,50 +54,46 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only NAME`: run one measurement (restart, cold, memory, rtt, send,
+    // dispatcher, throughput) while working on it.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let json = args.iter().any(|a| a == "--json");
     let bins = Bins::find();
     let work = Scratch::new();
     let mut rows = Vec::new();
 
-    eprintln!("bench: restart latency");
-    rows.extend(restart_latency(&bins, &work, if quick { 5 } else { 40 }));
-    eprintln!("bench: cold start");
-    rows.extend(cold_start(
-        &bins,
-        &work,
-        if quick { 10 } else { 50 },
-        if quick { 1 } else { 5 },
-    ));
-    eprintln!("bench: memory");
-    rows.extend(memory(
-        &bins,
-        &work,
-        if quick { &[10, 20][..] } else { &[50, 500][..] },
-    ));
+    if want("restart") {
+        eprintln!("bench: restart latency");
+        rows.extend(restart_latency(&bins, &work, if quick { 5 } else { 40 }));
+    }
+    if want("cold") {
+        eprintln!("bench: cold start");
+        let (n, runs) = if quick { (10, 1) } else { (50, 5) };
+        rows.extend(cold_start(&bins, &work, n, runs));
+    }
+    if want("memory") {
+        eprintln!("bench: memory");
+        let sizes: &[usize] = if quick { &[10, 20] } else { &[50, 500] };
+        rows.extend(memory(&bins, &work, sizes));
+    }
     let nats = Nats::start(&work);
-    eprintln!("bench: task round trip");
-    rows.extend(round_trip(
-        &bins,
-        &work,
-        &nats,
-        if quick { 50 } else { 2000 },
-    ));
-    eprintln!("bench: send process");
-    rows.extend(send_process(
-        &bins,
-        &work,
-        &nats,
-        if quick { 5 } else { 40 },
-    ));
-    eprintln!("bench: dispatcher");
-    rows.extend(dispatcher(if quick { 20_000 } else { 1_000_000 }));
-    eprintln!("bench: throughput");
-    rows.extend(throughput(
-        &bins,
-        &work,
-        &nats,
-        if quick { 100 } else { 1000 },
-    ));
+    if want("rtt") {
+        eprintln!("bench: task round trip");
+        rows.extend(round_trip(&bins, &work, &nats, if quick { 50 } else { 2000 }));
+    }
+    if want("send") {
+        eprintln!("bench: send process");
+        rows.extend(send_process(&bins, &work, &nats, if quick { 5 } else { 40 }));
+    }
+    if want("dispatcher") {
+        eprintln!("bench: dispatcher");
+        rows.extend(dispatcher(if quick { 20_000 } else { 1_000_000 }));
+    }
+    if want("throughput") {
+        eprintln!("bench: throughput");
+        rows.extend(throughput(&bins, &work, &nats, if quick { 100 } else { 1000 }));
+    }
 
     if json {
         let out: Vec<serde_json::Value> = rows

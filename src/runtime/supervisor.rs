@@ -488,7 +488,9 @@ impl Supervisor {
         true
     }
 
-    /// The status of agent `i`, as published and reported.
+    /// The status of agent `i`, as published on a transition (`previous`
+    /// set) or reported on request. Only a report reads memory and CPU from
+    /// `/proc`: a transition is on the restart path and must stay cheap.
     fn status(&self, i: usize, previous: Option<State>) -> AgentStatus {
         let a = &self.agents[i];
         let pid = a.child.as_ref().map(|c| c.pid);
@@ -501,7 +503,11 @@ impl Supervisor {
                 .map_or(0.0, |t| (t.elapsed().as_millis() as f64) / 1000.0),
             pid,
             restarts: a.restarts,
-            resource_usage: pid.and_then(process_manager::resource_usage),
+            resource_usage: if previous.is_none() {
+                pid.and_then(process_manager::resource_usage)
+            } else {
+                None
+            },
             agent_type: Some(a.spec.agent_type.clone()),
             daemon_id: Some(self.links.table.daemon_id.clone()),
             tasks_completed: a.tasks_done,
@@ -1271,7 +1277,11 @@ impl Supervisor {
                     a.spec.restart.policy.as_str()
                 );
                 a.reason = Some(format!("restarting (attempt {attempt})"));
-                self.schedule(delay, Timer::Restart(i));
+                if delay.is_zero() {
+                    self.start(i);
+                } else {
+                    self.schedule(delay, Timer::Restart(i));
+                }
             }
             Decision::Stay => {
                 log::info!(

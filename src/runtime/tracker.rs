@@ -298,10 +298,9 @@ fn write(path: &Path, state: &mut State) {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&serde_json::to_vec(state).unwrap_or_default())?;
-            f.sync_data()
-        })
+        // No fsync: the rename is atomic, and the file only has to outlive
+        // the daemon, not the machine (after a reboot it is ignored anyway).
+        .and_then(|mut f| f.write_all(&serde_json::to_vec(state).unwrap_or_default()))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = ok {
         log::warn!("cannot write {}: {e}", path.display());
