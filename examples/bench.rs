@@ -56,7 +56,11 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     // `--only NAME`: run one measurement (restart, cold, memory, rtt, send,
     // dispatcher, throughput) while working on it.
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let json = args.iter().any(|a| a == "--json");
     let bins = Bins::find();
@@ -80,11 +84,21 @@ fn main() {
     let nats = Nats::start(&work);
     if want("rtt") {
         eprintln!("bench: task round trip");
-        rows.extend(round_trip(&bins, &work, &nats, if quick { 50 } else { 2000 }));
+        rows.extend(round_trip(
+            &bins,
+            &work,
+            &nats,
+            if quick { 50 } else { 2000 },
+        ));
     }
     if want("send") {
         eprintln!("bench: send process");
-        rows.extend(send_process(&bins, &work, &nats, if quick { 5 } else { 40 }));
+        rows.extend(send_process(
+            &bins,
+            &work,
+            &nats,
+            if quick { 5 } else { 40 },
+        ));
     }
     if want("dispatcher") {
         eprintln!("bench: dispatcher");
@@ -92,7 +106,12 @@ fn main() {
     }
     if want("throughput") {
         eprintln!("bench: throughput");
-        rows.extend(throughput(&bins, &work, &nats, if quick { 100 } else { 1000 }));
+        rows.extend(throughput(
+            &bins,
+            &work,
+            &nats,
+            if quick { 100 } else { 1000 },
+        ));
     }
 
     if json {

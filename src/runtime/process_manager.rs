@@ -19,7 +19,7 @@
 //! (so the group id cannot have been reused), and only then reaps the child.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -175,92 +175,53 @@ pub fn spawn(
     };
 
     // From here on the child runs; if a thread cannot be started we must not
-    // leave it unsupervised, so kill it and let the waiter (or we) reap it.
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    // Each reader holds a clone of `eof_tx` and drops it at end of file; the
-    // waiter waits (briefly) for both, so the last lines a child wrote are
-    // handled before its exit.
-    let (eof_tx, eof_rx) = crossbeam_channel::bounded::<()>(0);
-    let result = (|| {
-        if let Some(out) = stdout {
-            let tx = events.clone();
-            let eof = eof_tx.clone();
-            let id = spec.id.clone();
-            let parse = spec.protocol != Protocol::None;
-            thread::Builder::new()
-                .name(format!("out:{}", spec.id))
-                .stack_size(READER_STACK)
-                .spawn(move || {
-                    // Room for the envelope around a progress event.
-                    let limit = max_message_size.saturating_sub(4096);
-                    read_stdout(out, agent, run, &id, parse, limit, &tx);
-                    drop(eof);
-                })
-                .map_err(thread_err)?;
-        }
-        if let Some(err) = stderr {
-            let tail = stderr_tail.clone();
-            let id = spec.id.clone();
-            let eof = eof_tx.clone();
-            thread::Builder::new()
-                .name(format!("err:{}", spec.id))
-                .stack_size(SMALL_STACK)
-                .spawn(move || {
-                    read_stderr(err, &id, &tail);
-                    drop(eof);
-                })
-                .map_err(thread_err)?;
-        }
-        let stdin_tx = match stdin {
-            Some(pipe) => {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                thread::Builder::new()
-                    .name(format!("in:{}", spec.id))
-                    .stack_size(SMALL_STACK)
-                    .spawn(move || write_stdin(pipe, &rx))
-                    .map_err(thread_err)?;
-                Some(tx)
-            }
-            None => None,
-        };
-        Ok(stdin_tx)
-    })();
-    let stdin_tx = match result {
-        Ok(tx) => tx,
-        Err(e) => {
-            let _ = signal_group(pid, libc::SIGKILL);
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
-
-    drop(eof_tx);
-    let tx = events.clone();
-    let (reap_tx, reap_rx) = crossbeam_channel::bounded::<()>(0);
-    let waiter = thread::Builder::new()
-        .name(format!("wait:{}", spec.id))
-        .stack_size(SMALL_STACK)
-        .spawn(move || {
-            let status = sys::wait_exited_nowait(child.id());
-            // The leader is a zombie now: its pid, and so the group id,
-            // cannot be reused until it is reaped. Kill what is left of the
-            // group while that holds.
-            let _ = signal_group(child.id(), libc::SIGKILL);
-            // The group is dead, so the pipes are closing; a process that
-            // escaped the group may hold them open, hence the bound.
-            let _ = eof_rx.recv_timeout(PIPE_DRAIN_WAIT);
-            let _ = tx.send(Event::Exited { agent, run, status });
-            // Reap once the supervisor has let go of the child (bounded, in
-            // case it never does).
-            let _ = reap_rx.recv_timeout(std::time::Duration::from_secs(60));
-            let _ = child.wait();
-        });
-    if let Err(source) = waiter {
-        // The closure (and the `Child` in it) is gone; the process is not.
+    // leave it unsupervised: kill it and reap it.
+    let give_up = |mut child: std::process::Child, source| {
         let _ = signal_group(pid, libc::SIGKILL);
-        return Err(thread_err(source));
+        let _ = child.wait();
+        thread_err(source)
+    };
+    let stdin_tx = match child.stdin.take() {
+        Some(pipe) => {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let spawned = thread::Builder::new()
+                .name(format!("in:{}", spec.id))
+                .stack_size(SMALL_STACK)
+                .spawn(move || write_stdin(pipe, &rx));
+            if let Err(e) = spawned {
+                return Err(give_up(child, e));
+            }
+            Some(tx)
+        }
+        None => None,
+    };
+    let (reap_tx, reap_rx) = crossbeam_channel::bounded::<()>(0);
+    let out = StdoutSink {
+        agent,
+        run,
+        id: spec.id.clone(),
+        parse: spec.protocol != Protocol::None,
+        // Room for the envelope around a progress event.
+        limit: max_message_size.saturating_sub(4096),
+        events: events.clone(),
+    };
+    let err = StderrSink::new(spec.id.clone(), stderr_tail.clone());
+    let tx = events.clone();
+    // One thread per child watches its exit and both output pipes (the
+    // stdin writer above exists only for stream-json agents).
+    let (child_tx, child_rx) = crossbeam_channel::bounded::<std::process::Child>(1);
+    let spawned = thread::Builder::new()
+        .name(format!("io:{}", spec.id))
+        .stack_size(READER_STACK)
+        .spawn(move || {
+            let Ok(child) = child_rx.recv() else { return };
+            io_loop(child, out, err, &tx, agent, run, &reap_rx);
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = child_tx.send(child);
+        }
+        Err(e) => return Err(give_up(child, e)),
     }
 
     Ok(RunningChild {
@@ -272,111 +233,266 @@ pub fn spawn(
     })
 }
 
+/// The child's watcher: polls its exit (a pidfd) and both output pipes,
+/// hands lines on as they come, and on exit kills what is left of the
+/// group, drains the pipes (briefly: a process that left the group may hold
+/// them open), reports the exit, and reaps the child once the supervisor
+/// has let go of it.
+fn io_loop(
+    mut child: std::process::Child,
+    mut out: StdoutSink,
+    mut err: StderrSink,
+    events: &Sender<Event>,
+    agent: usize,
+    run: u64,
+    reap: &Receiver<()>,
+) {
+    use std::os::unix::io::AsRawFd;
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let exit = sys::ExitWatch::new(pid);
+    let mut fds: [Option<i32>; 2] = [
+        stdout.as_ref().map(AsRawFd::as_raw_fd),
+        stderr.as_ref().map(AsRawFd::as_raw_fd),
+    ];
+    for fd in fds.iter().flatten() {
+        sys::set_nonblocking(*fd);
+    }
+    let mut lines = [Lines::new(MAX_LINE_BYTES), Lines::new(MAX_STDERR_LINE)];
+    let mut status = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let timeout = match drain_until {
+            None => -1,
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() || fds.iter().all(Option::is_none) {
+                    break;
+                }
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            }
+        };
+        let ready = sys::poll3(
+            if status.is_none() {
+                Some(exit.fd())
+            } else {
+                None
+            },
+            fds,
+            timeout,
+        );
+        for (k, fd) in fds.iter_mut().enumerate() {
+            let Some(raw) = *fd else { continue };
+            if !ready[k + 1] {
+                continue;
+            }
+            // Read what is there; 0 means end of file.
+            loop {
+                // SAFETY: `chunk` is valid for writes of its length; `raw`
+                // is an open pipe owned by `stdout`/`stderr` above.
+                let n = unsafe { libc::read(raw, chunk.as_mut_ptr().cast(), chunk.len()) };
+                if n > 0 {
+                    let data = &chunk[..n as usize];
+                    if k == 0 {
+                        lines[0].feed(data, &mut |r, l| out.line(r, l));
+                    } else {
+                        lines[1].feed(data, &mut |r, l| err.line(r, l));
+                    }
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                if n < 0 && (e.kind() == std::io::ErrorKind::Interrupted) {
+                    continue;
+                }
+                if n < 0 && e.kind() == std::io::ErrorKind::WouldBlock {
+                    break;
+                }
+                *fd = None;
+                break;
+            }
+        }
+        if status.is_none() && ready[0] {
+            status = Some(sys::wait_exited_nowait(pid));
+            // The leader is a zombie now: its pid, and so the group id,
+            // cannot be reused until it is reaped. Kill what is left of the
+            // group while that holds.
+            let _ = signal_group(pid, libc::SIGKILL);
+            drain_until = Some(Instant::now() + PIPE_DRAIN_WAIT);
+        }
+    }
+    lines[0].finish(&mut |r, l| out.line(r, l));
+    lines[1].finish(&mut |r, l| err.line(r, l));
+    err.finish();
+    drop((stdout, stderr));
+    let status = status.unwrap_or_else(|| sys::wait_exited_nowait(pid));
+    let _ = events.send(Event::Exited { agent, run, status });
+    // Reap once the supervisor has let go of the child (bounded, in case it
+    // never does).
+    let _ = reap.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.wait();
+}
+
+/// Splits a byte stream into `\n`-terminated lines, keeping at most `cap`
+/// bytes of each: memory stays bounded however long a line is.
+struct Lines {
+    buf: Vec<u8>,
+    cap: usize,
+    total: usize,
+}
+
+impl Lines {
+    fn new(cap: usize) -> Lines {
+        Lines {
+            buf: Vec::new(),
+            cap,
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, d: &[u8]) {
+        let room = self.cap.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&d[..d.len().min(room)]);
+        self.total += d.len();
+    }
+
+    fn emit(&mut self, out: &mut dyn FnMut(LineRead, &[u8])) {
+        let kind = if self.total > self.cap {
+            LineRead::TooLong(self.total)
+        } else {
+            LineRead::Line
+        };
+        out(kind, trim_eol(&self.buf));
+        self.buf.clear();
+        self.total = 0;
+        // A huge line's buffer is not kept around.
+        if self.buf.capacity() > 1024 * 1024 {
+            self.buf = Vec::new();
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8], out: &mut dyn FnMut(LineRead, &[u8])) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            self.push(&data[..i]);
+            self.emit(out);
+            data = &data[i + 1..];
+        }
+        self.push(data);
+    }
+
+    /// A last line without a newline still counts.
+    fn finish(&mut self, out: &mut dyn FnMut(LineRead, &[u8])) {
+        if self.total > 0 {
+            self.emit(out);
+        }
+    }
+}
+
+/// Where stdout lines go: classified for the supervisor (agents that speak
+/// stream-json), or to the debug log (plain processes).
+struct StdoutSink {
+    agent: usize,
+    run: u64,
+    id: String,
+    parse: bool,
+    limit: usize,
+    events: Sender<Event>,
+}
+
+impl StdoutSink {
+    fn line(&mut self, r: LineRead, bytes: &[u8]) {
+        let (agent, run, id) = (self.agent, self.run, &self.id);
+        if let LineRead::TooLong(n) = r {
+            log::warn!("agent {id}: dropped a stdout line of {n} bytes (limit {MAX_LINE_BYTES})");
+            if self.parse {
+                let _ = self.events.send(Event::Stdout {
+                    agent,
+                    run,
+                    line: Line::Dropped,
+                });
+            }
+            return;
+        }
+        if self.parse {
+            let line = Line::classify(bytes, self.limit);
+            let _ = self.events.send(Event::Stdout { agent, run, line });
+        } else {
+            log::debug!(target: "agent", "{id} stdout: {}", String::from_utf8_lossy(bytes));
+        }
+    }
+}
+
+/// Where stderr lines go: the kept tail, and the log at a bounded rate.
+struct StderrSink {
+    id: String,
+    tail: StderrTail,
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl StderrSink {
+    fn new(id: String, tail: StderrTail) -> StderrSink {
+        StderrSink {
+            id,
+            tail,
+            window: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn line(&mut self, r: LineRead, bytes: &[u8]) {
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        if let LineRead::TooLong(n) = r {
+            text = format!("{text}... ({n} bytes)");
+        }
+        if self.window.elapsed().as_secs() >= 1 {
+            self.report_suppressed();
+            self.window = Instant::now();
+            self.logged = 0;
+        }
+        let id = &self.id;
+        if self.logged < STDERR_LOG_PER_SEC {
+            self.logged += 1;
+            log::info!(target: "agent", "{id} stderr: {text}");
+        } else {
+            if self.suppressed == 0 {
+                log::warn!("agent {id}: stderr floods: logging at most {STDERR_LOG_PER_SEC} lines/s (all are drained; the last {STDERR_TAIL_LINES} are kept)");
+            }
+            self.suppressed += 1;
+        }
+        let mut t = match self.tail.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        if t.len() == STDERR_TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(text);
+    }
+
+    fn report_suppressed(&mut self) {
+        if self.suppressed > 0 {
+            log::warn!(
+                "agent {}: {} stderr lines not logged (more than {STDERR_LOG_PER_SEC}/s)",
+                self.id,
+                self.suppressed
+            );
+            self.suppressed = 0;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.report_suppressed();
+    }
+}
+
 /// Sends `signal` to the process group `pgid`. A group that no longer exists
 /// is not an error.
 pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     sys::killpg(pgid, signal)
-}
-
-/// Reads stdout line by line. For agents that speak stream-json each line is
-/// classified and sent to the supervisor; plain processes' lines are logged.
-fn read_stdout(
-    out: impl Read,
-    agent: usize,
-    run: u64,
-    id: &str,
-    parse: bool,
-    limit: usize,
-    events: &Sender<Event>,
-) {
-    let mut reader = BufReader::with_capacity(64 * 1024, out);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match read_line_capped(&mut reader, &mut buf, MAX_LINE_BYTES) {
-            Ok(LineRead::Eof) => return,
-            Ok(LineRead::TooLong(n)) => {
-                log::warn!(
-                    "agent {id}: dropped a stdout line of {n} bytes (limit {MAX_LINE_BYTES})"
-                );
-                if parse
-                    && events
-                        .send(Event::Stdout {
-                            agent,
-                            run,
-                            line: Line::Dropped,
-                        })
-                        .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(LineRead::Line) => {
-                if parse {
-                    let line = Line::classify(&buf, limit);
-                    if events.send(Event::Stdout { agent, run, line }).is_err() {
-                        return;
-                    }
-                } else {
-                    log::debug!(target: "agent", "{id} stdout: {}", String::from_utf8_lossy(trim_eol(&buf)));
-                }
-            }
-            Err(e) => {
-                log::debug!("agent {id}: stdout read failed: {e}");
-                return;
-            }
-        }
-    }
-}
-
-/// Drains stderr, keeping the last lines and logging at a bounded rate.
-fn read_stderr(err: impl Read, id: &str, tail: &StderrTail) {
-    let mut reader = BufReader::with_capacity(64 * 1024, err);
-    let mut buf = Vec::new();
-    let mut window = Instant::now();
-    let (mut logged, mut suppressed) = (0u32, 0u64);
-    loop {
-        buf.clear();
-        match read_line_capped(&mut reader, &mut buf, MAX_STDERR_LINE) {
-            Ok(LineRead::Eof) | Err(_) => break,
-            Ok(r) => {
-                let mut text = String::from_utf8_lossy(trim_eol(&buf)).into_owned();
-                if let LineRead::TooLong(n) = r {
-                    text = format!("{text}... ({n} bytes)");
-                }
-                if window.elapsed().as_secs() >= 1 {
-                    if suppressed > 0 {
-                        log::warn!("agent {id}: {suppressed} stderr lines not logged (more than {STDERR_LOG_PER_SEC}/s)");
-                    }
-                    window = Instant::now();
-                    logged = 0;
-                    suppressed = 0;
-                }
-                if logged < STDERR_LOG_PER_SEC {
-                    logged += 1;
-                    log::info!(target: "agent", "{id} stderr: {text}");
-                } else {
-                    if suppressed == 0 {
-                        log::warn!("agent {id}: stderr floods: logging at most {STDERR_LOG_PER_SEC} lines/s (all are drained; the last {STDERR_TAIL_LINES} are kept)");
-                    }
-                    suppressed += 1;
-                }
-                let mut t = match tail.lock() {
-                    Ok(t) => t,
-                    Err(p) => p.into_inner(),
-                };
-                if t.len() == STDERR_TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(text);
-            }
-        }
-    }
-    if suppressed > 0 {
-        log::warn!(
-            "agent {id}: {suppressed} stderr lines not logged (more than {STDERR_LOG_PER_SEC}/s)"
-        );
-    }
 }
 
 /// Writes queued lines to the child's stdin until the sender is dropped or
@@ -566,6 +682,104 @@ mod sys {
         }
     }
 
+    /// What tells the io thread that the child exited: a pidfd (Linux 5.3
+    /// and later), else a pipe written by a small waiter thread.
+    pub(super) struct ExitWatch {
+        fd: std::os::fd::OwnedFd,
+    }
+
+    impl ExitWatch {
+        pub(super) fn new(pid: u32) -> ExitWatch {
+            use std::os::fd::FromRawFd;
+            // SAFETY: pidfd_open takes a pid and flags, returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            if fd >= 0 {
+                // SAFETY: the fd was just returned to us and is owned here.
+                return ExitWatch {
+                    fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+                };
+            }
+            let mut p = [0i32; 2];
+            // SAFETY: `p` is valid for two ints.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                // Without even a pipe the waiter below cannot signal: fall
+                // back to waiting in place (the io thread blocks on exit).
+                let _ = wait_exited_nowait(pid);
+                // SAFETY: opening /dev/null; a fresh fd owned here.
+                let fd =
+                    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                return ExitWatch {
+                    // SAFETY: fd is ours (or -1, never read from then).
+                    fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+                };
+            }
+            // SAFETY: both fds were just created and are owned here.
+            let (r, w) = unsafe {
+                (
+                    std::os::fd::OwnedFd::from_raw_fd(p[0]),
+                    std::os::fd::OwnedFd::from_raw_fd(p[1]),
+                )
+            };
+            let _ = std::thread::Builder::new()
+                .name("waitid".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let _ = wait_exited_nowait(pid);
+                    // Closing the write end makes the read end readable.
+                    drop(w);
+                });
+            ExitWatch { fd: r }
+        }
+
+        pub(super) fn fd(&self) -> i32 {
+            use std::os::fd::AsRawFd;
+            self.fd.as_raw_fd()
+        }
+    }
+
+    pub(super) fn set_nonblocking(fd: i32) {
+        // SAFETY: fcntl on an open fd with plain integer arguments.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+    }
+
+    /// Polls up to three fds (`exit`, then the two pipes) for input; returns
+    /// which are ready (end of file and errors count as ready).
+    pub(super) fn poll3(exit: Option<i32>, pipes: [Option<i32>; 2], timeout_ms: i32) -> [bool; 3] {
+        let all = [exit, pipes[0], pipes[1]];
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut slot = [usize::MAX; 3];
+        for (i, fd) in all.iter().enumerate() {
+            if let Some(fd) = fd {
+                slot[i] = pfds.len();
+                pfds.push(libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        loop {
+            // SAFETY: `pfds` is a valid array of its length for the call.
+            let n =
+                unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        let mut ready = [false; 3];
+        for i in 0..3 {
+            if slot[i] != usize::MAX {
+                ready[i] = pfds[slot[i]].revents != 0;
+            }
+        }
+        ready
+    }
+
     /// `killpg`, with "no such group" treated as success.
     pub(super) fn killpg(pgid: u32, signal: i32) -> io::Result<()> {
         let Ok(pgid) = libc::pid_t::try_from(pgid) else {
@@ -601,6 +815,7 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufReader;
 
     fn lines(input: &[u8], cap: usize) -> Vec<(LineRead, Vec<u8>)> {
         let mut r = BufReader::with_capacity(4, input);
@@ -613,6 +828,25 @@ mod tests {
             }
             out.push((got, buf));
         }
+    }
+
+    #[test]
+    fn streamed_lines_are_split_and_capped_across_chunks() {
+        let mut got = Vec::new();
+        let mut l = Lines::new(5);
+        for chunk in [&b"ab\n012"[..], b"3456789\n", b"\nla", b"st"] {
+            l.feed(chunk, &mut |r, b| got.push((r, b.to_vec())));
+        }
+        l.finish(&mut |r, b| got.push((r, b.to_vec())));
+        assert_eq!(
+            got,
+            vec![
+                (LineRead::Line, b"ab".to_vec()),
+                (LineRead::TooLong(10), b"01234".to_vec()),
+                (LineRead::Line, b"".to_vec()),
+                (LineRead::Line, b"last".to_vec()),
+            ]
+        );
     }
 
     #[test]
