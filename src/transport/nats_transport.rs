@@ -246,20 +246,24 @@ fn daemon_connect(
 /// thread of its own, kicked once per burst, so this loop never waits on
 /// the network for it.
 fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<NatsState>) {
-    // `None` asks for a flush, `Some(done)` is a barrier to drop after one.
-    let (kick_tx, kick_rx) = crossbeam_channel::bounded::<Option<Sender<()>>>(64);
+    // A kick asks for a flush; kicks coalesce (capacity 1), so a burst of
+    // publishes costs one PING/PONG after the flush in progress. Barriers
+    // travel apart and are dropped after the next flush.
+    let (kick_tx, kick_rx) = crossbeam_channel::bounded::<()>(1);
+    let (barrier_tx, barrier_rx) = crossbeam_channel::unbounded::<Sender<()>>();
     let (fconn, fstate) = (conn.clone(), state.clone());
     let spawned = thread::Builder::new()
         .name("nats-flush".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            for kick in kick_rx {
+            for () in kick_rx {
+                let waiting: Vec<Sender<()>> = barrier_rx.try_iter().collect();
                 if fstate.describe() == "connected" {
                     if let Err(e) = fconn.flush_timeout(Duration::from_secs(2)) {
                         log::debug!("NATS: flush: {e}");
                     }
                 }
-                drop(kick);
+                drop(waiting);
             }
         });
     if let Err(e) = spawned {
@@ -283,13 +287,14 @@ fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<Nat
                 }
             }
             NatsOut::Barrier(done) => {
-                let _ = kick_tx.send_timeout(Some(done), Duration::from_secs(1));
+                let _ = barrier_tx.send(done);
+                let _ = kick_tx.send_timeout((), Duration::from_secs(1));
                 continue;
             }
         }
         if rx.is_empty() {
             // A full kick queue means a flush is coming anyway.
-            let _ = kick_tx.try_send(None);
+            let _ = kick_tx.try_send(());
         }
     }
 }
