@@ -7,6 +7,7 @@ mod support;
 mod chaos;
 mod check_config;
 mod fuzz;
+mod man;
 mod nats;
 mod security;
 mod supervise;

@@ -12,7 +12,11 @@ use crate::error::SystemError;
 /// check the config file: print "ok: N agents" and exit 0, or list every
 /// problem (one per line, with its JSON path) and exit 78.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "check-config")]
+#[argh(
+    subcommand,
+    name = "check-config",
+    example = "mister-smith --config /etc/mister-smith.json check-config && systemctl restart mister-smith"
+)]
 pub struct CheckConfigArgs {}
 
 pub fn run(cli: &Cli, _args: &CheckConfigArgs) -> Result<u8, SystemError> {

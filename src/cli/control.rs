@@ -12,10 +12,8 @@ use crate::message::router::agent_subject;
 use crate::message::schemas::{check_token, AgentCommand, CommandType};
 
 /// start a terminated agent. Exit: 0, 69 no such agent or not possible.
-///
-/// Example: mister-smith start coder-1
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "start")]
+#[argh(subcommand, name = "start", example = "mister-smith start coder-1")]
 pub struct StartArgs {
     /// agent id
     #[argh(positional)]
@@ -24,10 +22,8 @@ pub struct StartArgs {
 
 /// stop an agent: close stdin, SIGTERM, SIGKILL after stop_timeout_ms; it
 /// stays terminated. Exit: 0, 69 no such agent.
-///
-/// Example: mister-smith stop coder-1
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "stop")]
+#[argh(subcommand, name = "stop", example = "mister-smith stop coder-1")]
 pub struct StopArgs {
     /// agent id
     #[argh(positional)]
@@ -36,10 +32,8 @@ pub struct StopArgs {
 
 /// stop an agent and start it again with a fresh restart budget. Exit: 0,
 /// 69 no such agent.
-///
-/// Example: mister-smith restart coder-1
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "restart")]
+#[argh(subcommand, name = "restart", example = "mister-smith restart coder-1")]
 pub struct RestartArgs {
     /// agent id
     #[argh(positional)]
@@ -48,10 +42,8 @@ pub struct RestartArgs {
 
 /// pause an idle or busy agent (SIGSTOP to its process group). Exit: 0, 69
 /// no such agent or nothing to pause.
-///
-/// Example: mister-smith pause coder-1
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "pause")]
+#[argh(subcommand, name = "pause", example = "mister-smith pause coder-1")]
 pub struct PauseArgs {
     /// agent id
     #[argh(positional)]
@@ -60,10 +52,8 @@ pub struct PauseArgs {
 
 /// resume a paused agent (SIGCONT to its process group). Exit: 0, 69 no
 /// such agent or not paused.
-///
-/// Example: mister-smith resume coder-1
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "resume")]
+#[argh(subcommand, name = "resume", example = "mister-smith resume coder-1")]
 pub struct ResumeArgs {
     /// agent id
     #[argh(positional)]

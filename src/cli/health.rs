@@ -16,10 +16,12 @@ use crate::runtime::lifecycle::State;
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
 /// or stopped by hand, or NATS reconnecting), 2 CRITICAL (an agent gave up,
 /// or none is healthy), 3 UNKNOWN (no daemon answered).
-///
-/// Example: */5 * * * * mister-smith health || page-oncall
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "health")]
+#[argh(
+    subcommand,
+    name = "health",
+    example = "*/5 * * * * mister-smith health || page-oncall"
+)]
 pub struct HealthArgs {
     /// only this agent
     #[argh(option, arg_name = "ID")]

@@ -11,10 +11,12 @@ use crate::message::schemas::check_token;
 
 /// print envelopes as NDJSON on stdout until --count or Ctrl-C (a closed
 /// stdout ends it quietly): status changes, progress, results, alerts.
-///
-/// Example: mister-smith listen --type system_alert | jq -r .payload.message
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "listen")]
+#[argh(
+    subcommand,
+    name = "listen",
+    example = "mister-smith listen --type system_alert | jq -r .payload.message"
+)]
 pub struct ListenArgs {
     /// only this agent's messages
     #[argh(option, arg_name = "ID")]

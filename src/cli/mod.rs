@@ -24,7 +24,13 @@ mod status;
 /// Run fleets of Claude Code agents: supervise them, route tasks to them in
 /// priority order, and answer scripts and cron with exit codes.
 #[derive(FromArgs, Debug)]
-#[argh(help_triggers("-h", "--help"))]
+#[argh(
+    help_triggers("-h", "--help"),
+    example = "mister-smith --config examples/demo.json run",
+    example = "echo 'fix the flaky test' | mister-smith send --to coder-1 --wait",
+    example = "mister-smith health || page-oncall",
+    note = "Exit codes: 0 ok, 1 a task failed, 64 usage, 65 bad input, 69 unavailable, 70 internal, 74 I/O, 75 temporary (retry), 78 config; health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. See mister-smith(1)."
+)]
 pub struct Cli {
     /// config file (default: $MISTER_SMITH_CONFIG, else ./mister-smith.json)
     #[argh(option, arg_name = "PATH")]

@@ -12,10 +12,12 @@ use crate::runtime::supervisor::Outcome;
 /// its restart policy, serve the local socket (and NATS when a URL is set),
 /// and stop them all on SIGTERM or Ctrl-C (twice: at once). Logs go to
 /// stderr. Exit: 0 after a clean stop, 78 bad config, 69 socket in use.
-///
-/// Example: mister-smith --config /etc/mister-smith.json run
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "run")]
+#[argh(
+    subcommand,
+    name = "run",
+    example = "mister-smith --config /etc/mister-smith.json run"
+)]
 pub struct RunArgs {}
 
 pub fn run(cli: &Cli, _args: &RunArgs) -> Result<u8, SystemError> {

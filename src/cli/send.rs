@@ -20,10 +20,12 @@ use crate::message::schemas::{check_token, TaskAssignment, TaskStatus};
 /// "-". Prints the task id, or with --wait the task_result envelope as one
 /// JSON line. Exit: 0 completed, 1 failed, 65 bad input, 69 no such agent or
 /// daemon, 75 timeout or queue full.
-///
-/// Example: echo "fix the flaky test" | mister-smith send --to coder-1 --wait
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "send")]
+#[argh(
+    subcommand,
+    name = "send",
+    example = "echo \"fix the flaky test\" | mister-smith send --to coder-1 --wait"
+)]
 pub struct SendArgs {
     /// the message body (default: stdin)
     #[argh(positional)]

@@ -15,10 +15,12 @@ use crate::message::schemas::{check_token, AgentStatus, HealthReport, SystemHeal
 /// show each agent's state, pid, uptime, restarts, tasks done and failed,
 /// cost and memory. Exit: 0, or 69 when no daemon answers or there is no
 /// such agent.
-///
-/// Example: mister-smith status coder-1 --json | jq .[0].status
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status")]
+#[argh(
+    subcommand,
+    name = "status",
+    example = "mister-smith status coder-1 --json | jq .[0].status"
+)]
 pub struct StatusArgs {
     /// only this agent
     #[argh(positional)]
