@@ -9,6 +9,7 @@ mod check_config;
 mod fuzz;
 mod man;
 mod nats;
+mod pipelines;
 mod security;
 mod supervise;
 mod tasks;

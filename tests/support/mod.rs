@@ -149,9 +149,16 @@ impl Daemon {
     ) -> Daemon {
         let dir: Arc<TempDir> = dir.into();
         let path = dir.config(config);
+        Daemon::start_file(dir, &path, env)
+    }
+
+    /// Starts the daemon on an existing config file (its relative paths
+    /// resolve against the file's own directory).
+    pub fn start_file(dir: impl Into<Arc<TempDir>>, path: &Path, env: &[(&str, &str)]) -> Daemon {
+        let dir: Arc<TempDir> = dir.into();
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
-            .arg(&path)
+            .arg(path)
             .arg("--socket")
             .arg(dir.join("ms.sock"))
             .arg("run")
