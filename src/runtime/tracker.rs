@@ -27,6 +27,9 @@ use crate::runtime::process_manager::signal_group;
 /// How often `/proc` is scanned for escaped descendants.
 pub const SCAN_EVERY: Duration = Duration::from_secs(2);
 
+/// How long a start or exit waits before it is written.
+const WRITE_DELAY: Duration = Duration::from_millis(100);
+
 /// Requests from the supervisor.
 #[derive(Debug)]
 pub enum TrackCmd {
@@ -228,13 +231,23 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     write(&path, &mut state);
     let ticker = tick(SCAN_EVERY);
     let mut noticed = Vec::new();
+    // Starts and exits are written after a short pause, so a burst of them
+    // (a cold start, a crash loop) costs one write instead of one each, and
+    // the restart path never waits on the file system.
+    let mut pending_write: Option<std::time::Instant> = None;
     loop {
+        let debounce = pending_write.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let changed = select_biased! {
+            recv(debounce) -> _ => {
+                pending_write = None;
+                true
+            },
             recv(inbox) -> cmd => match cmd {
                 Ok(TrackCmd::Up { id, pgid }) => {
                     let start = stat(pgid).map_or(0, |(_, _, s)| s);
                     state.groups.insert(id, Proc { pid: pgid, start });
-                    true
+                    pending_write.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
+                    false
                 }
                 Ok(TrackCmd::Down { id }) => {
                     state.groups.remove(&id);
@@ -243,7 +256,8 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                             log::info!("agent {id}: killed process {} that had left its group", p.pid);
                         }
                     }
-                    true
+                    pending_write.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
+                    false
                 }
                 Err(_) => {
                     // The daemon is done: its agents are gone.
@@ -276,6 +290,7 @@ pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
             },
         };
         if changed {
+            pending_write = None;
             write(&path, &mut state);
         }
         // Said once it is on disk, so "tracking" means "would be swept".
