@@ -278,58 +278,70 @@ fn send_tasks(
     let mut stdout = std::io::stdout().lock();
     let mut worst = exit::OK;
     let mut last_answer = Instant::now();
+    // Counters rather than scans: a batch of 20,000 lines must not cost
+    // 20,000 passes over 20,000 tasks.
+    let mut unacked = pending.len();
+    let mut open = pending.len();
+    let mut latest = pending
+        .values()
+        .map(|p| p.deadline)
+        .max()
+        .unwrap_or_else(Instant::now);
     loop {
-        let waiting_ack = pending.values().any(|p| !p.done && p.acks == 0);
-        let open = pending
-            .values()
-            .filter(|p| !p.done)
-            .map(|p| p.deadline)
-            .min();
-        let Some(result_deadline) = open else { break };
+        if open == 0 {
+            break;
+        }
+        let waiting_ack = unacked > 0;
         // Acknowledgements come fast; that wait restarts with each answer so
         // a long batch is not cut off while it is being acknowledged.
         let deadline = if waiting_ack {
             last_answer + client::ACK_WAIT
         } else {
-            result_deadline
+            latest
         };
         let Some(m) = client.next_until(deadline)? else {
             if waiting_ack {
-                let n = pending.values().filter(|p| !p.done && p.acks == 0).count();
                 return Err(SystemError::Refused {
                     code: pick(worst, exit::UNAVAILABLE),
                     message: format!(
-                        "{n} task(s) not acknowledged within {} ms on {} ({subject})",
+                        "{unacked} task(s) not acknowledged within {} ms on {} ({subject})",
                         client::ACK_WAIT.as_millis(),
                         client.describe()
                     ),
                 });
             }
-            let now = Instant::now();
-            for p in pending
-                .values_mut()
-                .filter(|p| !p.done && p.deadline <= now)
-            {
+            for p in pending.values_mut().filter(|p| !p.done) {
                 eprintln!("mister-smith: error: task {}: no result in time", p.task_id);
                 p.done = true;
                 worst = pick(worst, exit::TEMPORARY);
             }
-            continue;
+            break;
         };
         last_answer = Instant::now();
         let Some(p) = pending.get_mut(&m.subject) else {
             continue;
         };
+        if p.done {
+            continue;
+        }
+        // Marks `p` done and keeps the counters right.
+        let finish = |p: &mut Pending, unacked: &mut usize, open: &mut usize| {
+            if p.acks == 0 {
+                *unacked -= 1;
+            }
+            p.done = true;
+            *open -= 1;
+        };
         if m.no_responders {
             eprintln!("mister-smith: error: no agent answers on {subject} (no responders)");
-            p.done = true;
+            finish(p, &mut unacked, &mut open);
             worst = pick(worst, exit::UNAVAILABLE);
             continue;
         }
         let env = client::decode(&m)?;
         if let Some(err) = refusal(&env) {
             eprintln!("mister-smith: error: task {}: {err}", p.task_id);
-            p.done = true;
+            finish(p, &mut unacked, &mut open);
             worst = pick(worst, err.exit_code());
             continue;
         }
@@ -337,17 +349,21 @@ fn send_tasks(
             Payload::TaskProgress(progress) => {
                 let event = &progress.event;
                 if event["type"] == "system" && event["subtype"] == "queued" {
+                    if p.acks == 0 {
+                        unacked -= 1;
+                    }
                     p.acks += 1;
                     // The daemon says how long the task may take.
                     if let Some(ms) = event["timeout_ms"].as_u64() {
                         let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
                         p.deadline = p.deadline.max(d);
+                        latest = latest.max(p.deadline);
                     }
                     if !wait {
                         if p.acks == 1 {
                             print_line(&mut stdout, p.task_id.as_bytes())?;
                         }
-                        p.done = true;
+                        finish(p, &mut unacked, &mut open);
                         continue;
                     }
                 }
@@ -367,7 +383,7 @@ fn send_tasks(
                 p.results += 1;
                 // `--to all`: one result per agent that acknowledged.
                 if p.results >= p.acks {
-                    p.done = true;
+                    finish(p, &mut unacked, &mut open);
                 }
                 worst = pick(worst, code);
             }
