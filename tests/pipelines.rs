@@ -20,6 +20,9 @@ fn path_env() -> String {
 }
 
 fn demo() -> Daemon {
+    // demo.json runs ../target/debug/examples/fake-claude: make sure it is
+    // built.
+    let _ = crate::support::fake_claude();
     let d = Daemon::start_file(TempDir::new("demo"), &examples().join("demo.json"), &[]);
     for id in ["coder-1", "coder-2", "reviewer"] {
         d.wait_seen(&format!("agent {id}: initializing -> idle"), T);

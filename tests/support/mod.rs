@@ -18,8 +18,11 @@ use crossbeam_channel::Receiver;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mister-smith");
 
-/// The fake claude, built by `cargo test` as an example.
+/// The fake claude. Plain `cargo test` builds it as an example; with
+/// `--all-targets` examples are built as test harnesses instead, so it is
+/// built here once if it is missing.
 pub fn fake_claude() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
     // target/debug/deps/integration-xxxx -> target/debug/examples/fake-claude
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
@@ -27,9 +30,22 @@ pub fn fake_claude() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir layout");
     let fake = dir.join("examples").join("fake-claude");
+    BUILD.call_once(|| {
+        if !fake.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--example", "fake-claude"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "could not build the fake-claude example"
+            );
+        }
+    });
     assert!(
         fake.exists(),
-        "{} is missing: run the tests with `cargo test` (which builds examples)",
+        "{} is missing: run `cargo build --examples`",
         fake.display()
     );
     fake
