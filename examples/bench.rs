@@ -761,7 +761,9 @@ fn raw_client(args: &[String]) {
     nc.flush().expect("flush");
     let _ = sub.next_timeout(Duration::from_secs(10)).expect("reply");
     let _ = std::io::stdout().flush();
-    std::process::exit(0);
+    // As mister-smith does: leave without running the NATS client's
+    // destructors or exit handlers while its threads still run.
+    mister_smith::cli::exit_now(0);
 }
 
 fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
@@ -782,11 +784,14 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
             .env_remove("MISTER_SMITH_CONFIG")
             .current_dir(&dir)
             .stdout(Stdio::null())
-            .status()
-            .expect("send");
-        assert!(out.success(), "send failed");
-        if i >= 2 {
-            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            .status();
+        match out {
+            Ok(s) if s.success() => {
+                if i >= 2 {
+                    ours.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            other => eprintln!("bench: send run {i} failed: {other:?}"),
         }
     }
     d.stop();
@@ -809,16 +814,23 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     let mut floor = Vec::new();
     for i in 0..n + 2 {
         let t = Instant::now();
-        let ok = Command::new(&me)
+        let status = Command::new(&me)
             .args(["--raw-client", &nats.url, "floor.send"])
             .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "raw client failed");
-        if i >= 2 {
-            floor.push(t.elapsed().as_secs_f64() * 1000.0);
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                if i >= 2 {
+                    floor.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            // A failed sample is reported and left out, not fatal: the
+            // floor is a median over the others.
+            other => eprintln!("bench: raw client run {i} failed: {other:?}"),
         }
     }
+    assert!(floor.len() * 2 >= n, "bench: most raw client runs failed");
+    assert!(ours.len() * 2 >= n, "bench: most send runs failed");
     stop.store(true, Ordering::Relaxed);
     let _ = h.join();
     vec![Row {

@@ -108,6 +108,18 @@ pub fn version_line() -> String {
     }
 }
 
+/// Ends the process with `code` once output is flushed, without running
+/// destructors or `atexit` handlers: the blocking NATS client's threads are
+/// still running, its destructors can wait on a connection being torn down,
+/// and a command that has said everything must neither hang nor have its
+/// exit code changed on the way out.
+pub fn exit_now(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
 /// Parses `std::env::args`, runs the command, and returns its exit code.
 pub fn main() -> u8 {
     let args: Vec<String> = std::env::args().collect();
