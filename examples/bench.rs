@@ -213,7 +213,10 @@ impl Bins {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = dir.ends_with("release");
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--bins", "--examples"]);
+            // Only what is missing: rebuilding all examples would replace
+            // this very binary while it runs (it re-runs itself as the raw
+            // client floor).
+            cmd.args(["build", "--bin", "mister-smith", "--example", "fake-claude"]);
             if release {
                 cmd.arg("--release");
             }
