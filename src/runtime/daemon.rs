@@ -17,6 +17,7 @@ use crate::message::dispatcher;
 use crate::message::router::{DaemonSink, Inbound, RoutingTable};
 use crate::runtime::error::ProcessError;
 use crate::runtime::health_monitor;
+use crate::runtime::process_manager;
 use crate::runtime::supervisor::{Links, Outcome, Supervisor};
 use crate::runtime::tracker;
 use crate::transport::hub::{self, Outbox};
@@ -177,12 +178,18 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
     );
     // The supervisor runs on this thread: children are forked from it, and
     // PDEATHSIG is tied to the forking thread, which must outlive them.
+    // As many spawners as cores: a cold start of many agents execs them in
+    // parallel. They live as long as the daemon, which PDEATHSIG requires.
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let spawner = process_manager::spawner_pool(cores.clamp(1, 8), &events_tx)
+        .map_err(thread_err("spawner"))?;
     let links = Links {
         table,
         outbox,
         dispatch: dispatch_tx,
         health: health_tx,
         tracker: track_tx,
+        spawner: Some(spawner),
         nats: nats_state,
         queued,
         queue_capacity: capacity,

@@ -129,19 +129,16 @@ pub fn agent_argv(spec: &AgentSpec, prompt: Option<&str>) -> Vec<String> {
     argv
 }
 
-/// Starts a process of agent number `agent`, run `run`: its long-lived
-/// process, or with `prompt`, the process of one one-shot task.
-///
-/// Must be called from the supervisor thread: `PR_SET_PDEATHSIG` fires when
-/// the *thread* that forked the child exits.
-pub fn spawn(
+/// Spawns the process and its threads, but holds its io thread back (see
+/// [`IoStart`]).
+fn spawn_parts(
     agent: usize,
     run: u64,
     spec: &AgentSpec,
     prompt: Option<&str>,
     max_message_size: usize,
     events: &Sender<Event>,
-) -> Result<RunningChild, ProcessError> {
+) -> Result<(RunningChild, IoStart), ProcessError> {
     let mut cmd = Command::new(&spec.command);
     cmd.args(agent_argv(spec, prompt))
         .current_dir(&spec.working_dir)
@@ -217,20 +214,111 @@ pub fn spawn(
             let Ok(child) = child_rx.recv() else { return };
             io_loop(child, out, err, &tx, agent, run, &reap_rx);
         });
-    match spawned {
-        Ok(_) => {
-            let _ = child_tx.send(child);
-        }
-        Err(e) => return Err(give_up(child, e)),
+    if let Err(e) = spawned {
+        return Err(give_up(child, e));
     }
+    Ok((
+        RunningChild {
+            pid,
+            started,
+            stdin: stdin_tx,
+            stderr_tail,
+            _reap: reap_tx,
+        },
+        IoStart { child_tx, child },
+    ))
+}
 
-    Ok(RunningChild {
-        pid,
-        started,
-        stdin: stdin_tx,
-        stderr_tail,
-        _reap: reap_tx,
-    })
+/// The io thread of a spawned child, waiting for its go: until then none of
+/// the child's lines or its exit reach the supervisor, so whoever spawned it
+/// can announce the child first.
+pub struct IoStart {
+    child_tx: Sender<std::process::Child>,
+    child: std::process::Child,
+}
+
+impl IoStart {
+    pub fn go(self) {
+        let _ = self.child_tx.send(self.child);
+    }
+}
+
+/// Starts a process of agent number `agent`, run `run`: its long-lived
+/// process, or with `prompt`, the process of one one-shot task.
+///
+/// Must be called from a thread that lives as long as the daemon:
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
+pub fn spawn(
+    agent: usize,
+    run: u64,
+    spec: &AgentSpec,
+    prompt: Option<&str>,
+    max_message_size: usize,
+    events: &Sender<Event>,
+) -> Result<RunningChild, ProcessError> {
+    let (child, io) = spawn_parts(agent, run, spec, prompt, max_message_size, events)?;
+    io.go();
+    Ok(child)
+}
+
+/// A start for the spawner pool.
+pub struct SpawnJob {
+    pub agent: usize,
+    pub run: u64,
+    pub spec: AgentSpec,
+    pub max_message_size: usize,
+}
+
+/// Threads that spawn agents concurrently (a cold start of many agents
+/// would otherwise wait for each exec in turn). They live as long as the
+/// daemon, as PDEATHSIG requires, and answer with `Event::Spawned`, sent
+/// before the child's io thread may report anything.
+pub fn spawner_pool(threads: usize, events: &Sender<Event>) -> io::Result<Sender<SpawnJob>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<SpawnJob>();
+    for n in 0..threads.max(1) {
+        let (rx, events) = (rx.clone(), events.clone());
+        thread::Builder::new()
+            .name(format!("spawner:{n}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for job in rx {
+                    let r = spawn_parts(
+                        job.agent,
+                        job.run,
+                        &job.spec,
+                        None,
+                        job.max_message_size,
+                        &events,
+                    );
+                    match r {
+                        Ok((child, io)) => {
+                            let _ = events.send(Event::Spawned {
+                                agent: job.agent,
+                                run: job.run,
+                                result: Ok(child),
+                            });
+                            io.go();
+                        }
+                        Err(e) => {
+                            let _ = events.send(Event::Spawned {
+                                agent: job.agent,
+                                run: job.run,
+                                result: Err(e),
+                            });
+                        }
+                    }
+                }
+            })?;
+    }
+    Ok(tx)
+}
+
+impl std::fmt::Debug for RunningChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningChild")
+            .field("pid", &self.pid)
+            .finish()
+    }
 }
 
 /// The child's watcher: polls its exit (a pidfd) and both output pipes,

@@ -72,6 +72,13 @@ pub enum Event {
     Command(Command),
     /// The dispatcher gives agent `usize` a task.
     Assign(usize, Box<Task>),
+    /// The spawner pool started (or failed to start) agent `agent`'s run
+    /// `run`.
+    Spawned {
+        agent: usize,
+        run: u64,
+        result: Result<RunningChild, crate::runtime::error::ProcessError>,
+    },
 }
 
 /// Control requests, answered on their own channel.
@@ -270,6 +277,8 @@ pub struct Links {
     pub dispatch: Sender<DispatchCmd>,
     pub health: Sender<HealthCmd>,
     pub tracker: Sender<TrackCmd>,
+    /// Concurrent spawning for the cold start (`None`: spawn in place).
+    pub spawner: Option<Sender<process_manager::SpawnJob>>,
     pub nats: Arc<NatsState>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -287,6 +296,8 @@ pub struct Supervisor {
     jitter: Jitter,
     shutdown: Option<Outcome>,
     started: Instant,
+    /// Starts handed to the spawner pool and not answered yet.
+    pending_spawns: usize,
 }
 
 impl Supervisor {
@@ -309,6 +320,7 @@ impl Supervisor {
             jitter: Jitter::seeded(),
             shutdown: None,
             started: Instant::now(),
+            pending_spawns: 0,
         }
     }
 
@@ -327,12 +339,13 @@ impl Supervisor {
                 &self.links.table.subject(i, MessageType::AgentRegistration),
                 &reg,
             );
-            self.start(i);
+            // All at once: the spawner pool execs them concurrently.
+            self.start_pooled(i);
         }
         log::info!("supervising {} agents", self.agents.len());
         loop {
             if let Some(outcome) = self.shutdown {
-                if self.agents.iter().all(|a| a.child.is_none()) {
+                if self.pending_spawns == 0 && self.agents.iter().all(|a| a.child.is_none()) {
                     // Assignments still in the channel get their answer.
                     while let Ok(ev) = self.events.try_recv() {
                         if let Event::Assign(i, task) = ev {
@@ -444,6 +457,22 @@ impl Supervisor {
             }
             Event::Command(cmd) => self.on_command(cmd),
             Event::Assign(i, task) => self.assign(i, *task),
+            Event::Spawned { agent, run, result } => {
+                self.pending_spawns = self.pending_spawns.saturating_sub(1);
+                let a = &self.agents[agent];
+                let wanted = a.run == run
+                    && a.state == State::Initializing
+                    && a.child.is_none()
+                    && self.shutdown.is_none();
+                match result {
+                    Ok(child) if !wanted => {
+                        // Stopped (or shut down) while it was being spawned.
+                        let _ = process_manager::signal_group(child.pid, libc::SIGKILL);
+                    }
+                    _ if !wanted => {}
+                    result => self.attach(agent, run, result),
+                }
+            }
         }
     }
 
@@ -634,6 +663,16 @@ impl Supervisor {
     /// Starts agent `i`: spawns its long-lived process, or for one-shot
     /// agents (a process per task) just marks it ready.
     fn start(&mut self, i: usize) {
+        self.start_with(i, false);
+    }
+
+    /// Like [`Supervisor::start`], but through the spawner pool when there is
+    /// one: the cold start's many execs then overlap.
+    fn start_pooled(&mut self, i: usize) {
+        self.start_with(i, true);
+    }
+
+    fn start_with(&mut self, i: usize, pooled: bool) {
         if self.agents[i].child.is_some() || !self.set_state(i, State::Initializing) {
             return;
         }
@@ -648,14 +687,39 @@ impl Supervisor {
             return;
         }
         let run = a.run;
-        match process_manager::spawn(
+        if let (true, Some(pool)) = (pooled, &self.links.spawner) {
+            let job = process_manager::SpawnJob {
+                agent: i,
+                run,
+                spec: a.spec.clone(),
+                max_message_size: self.links.max_message_size,
+            };
+            if pool.send(job).is_ok() {
+                self.pending_spawns += 1;
+                return;
+            }
+        }
+        let result = process_manager::spawn(
             i,
             run,
             &a.spec,
             None,
             self.links.max_message_size,
             &self.events_tx,
-        ) {
+        );
+        self.attach(i, run, result);
+    }
+
+    /// Takes a freshly spawned process (or the failure to spawn it) into
+    /// agent `i`'s run `run`.
+    fn attach(
+        &mut self,
+        i: usize,
+        run: u64,
+        result: Result<RunningChild, crate::runtime::error::ProcessError>,
+    ) {
+        let a = &mut self.agents[i];
+        match result {
             Ok(child) => {
                 a.last_output = Instant::now();
                 let pid = child.pid;
