@@ -218,7 +218,7 @@ fn a_child_ignoring_sigterm_is_killed_at_stop_timeout() {
     let mut d = Daemon::start(dir, &json!({"agents": [agent]}));
     let pid = pid_in(&d.wait_for("agent stubborn: initializing -> idle", T));
     // SIGTERM is ignored only once the trap is set.
-    d.wait_for("stubborn stderr: ready", T);
+    d.wait_seen("stubborn stderr: ready", T);
     let asked = std::time::Instant::now();
     d.signal(libc::SIGTERM);
     let status = d.wait_exit(T);
@@ -242,7 +242,7 @@ fn a_second_signal_kills_at_once() {
     let agent = stubborn(60_000);
     let mut d = Daemon::start(dir, &json!({"agents": [agent]}));
     let pid = pid_in(&d.wait_for("agent stubborn: initializing -> idle", T));
-    d.wait_for("stubborn stderr: ready", T);
+    d.wait_seen("stubborn stderr: ready", T);
     d.signal(libc::SIGTERM);
     d.wait_for("SIGTERM: stopping 1 agents", T);
     d.signal(libc::SIGINT);

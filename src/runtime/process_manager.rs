@@ -19,7 +19,7 @@
 //! (so the group id cannot have been reused), and only then reaps the child.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -63,8 +63,14 @@ pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
 pub struct RunningChild {
     pub pid: u32,
     pub started: Instant,
-    /// Lines for the child's stdin; dropping it closes stdin.
+    /// Lines for the child's stdin writer; dropping it closes stdin.
     pub stdin: Option<Sender<Vec<u8>>>,
+    /// The stdin pipe (non-blocking), written directly while the writer has
+    /// nothing queued: one thread hand-off less on every task. Open for as
+    /// long as `stdin` is `Some` (the writer keeps the pipe until then).
+    stdin_fd: Option<i32>,
+    /// Lines handed to the writer and not yet fully written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     pub stderr_tail: StderrTail,
     /// Dropped when the supervisor is done with the child: only then does
     /// the waiter reap it, so its pid (the group id) stays reserved for as
@@ -73,15 +79,47 @@ pub struct RunningChild {
 }
 
 impl RunningChild {
-    /// Queues one line for the child's stdin. A line is dropped when stdin is
+    /// Writes one line to the child's stdin: directly when the pipe has room
+    /// and nothing is queued, else through the writer thread, so the caller
+    /// never blocks and lines stay in order. A line is dropped when stdin is
     /// closed; the child's exit will follow and be reported.
     pub fn write_line(&self, mut line: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering;
         line.push(b'\n');
-        self.stdin.as_ref().is_some_and(|tx| tx.send(line).is_ok())
+        let Some(tx) = &self.stdin else { return false };
+        let mut rest: &[u8] = &line;
+        if let (Some(fd), 0) = (self.stdin_fd, self.queued.load(Ordering::Acquire)) {
+            while !rest.is_empty() {
+                // SAFETY: `fd` is the open stdin pipe (see `stdin_fd`) and
+                // `rest` is valid for reads of its length.
+                let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+                if n > 0 {
+                    rest = &rest[n as usize..];
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => break,
+                    // The child closed its stdin: its exit will follow.
+                    _ => return false,
+                }
+            }
+            if rest.is_empty() {
+                return true;
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if tx.send(rest.to_vec()).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Closes the child's stdin (its cue to finish and exit).
     pub fn close_stdin(&mut self) {
+        self.stdin_fd = None;
         self.stdin = None;
     }
 
@@ -178,19 +216,24 @@ fn spawn_parts(
         let _ = child.wait();
         thread_err(source)
     };
-    let stdin_tx = match child.stdin.take() {
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stdin_tx, stdin_fd) = match child.stdin.take() {
         Some(pipe) => {
+            use std::os::unix::io::AsRawFd;
+            let fd = pipe.as_raw_fd();
+            sys::set_nonblocking(fd);
             let (tx, rx) = crossbeam_channel::unbounded();
+            let q = queued.clone();
             let spawned = thread::Builder::new()
                 .name(format!("in:{}", spec.id))
                 .stack_size(SMALL_STACK)
-                .spawn(move || write_stdin(pipe, &rx));
+                .spawn(move || write_stdin(pipe, &rx, &q));
             if let Err(e) = spawned {
                 return Err(give_up(child, e));
             }
-            Some(tx)
+            (Some(tx), Some(fd))
         }
-        None => None,
+        None => (None, None),
     };
     let (reap_tx, reap_rx) = crossbeam_channel::bounded::<()>(0);
     let out = StdoutSink {
@@ -222,6 +265,8 @@ fn spawn_parts(
             pid,
             started,
             stdin: stdin_tx,
+            stdin_fd,
+            queued,
             stderr_tail,
             _reap: reap_tx,
         },
@@ -583,14 +628,33 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     sys::killpg(pgid, signal)
 }
 
-/// Writes queued lines to the child's stdin until the sender is dropped or
-/// the child stops reading. Dropping `pipe` on return closes stdin.
-fn write_stdin(mut pipe: ChildStdin, lines: &Receiver<Vec<u8>>) {
+/// Writes queued lines to the child's (non-blocking) stdin, waiting for
+/// room when the pipe is full, until the sender is dropped. After a write
+/// error the rest is discarded, but the pipe stays open until the sender is
+/// gone: the supervisor may still hold its fd. Dropping `pipe` closes stdin.
+fn write_stdin(pipe: ChildStdin, lines: &Receiver<Vec<u8>>, queued: &std::sync::atomic::AtomicUsize) {
+    use std::os::unix::io::AsRawFd;
+    let fd = pipe.as_raw_fd();
+    let mut broken = false;
     for line in lines {
-        if pipe.write_all(&line).and_then(|()| pipe.flush()).is_err() {
-            return;
+        let mut rest: &[u8] = &line;
+        while !broken && !rest.is_empty() {
+            // SAFETY: `fd` is `pipe`'s, open for this whole function, and
+            // `rest` is valid for reads of its length.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n > 0 {
+                rest = &rest[n as usize..];
+                continue;
+            }
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => sys::wait_writable(fd),
+                _ => broken = true,
+            }
         }
+        queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
+    drop(pipe);
 }
 
 /// What [`read_line_capped`] found.
@@ -822,6 +886,19 @@ mod sys {
         pub(super) fn fd(&self) -> i32 {
             use std::os::fd::AsRawFd;
             self.fd.as_raw_fd()
+        }
+    }
+
+    /// Blocks until `fd` can take a write (or is broken).
+    pub(super) fn wait_writable(fd: i32) {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: `p` is a valid pollfd for the call.
+        unsafe {
+            libc::poll(&mut p, 1, -1);
         }
     }
 
