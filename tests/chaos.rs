@@ -72,7 +72,8 @@ fn nats_restarting_under_load_loses_no_answer_and_hangs_nothing() {
                         "3000",
                         &prompt,
                     ],
-                    &[],
+                    // If a send ever overruns, its debug log says where it was.
+                    &[("MISTER_SMITH_LOG", "debug")],
                     None,
                 );
                 outcomes.push((status.code(), started.elapsed(), out, err));

@@ -632,7 +632,11 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
 /// room when the pipe is full, until the sender is dropped. After a write
 /// error the rest is discarded, but the pipe stays open until the sender is
 /// gone: the supervisor may still hold its fd. Dropping `pipe` closes stdin.
-fn write_stdin(pipe: ChildStdin, lines: &Receiver<Vec<u8>>, queued: &std::sync::atomic::AtomicUsize) {
+fn write_stdin(
+    pipe: ChildStdin,
+    lines: &Receiver<Vec<u8>>,
+    queued: &std::sync::atomic::AtomicUsize,
+) {
     use std::os::unix::io::AsRawFd;
     let fd = pipe.as_raw_fd();
     let mut broken = false;
