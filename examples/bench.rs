@@ -612,6 +612,39 @@ fn task_envelope(prompt: &str) -> Vec<u8> {
     .expect("json")
 }
 
+/// A raw NATS responder on its own connection, the floor's other side: it
+/// answers every request on `subject` with the request's body (or `reply`)
+/// and flushes, as a well-behaved responder does.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Echo {
+    fn start(url: &str, subject: &str, reply: Option<&'static [u8]>) -> Echo {
+        let responder = fast_connect(url);
+        let sub = responder.subscribe(subject).expect("subscribe");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok(m) = sub.next_timeout(Duration::from_millis(100)) {
+                    if let Some(r) = &m.reply {
+                        let _ = responder.publish(r, reply.unwrap_or(&m.data));
+                        let _ = responder.flush();
+                    }
+                }
+            }
+        });
+        Echo { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
 /// Sends `n` tasks one at a time over NATS and returns each round trip in
 /// ms (request out → task_result back).
 fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
@@ -653,20 +686,7 @@ fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     d.stop();
 
     // Floor: raw request/reply between two connections, both flushing.
-    let responder = fast_connect(&nats.url);
-    let sub = responder.subscribe("floor.echo").expect("subscribe");
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let h = std::thread::spawn(move || {
-        while !s2.load(Ordering::Relaxed) {
-            if let Ok(m) = sub.next_timeout(Duration::from_millis(100)) {
-                if let Some(r) = &m.reply {
-                    let _ = responder.publish(r, &m.data);
-                    let _ = responder.flush();
-                }
-            }
-        }
-    });
+    let echo = Echo::start(&nats.url, "floor.echo", None);
     let inbox = nc.new_inbox();
     let rsub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
     let mut floor = Vec::with_capacity(n);
@@ -681,8 +701,7 @@ fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
             floor.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = h.join();
+    echo.stop();
     let mut turn = agent_turns(bins, n);
     let (m_ours, m_floor, m_turn) = (median(&mut ours), median(&mut floor), median(&mut turn));
     vec![
@@ -799,20 +818,7 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     }
     d.stop();
 
-    let responder = fast_connect(&nats.url);
-    let sub = responder.subscribe("floor.send").expect("subscribe");
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let h = std::thread::spawn(move || {
-        while !s2.load(Ordering::Relaxed) {
-            if let Ok(m) = sub.next_timeout(Duration::from_millis(100)) {
-                if let Some(r) = &m.reply {
-                    let _ = responder.publish(r, "pong");
-                    let _ = responder.flush();
-                }
-            }
-        }
-    });
+    let echo = Echo::start(&nats.url, "floor.send", Some(b"pong"));
     let me = std::env::current_exe().expect("own path");
     let mut floor = Vec::new();
     for i in 0..n + 2 {
@@ -834,8 +840,7 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     }
     assert!(floor.len() * 2 >= n, "bench: most raw client runs failed");
     assert!(ours.len() * 2 >= n, "bench: most send runs failed");
-    stop.store(true, Ordering::Relaxed);
-    let _ = h.join();
+    echo.stop();
     vec![Row {
         name: "`send --wait` process, wall time",
         unit: "ms",
