@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::cli::Cli;
+use crate::cli::{bound, Cli};
 use crate::config::Config;
 use crate::error::{exit, SystemError};
 use crate::message::envelope::{Envelope, Payload};
@@ -15,6 +15,24 @@ use crate::transport::{Incoming, Transport};
 
 /// How long to wait for a daemon to acknowledge a request.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What a command's hard bound allows beyond its own wait, for connecting.
+pub const CONNECT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Bounds a command that waits at most `within` for answers: past that and
+/// a margin for connecting, it ends with exit 75 (retry later).
+pub fn bound_command(within: Duration) {
+    let bound = within + CONNECT_MARGIN;
+    bound::arm(
+        bound,
+        bound::Stream::Stderr,
+        &format!(
+            "mister-smith: error: gave up after {} ms without an answer",
+            bound.as_millis()
+        ),
+        exit::TEMPORARY,
+    );
+}
 
 pub struct Client {
     pub transport: Box<dyn Transport>,
@@ -85,7 +103,7 @@ impl Client {
 
     /// The next message, or `None` at `deadline`.
     pub fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
-        match self.transport.incoming().recv_deadline(deadline) {
+        match self.transport.recv(Some(deadline)) {
             Ok(m) if m.lost => Err(SystemError::Refused {
                 code: exit::TEMPORARY,
                 message: format!(

@@ -65,6 +65,7 @@ pub fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemError> {
         code: exit::DATA,
         message: format!("agent id {id:?} {why}"),
     })?;
+    client::bound_command(client::ACK_WAIT);
     let mut client = client::connect(cli)?;
     let mut env = Envelope::new(Payload::AgentCommand(AgentCommand {
         command_type: op,

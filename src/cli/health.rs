@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::cli::client;
 use crate::cli::status::reports;
 use crate::cli::Cli;
+use crate::cli::{bound, client};
 use crate::error::SystemError;
 use crate::message::schemas::{check_token, AgentStatus, HealthReport};
 use crate::runtime::lifecycle::State;
@@ -54,8 +54,20 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(u8, String), SystemError> {
     if let Some(id) = &args.agent {
         check_token(id).map_err(|why| SystemError::Usage(format!("agent id {id:?} {why}")))?;
     }
-    let mut client = client::connect(cli)?;
     let within = Duration::from_millis(args.timeout.max(1));
+    // Cron and monitoring page on this exit code: it must come, even from
+    // a connection that hangs underneath.
+    let bound = within + client::CONNECT_MARGIN;
+    bound::arm(
+        bound,
+        bound::Stream::Stdout,
+        &format!(
+            "MISTER-SMITH UNKNOWN - no answer within {} ms",
+            bound.as_millis()
+        ),
+        UNKNOWN,
+    );
+    let mut client = client::connect(cli)?;
     let reports = reports(&mut client, args.agent.as_deref(), within)?;
     Ok(verdict(&reports))
 }

@@ -59,7 +59,7 @@ pub fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
     log::info!("listening on {pattern} ({})", client.describe());
     let mut out = std::io::stdout().lock();
     let mut seen = 0u64;
-    for m in client.transport.incoming() {
+    while let Ok(m) = client.transport.recv(None) {
         if m.lost {
             break;
         }

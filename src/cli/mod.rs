@@ -12,6 +12,7 @@ use crate::error::{exit, SystemError};
 use crate::transport::local_transport::default_socket_path;
 use crate::transport::nats_transport::NatsSettings;
 
+mod bound;
 mod check_config;
 mod client;
 mod control;

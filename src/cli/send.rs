@@ -8,6 +8,7 @@ use argh::FromArgs;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cli::bound;
 use crate::cli::client::{self, print_line, refusal, Client};
 use crate::cli::Cli;
 use crate::error::{exit, SystemError};
@@ -171,22 +172,20 @@ pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     let longest = args
         .timeout
         .map_or(Duration::from_secs(3600), Duration::from_millis);
-    let bound = if message_type == MessageType::TaskAssignment && (args.wait || args.stream) {
+    let limit = if message_type == MessageType::TaskAssignment && (args.wait || args.stream) {
         longest + RESULT_MARGIN + client::ACK_WAIT * 3
     } else {
         client::ACK_WAIT * 3
     };
-    let _ = std::thread::Builder::new()
-        .name("send-bound".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            std::thread::sleep(bound);
-            eprintln!(
-                "mister-smith: error: gave up after {} ms without an answer",
-                bound.as_millis()
-            );
-            std::process::exit(i32::from(exit::TEMPORARY));
-        });
+    bound::arm(
+        limit,
+        bound::Stream::Stderr,
+        &format!(
+            "mister-smith: error: gave up after {} ms without an answer",
+            limit.as_millis()
+        ),
+        exit::TEMPORARY,
+    );
     let mut client = client::connect(cli)?;
     if message_type != MessageType::TaskAssignment {
         return send_other(&mut client, &subject, envelopes);

@@ -95,9 +95,11 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
             message: format!("agent id {id:?} {why}"),
         })?;
     }
+    let within = Duration::from_millis(2000);
+    client::bound_command(within);
     let mut client = client::connect(cli)?;
-    let reports = reports(&mut client, args.id.as_deref(), Duration::from_millis(2000)).map_err(
-        |e| match (&e, &args.id) {
+    let reports =
+        reports(&mut client, args.id.as_deref(), within).map_err(|e| match (&e, &args.id) {
             (
                 SystemError::Refused {
                     code: exit::UNAVAILABLE,
@@ -109,8 +111,7 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
                 message: format!("no agent {id} answers ({})", client.describe()),
             },
             _ => e,
-        },
-    )?;
+        })?;
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -493,9 +493,16 @@ impl Supervisor {
                 return false;
             }
         };
+        // Idle and busy swap on every task, which has its own started and
+        // completed lines: at info they would double the log (and its
+        // writes on the task's path).
+        let level = match (from, to) {
+            (State::Idle, State::Busy) | (State::Busy, State::Idle) => log::Level::Debug,
+            _ => log::Level::Info,
+        };
         match &a.child {
-            Some(c) => log::info!("agent {}: {from} -> {to} (pid {})", a.spec.id, c.pid),
-            None => log::info!("agent {}: {from} -> {to}", a.spec.id),
+            Some(c) => log::log!(level, "agent {}: {from} -> {to} (pid {})", a.spec.id, c.pid),
+            None => log::log!(level, "agent {}: {from} -> {to}", a.spec.id),
         }
         match to {
             State::Initializing => a.up_since = Some(Instant::now()),
@@ -1015,14 +1022,14 @@ impl Supervisor {
         } else {
             a.tasks_failed += 1;
         }
+        self.publish_result(i, &r.task, result);
+        let a = &mut self.agents[i];
         log::info!(
             "agent {}: task {} {}",
             a.spec.id,
             r.task.task_id,
             status_word(status)
         );
-        self.publish_result(i, &r.task, result);
-        let a = &mut self.agents[i];
         match a.spec.protocol {
             Protocol::Oneshot => {
                 // The task is answered; the agent is free once its process

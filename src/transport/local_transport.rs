@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -411,8 +411,14 @@ impl Transport for LocalClient {
         }
     }
 
-    fn incoming(&self) -> &Receiver<Incoming> {
-        &self.incoming
+    fn recv(&self, deadline: Option<Instant>) -> Result<Incoming, RecvTimeoutError> {
+        match deadline {
+            Some(d) => self.incoming.recv_deadline(d),
+            None => self
+                .incoming
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+        }
     }
 
     fn inbox(&self) -> &str {

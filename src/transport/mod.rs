@@ -10,9 +10,9 @@
 //! On the daemon side every outgoing message goes through the [`hub`]: it
 //! delivers to local subscribers and hands a copy to the NATS publisher.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::RecvTimeoutError;
 
 pub mod error;
 pub mod health_check;
@@ -42,13 +42,14 @@ pub trait Transport: Send {
         reply: Option<&str>,
         data: &[u8],
     ) -> Result<(), TransportError>;
-    /// Subscribes to `pattern`; messages arrive on [`Transport::incoming`].
+    /// Subscribes to `pattern`; messages arrive through [`Transport::recv`].
     fn subscribe(&mut self, pattern: &str) -> Result<(), TransportError>;
     /// Waits until everything published so far has reached the server (or
     /// the daemon), for at most `timeout`.
     fn flush(&self, timeout: Duration) -> Result<(), TransportError>;
-    /// Every message of every subscription.
-    fn incoming(&self) -> &Receiver<Incoming>;
+    /// The next message of any subscription, waiting until `deadline`
+    /// (forever with `None`).
+    fn recv(&self, deadline: Option<Instant>) -> Result<Incoming, RecvTimeoutError>;
     /// A subject prefix no other client uses, for reply subjects.
     fn inbox(&self) -> &str;
     /// "nats://host:4222" or "socket /run/user/0/mister-smith.sock", for
