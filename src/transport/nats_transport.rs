@@ -241,9 +241,15 @@ fn daemon_connect(
     receive_loop(&subscriptions, inbound);
 }
 
+/// How many flushes may be in flight. A flush writes what is buffered at
+/// once but then waits a round trip for its PONG; with one flusher, a
+/// task's result waited behind the PONG of its own acknowledgement's flush
+/// (measured: 70–140 µs of a 0.38 ms round trip).
+const FLUSHERS: usize = 2;
+
 /// Publishes what the hub hands over. Flushing — which the crate lets
-/// block far past any timeout on a dead connection — happens on a flusher
-/// thread of its own, kicked once per burst, so this loop never waits on
+/// block far past any timeout on a dead connection — happens on flusher
+/// threads of their own, kicked once per burst, so this loop never waits on
 /// the network for it.
 fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<NatsState>) {
     // A kick asks for a flush; kicks coalesce (capacity 1), so a burst of
@@ -251,23 +257,26 @@ fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<Nat
     // travel apart and are dropped after the next flush.
     let (kick_tx, kick_rx) = crossbeam_channel::bounded::<()>(1);
     let (barrier_tx, barrier_rx) = crossbeam_channel::unbounded::<Sender<()>>();
-    let (fconn, fstate) = (conn.clone(), state.clone());
-    let spawned = thread::Builder::new()
-        .name("nats-flush".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            for () in kick_rx {
-                let waiting: Vec<Sender<()>> = barrier_rx.try_iter().collect();
-                if fstate.describe() == "connected" {
-                    if let Err(e) = fconn.flush_timeout(Duration::from_secs(2)) {
-                        log::debug!("NATS: flush: {e}");
+    for _ in 0..FLUSHERS {
+        let (fconn, fstate) = (conn.clone(), state.clone());
+        let (kick_rx, barrier_rx) = (kick_rx.clone(), barrier_rx.clone());
+        let spawned = thread::Builder::new()
+            .name("nats-flush".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for () in kick_rx {
+                    let waiting: Vec<Sender<()>> = barrier_rx.try_iter().collect();
+                    if fstate.describe() == "connected" {
+                        if let Err(e) = fconn.flush_timeout(Duration::from_secs(2)) {
+                            log::debug!("NATS: flush: {e}");
+                        }
                     }
+                    drop(waiting);
                 }
-                drop(waiting);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("NATS: cannot start the flusher: {e}");
+            });
+        if let Err(e) = spawned {
+            log::error!("NATS: cannot start a flusher: {e}");
+        }
     }
     while let Ok(out) = rx.recv() {
         match out {
