@@ -346,7 +346,7 @@ fn send_tasks(
         }
         match &env.payload {
             Payload::TaskProgress(progress) => {
-                let event = &progress.event;
+                let event = progress.event.value();
                 if event["type"] == "system" && event["subtype"] == "queued" {
                     if p.acks == 0 {
                         unacked -= 1;

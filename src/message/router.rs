@@ -26,8 +26,8 @@ use crate::message::dispatcher::{DispatchCmd, DispatchSink, Origin, Refusal, Tar
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::error::MessageError;
 use crate::message::schemas::{
-    check_subject, check_token, CommandType, SystemAlert, SystemHealthCheck, TaskProgress,
-    TaskResult, TaskStatus,
+    check_subject, check_token, CommandType, RawEvent, SystemAlert, SystemHealthCheck,
+    TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::supervisor::{Command, Event};
 use crate::transport::hub::Outbox;
@@ -582,12 +582,12 @@ impl DispatchSink for DaemonSink {
             let progress = TaskProgress {
                 task_id: t.task_id.clone(),
                 agent_id: self.agent_id(t),
-                event: json!({
+                event: RawEvent::from_value(&json!({
                     "type": "system",
                     "subtype": "queued",
                     "position": position,
                     "timeout_ms": t.timeout.as_millis() as u64,
-                }),
+                })),
             };
             self.outbox.reply(
                 r,

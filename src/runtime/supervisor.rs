@@ -14,6 +14,7 @@
 //! Every transition is published as an `agent_status`; task progress and
 //! results go to the agent's subject and to the sender's reply subject.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,8 @@ use crate::message::dispatcher::{DispatchCmd, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{alert, answer_to, RoutingTable};
 use crate::message::schemas::{
-    AgentRegistration, AgentStatus, CommandType, HealthReport, TaskProgress, TaskResult, TaskStatus,
+    AgentRegistration, AgentStatus, CommandType, HealthReport, RawEvent, TaskProgress, TaskResult,
+    TaskStatus,
 };
 use crate::runtime::backoff::{Decision, Jitter, RestartBook};
 use crate::runtime::health_monitor::{HealthCmd, Verdict};
@@ -107,8 +109,8 @@ pub enum Line {
     },
     /// The `result` event that ends a turn.
     Result(Value),
-    /// Any other JSON event (progress).
-    Event(Value),
+    /// Any other JSON event (progress), as the agent wrote it.
+    Event(RawEvent),
     /// A line that is not a JSON object.
     NotJson(String),
     /// A line too long to keep; it still counts as output.
@@ -122,37 +124,53 @@ impl Line {
     /// result, say) is replaced by a stub naming its type and size, so it
     /// can still be published within `max_message_size`.
     pub fn classify(raw: &[u8], limit: usize) -> Line {
-        if raw.len() > limit {
-            // Read only the type of a huge line: a progress event becomes a
-            // stub without its body ever being held as a JSON tree.
-            #[derive(serde::Deserialize)]
-            struct Head {
-                #[serde(rename = "type")]
-                kind: String,
-                #[serde(default)]
-                subtype: Option<String>,
+        // Only the type is read; a progress event stays text (checked to be
+        // JSON), since building a tree for each was most of the cost of
+        // passing it on.
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", default, borrow)]
+            kind: Option<Cow<'a, str>>,
+            #[serde(default, borrow)]
+            subtype: Option<Cow<'a, str>>,
+        }
+        let not_json = || {
+            let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+            Line::NotJson(text)
+        };
+        let head = match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice::<Head>(raw).ok(),
+            _ => None,
+        };
+        let Some(head) = head else {
+            return not_json();
+        };
+        match head.kind.as_deref() {
+            Some("result" | "control_response") => {}
+            kind if raw.len() > limit => {
+                // A huge event becomes a stub without its body ever being
+                // held as a JSON tree.
+                return Line::Event(RawEvent::from_value(&json!({
+                    "type": kind,
+                    "subtype": head.subtype,
+                    "truncated_by_mister_smith": true,
+                    "bytes": raw.len(),
+                })));
             }
-            if let Ok(h) = serde_json::from_slice::<Head>(raw) {
-                if h.kind != "result" && h.kind != "control_response" {
-                    return Line::Event(json!({
-                        "type": h.kind,
-                        "subtype": h.subtype,
-                        "truncated_by_mister_smith": true,
-                        "bytes": raw.len(),
-                    }));
+            _ => {
+                return match RawEvent::from_text(raw) {
+                    Ok(ev) => Line::Event(ev),
+                    Err(_) => not_json(),
                 }
             }
         }
         let v: Value = match serde_json::from_slice(raw) {
             Ok(v @ Value::Object(_)) => v,
-            _ => {
-                let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
-                return Line::NotJson(text);
-            }
+            _ => return not_json(),
         };
         match v.get("type").and_then(Value::as_str) {
             Some("result") => Line::Result(v),
-            Some("control_response") => {
+            _ => {
                 let resp = v.get("response");
                 let field = |k| resp.and_then(|r| r.get(k)).and_then(Value::as_str);
                 let request_id = field("request_id").unwrap_or_default().to_string();
@@ -166,7 +184,6 @@ impl Line {
                 };
                 Line::ControlResponse { request_id, error }
             }
-            _ => Line::Event(v),
         }
     }
 }
@@ -1572,9 +1589,9 @@ mod tests {
         ));
         assert_eq!(
             Line::classify(br#"{"type":"user","message":"a long tool result"}"#, 20),
-            Line::Event(
-                json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
-            )
+            Line::Event(RawEvent::from_value(
+                &json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
+            ))
         );
     }
 }
