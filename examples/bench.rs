@@ -681,27 +681,38 @@ fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     d.wait_for("NATS connected", 1, Duration::from_secs(20));
     d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
     let nc = fast_connect(&nats.url);
-    task_loop(&nc, "mister-smith.claude.echo.task_assignment", n / 10 + 1);
-    let mut ours = task_loop(&nc, "mister-smith.claude.echo.task_assignment", n);
-    d.stop();
-
     // Floor: raw request/reply between two connections, both flushing.
     let echo = Echo::start(&nats.url, "floor.echo", None);
     let inbox = nc.new_inbox();
     let rsub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
-    let mut floor = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let reply = format!("{inbox}.{i}");
-        let t = Instant::now();
-        nc.publish_request("floor.echo", &reply, task_envelope("x"))
-            .expect("publish");
-        nc.flush().expect("flush");
-        let _ = rsub.next_timeout(Duration::from_secs(10)).expect("echo");
-        if i >= n / 10 {
-            floor.push(t.elapsed().as_secs_f64() * 1000.0);
+    let mut next = 0usize;
+    let mut floor_loop = |count: usize| -> Vec<f64> {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            next += 1;
+            let reply = format!("{inbox}.{next}");
+            let t = Instant::now();
+            nc.publish_request("floor.echo", &reply, task_envelope("x"))
+                .expect("publish");
+            nc.flush().expect("flush");
+            let _ = rsub.next_timeout(Duration::from_secs(10)).expect("echo");
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+        out
+    };
+    let subject = "mister-smith.claude.echo.task_assignment";
+    task_loop(&nc, subject, n / 10 + 1);
+    floor_loop(n / 10 + 1);
+    // Alternate rounds of ours and the floor, so that the load of this
+    // shared machine drifting during the run weighs on both alike.
+    let rounds = 10;
+    let (mut ours, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..rounds {
+        ours.extend(task_loop(&nc, subject, n / rounds));
+        floor.extend(floor_loop(n / rounds));
     }
     echo.stop();
+    d.stop();
     let mut turn = agent_turns(bins, n);
     let (m_ours, m_floor, m_turn) = (median(&mut ours), median(&mut floor), median(&mut turn));
     vec![
@@ -798,46 +809,52 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     );
     d.wait_for("NATS connected", 1, Duration::from_secs(20));
     d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
-    let mut ours = Vec::new();
-    for i in 0..n + 2 {
+    let echo = Echo::start(&nats.url, "floor.send", Some(b"pong"));
+    let me = std::env::current_exe().expect("own path");
+    let send = || {
         let t = Instant::now();
-        let out = Command::new(&bins.ms)
+        let status = Command::new(&bins.ms)
             .args(["--nats", &nats.url, "send", "--to", "echo", "--wait", "hi"])
             .env_remove("MISTER_SMITH_CONFIG")
             .current_dir(&dir)
             .stdout(Stdio::null())
             .status();
-        match out {
-            Ok(s) if s.success() => {
-                if i >= 2 {
-                    ours.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
+        match status {
+            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
+            other => {
+                eprintln!("bench: send failed: {other:?}");
+                None
             }
-            other => eprintln!("bench: send run {i} failed: {other:?}"),
         }
-    }
-    d.stop();
-
-    let echo = Echo::start(&nats.url, "floor.send", Some(b"pong"));
-    let me = std::env::current_exe().expect("own path");
-    let mut floor = Vec::new();
-    for i in 0..n + 2 {
+    };
+    let raw = || {
         let t = Instant::now();
         let status = Command::new(&me)
             .args(["--raw-client", &nats.url, "floor.send"])
             .stdout(Stdio::null())
             .status();
         match status {
-            Ok(s) if s.success() => {
-                if i >= 2 {
-                    floor.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
+            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
             // A failed sample is reported and left out, not fatal: the
             // floor is a median over the others.
-            other => eprintln!("bench: raw client run {i} failed: {other:?}"),
+            other => {
+                eprintln!("bench: raw client failed: {other:?}");
+                None
+            }
         }
+    };
+    // Warm both up, then alternate one of each, so that the machine's load
+    // drifting during the run weighs on both alike.
+    for _ in 0..2 {
+        send();
+        raw();
     }
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        ours.extend(send());
+        floor.extend(raw());
+    }
+    d.stop();
     assert!(floor.len() * 2 >= n, "bench: most raw client runs failed");
     assert!(ours.len() * 2 >= n, "bench: most send runs failed");
     echo.stop();
