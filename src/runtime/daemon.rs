@@ -98,7 +98,13 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-    let outbox = Outbox::new(hub_tx.clone());
+    let (nats_tx, nats_rx) = crossbeam_channel::bounded(nats_transport::OUT_QUEUE);
+    let locals = Arc::new(AtomicUsize::new(0));
+    let outbox = Outbox::new(
+        hub_tx.clone(),
+        endpoints.nats.is_some().then_some(nats_tx),
+        locals.clone(),
+    );
     let nats_state = Arc::new(NatsState::default());
     let queued = Arc::new(AtomicUsize::new(0));
 
@@ -115,31 +121,27 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
             inbound.handle(subject, reply, data)
         });
 
-    let nats_out = match &endpoints.nats {
-        Some(settings) => Some(
-            nats_transport::start_daemon(
-                settings.clone(),
-                table.daemon_subs(),
-                handler.clone(),
-                nats_state.clone(),
-            )
-            .map_err(SystemError::Transport)?,
-        ),
-        None => {
-            nats_state.set_off();
-            None
-        }
-    };
+    match &endpoints.nats {
+        Some(settings) => nats_transport::start_daemon(
+            settings.clone(),
+            table.daemon_subs(),
+            handler.clone(),
+            nats_state.clone(),
+            nats_rx,
+        )
+        .map_err(SystemError::Transport)?,
+        None => nats_state.set_off(),
+    }
     thread::Builder::new()
         .name("hub".into())
         .stack_size(256 * 1024)
-        .spawn(move || hub::run(&hub_rx, nats_out.as_ref()))
+        .spawn(move || hub::run(&hub_rx))
         .map_err(thread_err("hub"))?;
 
     // The socket is served always: `status` and `health` work on the host
     // even while NATS is down.
     let max_frame = config.message.max_message_size + 64 * 1024;
-    let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame)
+    let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame, locals)
         .map_err(SystemError::Transport)?;
 
     let sink = DaemonSink {

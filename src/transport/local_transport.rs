@@ -83,12 +83,17 @@ impl Drop for LocalServer {
     }
 }
 
-/// Binds `path` (mode 0600) and serves clients on background threads.
+/// Binds `path` (mode 0600) and serves clients on background threads;
+/// `live` counts the clients connected (the [`Outbox`] feeds the hub only
+/// while there are some).
+///
+/// [`Outbox`]: crate::transport::hub::Outbox
 pub fn serve(
     path: &Path,
     hub: Sender<HubCmd>,
     inbound: Inbound,
     max_frame: usize,
+    live: Arc<AtomicUsize>,
 ) -> Result<LocalServer, TransportError> {
     let listen_err = |source| TransportError::LocalListen {
         path: path.to_path_buf(),
@@ -122,7 +127,6 @@ pub fn serve(
     let server = LocalServer {
         path: path.to_path_buf(),
     };
-    let live = Arc::new(AtomicUsize::new(0));
     thread::Builder::new()
         .name("local-accept".into())
         .stack_size(128 * 1024)
@@ -148,21 +152,23 @@ fn accept_loop(
                 continue;
             }
         }
-        if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+        if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             let mut s = &stream;
             let _ = s.write_all(b"{\"op\":\"err\",\"message\":\"too many connections\"}\n");
             continue;
         }
         let conn = NEXT.fetch_add(1, Ordering::Relaxed);
         let (hub, inbound, live) = (hub.clone(), inbound.clone(), live.clone());
-        live.fetch_add(1, Ordering::Relaxed);
+        // Counted before the client can subscribe, so that nothing
+        // published after its subscription bypasses the hub.
+        live.fetch_add(1, Ordering::SeqCst);
         let spawned = thread::Builder::new()
             .name(format!("local:{conn}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 serve_client(conn, stream, &hub, &inbound, max_frame);
                 let _ = hub.send(HubCmd::Closed { conn });
-                live.fetch_sub(1, Ordering::Relaxed);
+                live.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             log::error!("cannot start a thread for local client {conn}");

@@ -14,11 +14,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 
 use crate::transport::hub::NatsOut;
 use crate::transport::local_transport::Inbound;
@@ -144,23 +144,26 @@ fn connect_error(url: &str, source: std::io::Error) -> TransportError {
 /// Subscriptions the daemon makes: `(subject, queue group)`.
 pub type DaemonSubs = Vec<(String, Option<String>)>;
 
+/// How many messages may wait for the NATS publishers.
+pub const OUT_QUEUE: usize = 65_536;
+
 /// Connects the daemon (retrying in the background until NATS answers),
-/// subscribes, and starts the receive and publish threads. Returns the
-/// publisher's inbox for the hub.
+/// subscribes, and starts the receive and publish threads; the publishers
+/// take what arrives on `out_rx`.
 pub fn start_daemon(
     settings: NatsSettings,
     subs: DaemonSubs,
     inbound: Inbound,
     state: Arc<NatsState>,
-) -> Result<Sender<NatsOut>, TransportError> {
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<NatsOut>(65_536);
+    out_rx: Receiver<NatsOut>,
+) -> Result<(), TransportError> {
     state.set_reconnecting();
     thread::Builder::new()
         .name("nats".into())
         .stack_size(256 * 1024)
         .spawn(move || daemon_connect(&settings, &subs, &inbound, &state, out_rx))
         .map_err(TransportError::Io)?;
-    Ok(out_tx)
+    Ok(())
 }
 
 fn daemon_connect(
@@ -228,83 +231,68 @@ fn daemon_connect(
     );
     crate::transport::health_check::spawn_probe(conn.clone(), state.clone());
 
-    let publisher = conn.clone();
-    let pub_state = state.clone();
-    let spawned = thread::Builder::new()
-        .name("nats-out".into())
-        .stack_size(128 * 1024)
-        .spawn(move || publish_loop(&publisher, &out_rx, &pub_state));
-    if let Err(e) = spawned {
-        log::error!("NATS: cannot start the publisher: {e}");
-        return;
+    let turn = Arc::new(Mutex::new(out_rx));
+    for n in 0..PUBLISHERS {
+        let (conn, turn, state) = (conn.clone(), turn.clone(), state.clone());
+        let spawned = thread::Builder::new()
+            .name("nats-out".into())
+            .stack_size(128 * 1024)
+            .spawn(move || publisher(&conn, &turn, &state));
+        if let Err(e) = spawned {
+            log::error!("NATS: cannot start publisher {n}: {e}");
+        }
     }
     receive_loop(&subscriptions, inbound);
 }
 
-/// How many flushes may be in flight. A flush writes what is buffered at
-/// once but then waits a round trip for its PONG; with one flusher, a
-/// task's result waited behind the PONG of its own acknowledgement's flush
-/// (measured: 70–140 µs of a 0.38 ms round trip).
-const FLUSHERS: usize = 2;
+/// How many publishers take turns. A flush writes what is buffered at
+/// once but then waits a round trip for its PONG; while one publisher
+/// waits, the other takes the next burst. (With one flusher, a task's
+/// result waited behind the PONG of its own acknowledgement's flush:
+/// 70–140 µs of a 0.38 ms round trip.)
+const PUBLISHERS: usize = 2;
 
-/// Publishes what the hub hands over. Flushing — which the crate lets
-/// block far past any timeout on a dead connection — happens on flusher
-/// threads of their own, kicked once per burst, so this loop never waits on
-/// the network for it.
-fn publish_loop(conn: &nats::Connection, rx: &Receiver<NatsOut>, state: &Arc<NatsState>) {
-    // A kick asks for a flush; kicks coalesce (capacity 1), so a burst of
-    // publishes costs one PING/PONG after the flush in progress. Barriers
-    // travel apart and are dropped after the next flush.
-    let (kick_tx, kick_rx) = crossbeam_channel::bounded::<()>(1);
-    let (barrier_tx, barrier_rx) = crossbeam_channel::unbounded::<Sender<()>>();
-    for _ in 0..FLUSHERS {
-        let (fconn, fstate) = (conn.clone(), state.clone());
-        let (kick_rx, barrier_rx) = (kick_rx.clone(), barrier_rx.clone());
-        let spawned = thread::Builder::new()
-            .name("nats-flush".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                for () in kick_rx {
-                    let waiting: Vec<Sender<()>> = barrier_rx.try_iter().collect();
-                    if fstate.describe() == "connected" {
-                        if let Err(e) = fconn.flush_timeout(Duration::from_secs(2)) {
-                            log::debug!("NATS: flush: {e}");
+/// One publisher: holding the turn, it takes a burst of messages and
+/// publishes them in order; then it gives up the turn and flushes. The
+/// crate's own flusher waits up to 5 ms between flushes, and its flush
+/// can block far past any timeout on a dead connection, so it is only
+/// asked while connected, and never while holding the turn.
+fn publisher(conn: &nats::Connection, turn: &Mutex<Receiver<NatsOut>>, state: &NatsState) {
+    loop {
+        // Barriers are let go once the flush after them is done.
+        let mut barriers = Vec::new();
+        {
+            let rx = turn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Ok(first) = rx.recv() else { return };
+            let mut next = Some(first);
+            while let Some(out) = next {
+                match out {
+                    NatsOut::Publish(subject, data) => {
+                        // The server closes a connection that exceeds its
+                        // max_payload; never send such a message.
+                        if data.len() > conn.max_payload() {
+                            log::warn!(
+                                "NATS: not publishing {} bytes on {subject} (server max_payload {})",
+                                data.len(),
+                                conn.max_payload()
+                            );
+                        } else if let Err(e) = conn.publish(&subject, &**data) {
+                            log::warn!("NATS: publish to {subject} failed: {e}");
                         }
                     }
-                    drop(waiting);
+                    NatsOut::Barrier(done) => barriers.push(done),
                 }
-            });
-        if let Err(e) = spawned {
-            log::error!("NATS: cannot start a flusher: {e}");
-        }
-    }
-    while let Ok(out) = rx.recv() {
-        match out {
-            NatsOut::Publish(subject, data) => {
-                // The server closes a connection that exceeds its
-                // max_payload; never send such a message.
-                if data.len() > conn.max_payload() {
-                    log::warn!(
-                        "NATS: not publishing {} bytes on {subject} (server max_payload {})",
-                        data.len(),
-                        conn.max_payload()
-                    );
-                    continue;
-                }
-                if let Err(e) = conn.publish(&subject, &**data) {
-                    log::warn!("NATS: publish to {subject} failed: {e}");
-                }
-            }
-            NatsOut::Barrier(done) => {
-                let _ = barrier_tx.send(done);
-                let _ = kick_tx.send_timeout((), Duration::from_secs(1));
-                continue;
+                next = rx.try_recv().ok();
             }
         }
-        if rx.is_empty() {
-            // A full kick queue means a flush is coming anyway.
-            let _ = kick_tx.try_send(());
+        if state.describe() == "connected" {
+            if let Err(e) = conn.flush_timeout(Duration::from_secs(2)) {
+                log::debug!("NATS: flush: {e}");
+            }
         }
+        drop(barriers);
     }
 }
 
