@@ -98,7 +98,7 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
     let (hub_tx, hub_rx) = crossbeam_channel::unbounded();
-    let (nats_tx, nats_rx) = crossbeam_channel::bounded(nats_transport::OUT_QUEUE);
+    let (nats_tx, nats_rx) = hub::nats_queue(nats_transport::OUT_QUEUE);
     let locals = Arc::new(AtomicUsize::new(0));
     let outbox = Outbox::new(
         hub_tx.clone(),

@@ -62,6 +62,68 @@ pub enum NatsOut {
     Barrier(Sender<()>),
 }
 
+/// The NATS publishers' queue: unbounded underneath, so its memory grows
+/// with use rather than with its limit (a bounded channel of 65,536 slots
+/// costs 3 MB of RSS up front), and capped by a count.
+pub fn nats_queue(limit: usize) -> (NatsTx, NatsRx) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        NatsTx {
+            tx,
+            queued: queued.clone(),
+            limit,
+        },
+        NatsRx { rx, queued },
+    )
+}
+
+/// The sending end of [`nats_queue`].
+#[derive(Clone, Debug)]
+pub struct NatsTx {
+    tx: Sender<NatsOut>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl NatsTx {
+    /// Queues a message; false when the queue is full (or closed).
+    fn try_send(&self, out: NatsOut) -> bool {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.limit {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
+/// The receiving end of [`nats_queue`].
+#[derive(Debug)]
+pub struct NatsRx {
+    rx: Receiver<NatsOut>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl NatsRx {
+    /// The next message, waiting for one; `None` once every sender is gone.
+    pub fn recv(&self) -> Option<NatsOut> {
+        let out = self.rx.recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        Some(out)
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&self) -> Option<NatsOut> {
+        let out = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        Some(out)
+    }
+}
+
 /// A cheap, cloneable handle for publishing. NATS-bound messages go
 /// straight to the NATS publisher; the hub sees them only while a local
 /// client is connected. Each hand-off between threads is a wake-up, and a
@@ -69,18 +131,14 @@ pub enum NatsOut {
 #[derive(Clone, Debug)]
 pub struct Outbox {
     hub: Sender<HubCmd>,
-    nats: Option<Sender<NatsOut>>,
+    nats: Option<NatsTx>,
     /// Local clients connected now (counted before a client can subscribe).
     locals: Arc<AtomicUsize>,
     nats_dropped: Arc<AtomicU64>,
 }
 
 impl Outbox {
-    pub fn new(
-        hub: Sender<HubCmd>,
-        nats: Option<Sender<NatsOut>>,
-        locals: Arc<AtomicUsize>,
-    ) -> Outbox {
+    pub fn new(hub: Sender<HubCmd>, nats: Option<NatsTx>, locals: Arc<AtomicUsize>) -> Outbox {
         Outbox {
             hub,
             nats,
@@ -103,9 +161,7 @@ impl Outbox {
         if let Some(n) = to_nats {
             // Never block the daemon on NATS: a publisher that is that far
             // behind loses messages, counted in the log.
-            if let Err(TrySendError::Full(_)) =
-                n.try_send(NatsOut::Publish(subject.to_string(), data))
-            {
+            if !n.try_send(NatsOut::Publish(subject.to_string(), data)) {
                 let dropped = self.nats_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     log::warn!("NATS publisher is behind: {dropped} messages not published");
@@ -140,7 +196,7 @@ impl Outbox {
             return false;
         }
         if let Some(n) = &self.nats {
-            if n.send_timeout(NatsOut::Barrier(tx), within).is_err() {
+            if n.tx.send(NatsOut::Barrier(tx)).is_err() {
                 return false;
             }
         } else {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 
-use crate::transport::hub::NatsOut;
+use crate::transport::hub::{NatsOut, NatsRx};
 use crate::transport::local_transport::Inbound;
 use crate::transport::{Incoming, Transport, TransportError};
 
@@ -155,7 +155,7 @@ pub fn start_daemon(
     subs: DaemonSubs,
     inbound: Inbound,
     state: Arc<NatsState>,
-    out_rx: Receiver<NatsOut>,
+    out_rx: NatsRx,
 ) -> Result<(), TransportError> {
     state.set_reconnecting();
     thread::Builder::new()
@@ -171,7 +171,7 @@ fn daemon_connect(
     subs: &DaemonSubs,
     inbound: &Inbound,
     state: &Arc<NatsState>,
-    out_rx: Receiver<NatsOut>,
+    out_rx: NatsRx,
 ) {
     let mut delay = Duration::from_millis(50);
     let conn = loop {
@@ -257,7 +257,7 @@ const PUBLISHERS: usize = 2;
 /// crate's own flusher waits up to 5 ms between flushes, and its flush
 /// can block far past any timeout on a dead connection, so it is only
 /// asked while connected, and never while holding the turn.
-fn publisher(conn: &nats::Connection, turn: &Mutex<Receiver<NatsOut>>, state: &NatsState) {
+fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
     loop {
         // Barriers are let go once the flush after them is done.
         let mut barriers = Vec::new();
@@ -265,7 +265,7 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<Receiver<NatsOut>>, state: &N
             let rx = turn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Ok(first) = rx.recv() else { return };
+            let Some(first) = rx.recv() else { return };
             let mut next = Some(first);
             while let Some(out) = next {
                 match out {
@@ -284,7 +284,7 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<Receiver<NatsOut>>, state: &N
                     }
                     NatsOut::Barrier(done) => barriers.push(done),
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
         }
         if state.describe() == "connected" {
