@@ -7,8 +7,35 @@
 //! ~0.1 ms to start on the path of every `send` (measured with `perf
 //! trace`), an interval timer costs one system call.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+/// What a command is doing, named in the line the bound writes.
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum Phase {
+    Starting,
+    Connecting,
+    Publishing,
+    Flushing,
+    Waiting,
+}
+
+const PHASE_NAMES: [&str; 5] = [
+    "starting",
+    "connecting",
+    "publishing",
+    "confirming the publish",
+    "waiting for answers",
+];
+
+static PHASE: AtomicU8 = AtomicU8::new(Phase::Starting as u8);
+
+/// Records what the command is doing now.
+pub fn phase(p: Phase) {
+    PHASE.store(p as u8, Ordering::SeqCst);
+}
 
 /// What the handler writes, where, and the code it exits with.
 struct Armed {
@@ -24,9 +51,24 @@ static ARMED: OnceLock<Armed> = OnceLock::new();
 extern "C" fn on_alarm(_: libc::c_int) {
     let code = match ARMED.get() {
         Some(a) => {
+            // Commands that do not record phases get the plain line.
+            let phase = match PHASE.load(Ordering::SeqCst) {
+                0 => None,
+                n => PHASE_NAMES.get(usize::from(n)).copied(),
+            };
             // SAFETY: `write` and `_exit` are async-signal-safe; `a.line`
-            // is immutable once set and outlives the process.
-            unsafe { libc::write(a.fd, a.line.as_ptr().cast(), a.line.len()) };
+            // (which ends in a newline) is immutable once set and, like
+            // `phase`, outlives the process.
+            unsafe {
+                libc::write(a.fd, a.line.as_ptr().cast(), a.line.len() - 1);
+                let parts = match phase {
+                    Some(p) => [" (while ", p, ")\n"],
+                    None => ["", "", "\n"],
+                };
+                for part in parts {
+                    libc::write(a.fd, part.as_ptr().cast(), part.len());
+                }
+            }
             a.code
         }
         None => 70,

@@ -186,6 +186,7 @@ pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         ),
         exit::TEMPORARY,
     );
+    bound::phase(bound::Phase::Connecting);
     let mut client = client::connect(cli)?;
     if message_type != MessageType::TaskAssignment {
         return send_other(&mut client, &subject, envelopes);
@@ -253,6 +254,7 @@ fn send_tasks(
 ) -> Result<u8, SystemError> {
     let wait = args.wait || args.stream;
     let default = default_timeout(client);
+    bound::phase(bound::Phase::Publishing);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     for mut env in envelopes {
         let task_id = match &env.payload {
@@ -272,7 +274,9 @@ fn send_tasks(
             },
         );
     }
+    bound::phase(bound::Phase::Flushing);
     client.flush()?;
+    bound::phase(bound::Phase::Waiting);
 
     let mut stdout = std::io::stdout().lock();
     let mut worst = exit::OK;

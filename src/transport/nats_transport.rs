@@ -5,8 +5,8 @@
 //! connect parses the system CA store, and a request pays a 5 ms flush gate.
 //! Here the first attempt has no delay, plain `nats://` URLs skip the CA
 //! store, and every publish whose latency matters is followed by an explicit
-//! flush — never while disconnected, because the crate's `flush_timeout`
-//! then ignores its timeout.
+//! flush — on a thread of its own with a bounded wait, because the crate's
+//! `flush_timeout` ignores its timeout once the connection drops.
 
 // The blocking `nats` crate is deprecated upstream in favour of async-nats;
 // the design fixes it (no async runtime), and it stays behind this module.
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::transport::hub::{NatsOut, NatsRx};
 use crate::transport::local_transport::Inbound;
@@ -324,8 +324,10 @@ fn receive_loop(subs: &[nats::Subscription], inbound: &Inbound) {
 pub struct NatsClient {
     url: String,
     conn: nats::Connection,
-    /// Cleared by the crate's disconnect callback, set again on reconnect.
+    /// Cleared by the crate's disconnect callback.
     connected: Arc<AtomicBool>,
+    /// Asks the flusher thread for a flush; it answers on the sender.
+    flusher: Sender<FlushDone>,
     /// Says the connection was lost: answers may be gone with it.
     lost: Receiver<()>,
     inbox: String,
@@ -336,25 +338,45 @@ impl NatsClient {
     pub fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
         let (lost_tx, lost) = crossbeam_channel::bounded(1);
         let connected = Arc::new(AtomicBool::new(true));
-        let (down, up) = (connected.clone(), connected.clone());
+        let down = connected.clone();
+        // The flusher starts before the handshake, so that its start
+        // overlaps the wait for the server instead of a later flush.
+        let (conn_tx, conn_rx) = crossbeam_channel::bounded::<nats::Connection>(1);
+        let (flush_tx, flush_rx) = crossbeam_channel::bounded::<FlushDone>(1);
+        thread::Builder::new()
+            .name("nats-flush".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let Ok(conn) = conn_rx.recv() else { return };
+                for done in flush_rx {
+                    let _ = done.send(conn.flush());
+                }
+            })
+            .map_err(TransportError::Io)?;
         let conn = options(settings, false)
             .disconnect_callback(move || {
                 down.store(false, Ordering::SeqCst);
                 let _ = lost_tx.try_send(());
             })
-            .reconnect_callback(move || up.store(true, Ordering::SeqCst))
             .connect(settings.url.as_str())
             .map_err(|e| connect_error(&settings.url, e))?;
+        let _ = conn_tx.send(conn.clone());
         Ok(NatsClient {
             url: settings.url.clone(),
             conn,
             connected,
+            flusher: flush_tx,
             lost,
             inbox: format!("_INBOX.{}", uuid::Uuid::new_v4().simple()),
             subs: Vec::new(),
         })
     }
+}
 
+/// Where the flusher answers a flush request.
+type FlushDone = Sender<std::io::Result<()>>;
+
+impl NatsClient {
     /// A message already waiting in a subscription's queue.
     fn ready(&self) -> Option<Incoming> {
         self.subs
@@ -395,19 +417,25 @@ impl Transport for NatsClient {
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), TransportError> {
-        // The crate's flush waits for a PONG with no bound while the
-        // connection is down; it is only asked while connected. A drop in
-        // between ends in its reconnect (max one here) or close, and the
-        // command's hard bound (`cli::bound`) covers the rest.
+        // The crate's flush waits for its PONG without a bound once the
+        // connection drops (and `close` flushes first): it runs on the
+        // flusher thread, and this wait is bounded.
         if !self.connected.load(Ordering::SeqCst) {
             return Err(TransportError::Nats(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 "not connected",
             )));
         }
-        self.conn
-            .flush_timeout(timeout)
-            .map_err(TransportError::Nats)
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let stuck = || TransportError::FlushTimeout(timeout.as_millis());
+        self.flusher
+            .send_timeout(tx, timeout)
+            .map_err(|_| stuck())?;
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TransportError::Nats(e)),
+            Err(_) => Err(stuck()),
+        }
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Incoming, RecvTimeoutError> {
