@@ -7,5 +7,6 @@ pub mod error;
 pub mod health_monitor;
 pub mod lifecycle;
 pub mod process_manager;
+pub mod spawn;
 pub mod supervisor;
 pub mod tracker;

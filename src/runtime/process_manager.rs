@@ -20,8 +20,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
-use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
@@ -30,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{AgentSpec, Protocol};
 use crate::runtime::error::ProcessError;
+use crate::runtime::spawn;
 use crate::runtime::supervisor::{Event, Line};
 
 /// How many stderr lines are kept per agent for diagnostics.
@@ -177,31 +176,29 @@ fn spawn_parts(
     max_message_size: usize,
     events: &Sender<Event>,
 ) -> Result<(RunningChild, IoStart), ProcessError> {
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(agent_argv(spec, prompt))
-        .current_dir(&spec.working_dir)
-        .envs(&spec.env)
-        .env("MISTER_SMITH_AGENT_ID", &spec.id)
-        .env_remove("CLAUDECODE")
-        .env_remove("CLAUDE_CODE_ENTRYPOINT")
-        .stdin(
-            if spec.protocol == Protocol::StreamJson && prompt.is_none() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            },
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    sys::prepare_child(&mut cmd, &spec.limits);
-
-    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+    let env = spawn::child_env(
+        spec.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([("MISTER_SMITH_AGENT_ID", spec.id.as_str())]),
+        &["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"],
+    );
+    let spawn_error = |source| ProcessError::Spawn {
         agent: spec.id.clone(),
         program: spec.command.clone(),
         source,
-    })?;
-    let pid = child.id();
+    };
+    let plan = spawn::Plan::new(
+        &spec.command,
+        &agent_argv(spec, prompt),
+        &spec.working_dir,
+        &env,
+        spec.protocol == Protocol::StreamJson && prompt.is_none(),
+        rlimits(&spec.limits),
+    )
+    .map_err(spawn_error)?;
+    let mut child = spawn::spawn(&plan).map_err(spawn_error)?;
+    let pid = child.pid;
     let started = Instant::now();
     let stderr_tail: StderrTail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
     let thread_err = |source| ProcessError::Thread {
@@ -211,9 +208,9 @@ fn spawn_parts(
 
     // From here on the child runs; if a thread cannot be started we must not
     // leave it unsupervised: kill it and reap it.
-    let give_up = |mut child: std::process::Child, source| {
+    let give_up = |child: spawn::Spawned, source| {
         let _ = signal_group(pid, libc::SIGKILL);
-        let _ = child.wait();
+        let _ = spawn::wait(child.pid);
         thread_err(source)
     };
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -249,7 +246,7 @@ fn spawn_parts(
     let tx = events.clone();
     // One thread per child watches its exit and both output pipes (the
     // stdin writer above exists only for stream-json agents).
-    let (child_tx, child_rx) = crossbeam_channel::bounded::<std::process::Child>(1);
+    let (child_tx, child_rx) = crossbeam_channel::bounded::<spawn::Spawned>(1);
     let spawned = thread::Builder::new()
         .name(format!("io:{}", spec.id))
         .stack_size(READER_STACK)
@@ -278,8 +275,8 @@ fn spawn_parts(
 /// the child's lines or its exit reach the supervisor, so whoever spawned it
 /// can announce the child first.
 pub struct IoStart {
-    child_tx: Sender<std::process::Child>,
-    child: std::process::Child,
+    child_tx: Sender<spawn::Spawned>,
+    child: spawn::Spawned,
 }
 
 impl IoStart {
@@ -372,7 +369,7 @@ impl std::fmt::Debug for RunningChild {
 /// them open), reports the exit, and reaps the child once the supervisor
 /// has let go of it.
 fn io_loop(
-    mut child: std::process::Child,
+    child: spawn::Spawned,
     mut out: StdoutSink,
     mut err: StderrSink,
     events: &Sender<Event>,
@@ -381,9 +378,10 @@ fn io_loop(
     reap: &Receiver<()>,
 ) {
     use std::os::unix::io::AsRawFd;
-    let pid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let pid = child.pid;
+    let stdout = Some(child.stdout);
+    let stderr = Some(child.stderr);
+    drop(child.stdin);
     let exit = sys::ExitWatch::new(pid);
     let mut fds: [Option<i32>; 2] = [
         stdout.as_ref().map(AsRawFd::as_raw_fd),
@@ -464,7 +462,7 @@ fn io_loop(
     // Reap once the supervisor has let go of the child (bounded, in case it
     // never does).
     let _ = reap.recv_timeout(std::time::Duration::from_secs(60));
-    let _ = child.wait();
+    let _ = spawn::wait(pid);
 }
 
 /// Splits a byte stream into `\n`-terminated lines, keeping at most `cap`
@@ -633,7 +631,7 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
 /// error the rest is discarded, but the pipe stays open until the sender is
 /// gone: the supervisor may still hold its fd. Dropping `pipe` closes stdin.
 fn write_stdin(
-    pipe: ChildStdin,
+    pipe: std::fs::File,
     lines: &Receiver<Vec<u8>>,
     queued: &std::sync::atomic::AtomicUsize,
 ) {
@@ -743,64 +741,26 @@ pub fn resource_usage(pid: u32) -> Option<ResourceUsage> {
     })
 }
 
+/// The rlimits `limits` asks for, as (resource, value).
+fn rlimits(limits: &crate::config::Limits) -> Vec<(libc::__rlimit_resource_t, u64)> {
+    [
+        (
+            libc::RLIMIT_DATA,
+            limits.memory_mb.map(|m| m.saturating_mul(1024 * 1024)),
+        ),
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v)))
+    .collect()
+}
+
 /// The few calls std does not offer. Every `unsafe` block of the crate is
 /// here.
 mod sys {
     use std::io;
-    use std::os::unix::process::CommandExt;
-    use std::process::Command;
-
     use std::process::ExitStatus;
-
-    use crate::config::Limits;
-
-    /// Sets PDEATHSIG and rlimits in the child between `fork` and `exec`.
-    pub(super) fn prepare_child(cmd: &mut Command, limits: &Limits) {
-        let parent = std::process::id() as libc::pid_t;
-        let rlimits: Vec<(libc::__rlimit_resource_t, u64)> = [
-            (
-                libc::RLIMIT_DATA,
-                limits.memory_mb.map(|m| m.saturating_mul(1024 * 1024)),
-            ),
-            (libc::RLIMIT_CPU, limits.cpu_seconds),
-            (libc::RLIMIT_NOFILE, limits.open_files),
-        ]
-        .into_iter()
-        .filter_map(|(r, v)| v.map(|v| (r, v)))
-        .collect();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (prctl, getppid, setrlimit,
-        // kill) on values computed before the fork; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                // The daemon may have died between fork and prctl; then no
-                // signal would ever come.
-                if libc::getppid() != parent {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                }
-                for &(resource, value) in &rlimits {
-                    let lim = libc::rlimit {
-                        rlim_cur: value as libc::rlim_t,
-                        rlim_max: value as libc::rlim_t,
-                    };
-                    if libc::setrlimit(resource, &lim) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
 
     /// Blocks until process `pid` (our child) has exited, without reaping
     /// it, and returns how it exited.
