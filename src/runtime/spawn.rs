@@ -161,6 +161,45 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// The child's stack: mapped for each spawn and unmapped after, so that
+/// none of it stays in the allocator's arenas (the spawner threads each
+/// have one) to count in the daemon's RSS.
+struct Stack(*mut libc::c_void);
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        // SAFETY: an anonymous private mapping has no preconditions.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CHILD_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stack(p))
+    }
+
+    /// Where the child's stack starts: it grows down from the end.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is page aligned.
+        unsafe { self.0.cast::<u8>().add(CHILD_STACK).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and no longer used (the child has
+        // exec'd or exited before `clone` returned).
+        unsafe { libc::munmap(self.0, CHILD_STACK) };
+    }
+}
+
 /// What the child reads; `err` is what it writes back if it cannot exec.
 #[repr(C)]
 struct ChildArgs {
@@ -203,9 +242,7 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         .map(|c| c.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let mut stack = vec![0u8; CHILD_STACK];
-    // The stack grows down from its (16-byte aligned) top.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let stack = Stack::new()?;
 
     // SAFETY: sigset_t is plain data; sigfillset initializes it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -241,7 +278,7 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
     let pid = unsafe {
         libc::clone(
             child_main,
-            top as *mut libc::c_void,
+            stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut args as *mut ChildArgs).cast(),
         )
