@@ -339,28 +339,49 @@ impl NatsClient {
         let (lost_tx, lost) = crossbeam_channel::bounded(1);
         let connected = Arc::new(AtomicBool::new(true));
         let down = connected.clone();
-        // The flusher starts before the handshake, so that its start
-        // overlaps the wait for the server instead of a later flush.
-        let (conn_tx, conn_rx) = crossbeam_channel::bounded::<nats::Connection>(1);
+        let opts = options(settings, false).disconnect_callback(move || {
+            down.store(false, Ordering::SeqCst);
+            let _ = lost_tx.try_send(());
+        });
+        // The crate's connect has no timeout anywhere (it reads the
+        // server's INFO and waits for the first PONG without a bound), and
+        // its flush waits for a PONG without a bound once the connection
+        // drops. Both run on this helper thread; we wait for each with a
+        // bound.
+        let (conn_tx, conn_rx) = crossbeam_channel::bounded(1);
         let (flush_tx, flush_rx) = crossbeam_channel::bounded::<FlushDone>(1);
+        let url = settings.url.clone();
         thread::Builder::new()
-            .name("nats-flush".into())
-            .stack_size(64 * 1024)
+            .name("nats-client".into())
+            .stack_size(128 * 1024)
             .spawn(move || {
-                let Ok(conn) = conn_rx.recv() else { return };
+                let conn = match opts.connect(url.as_str()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = conn_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if conn_tx.send(Ok(conn.clone())).is_err() {
+                    return;
+                }
                 for done in flush_rx {
                     let _ = done.send(conn.flush());
                 }
             })
             .map_err(TransportError::Io)?;
-        let conn = options(settings, false)
-            .disconnect_callback(move || {
-                down.store(false, Ordering::SeqCst);
-                let _ = lost_tx.try_send(());
-            })
-            .connect(settings.url.as_str())
-            .map_err(|e| connect_error(&settings.url, e))?;
-        let _ = conn_tx.send(conn.clone());
+        let conn = match conn_rx.recv_timeout(CONNECT_TIMEOUT) {
+            Ok(r) => r.map_err(|e| connect_error(&settings.url, e))?,
+            Err(_) => {
+                return Err(connect_error(
+                    &settings.url,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} ms", CONNECT_TIMEOUT.as_millis()),
+                    ),
+                ))
+            }
+        };
         Ok(NatsClient {
             url: settings.url.clone(),
             conn,
@@ -372,6 +393,9 @@ impl NatsClient {
         })
     }
 }
+
+/// How long a command waits for NATS to accept its connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the flusher answers a flush request.
 type FlushDone = Sender<std::io::Result<()>>;
