@@ -784,15 +784,28 @@ fn agent_turns(bins: &Bins, n: usize) -> Vec<f64> {
 /// `--raw-client URL SUBJECT`: the floor for one `send` process: connect
 /// without a first-attempt delay, publish a request, flush, wait for the
 /// reply, exit.
+///
+/// `--raw-client URL SUBJECT --task`: the same client sending a real task
+/// and waiting for its `task_result`, the work `send --wait` does.
 fn raw_client(args: &[String]) {
     let (url, subject) = (&args[2], &args[3]);
+    let task = args.iter().any(|a| a == "--task");
     let nc = fast_connect(url);
     let inbox = nc.new_inbox();
     let sub = nc.subscribe(&inbox).expect("subscribe");
-    nc.publish_request(subject, &inbox, b"ping")
-        .expect("publish");
+    let body = if task {
+        task_envelope("hi")
+    } else {
+        b"ping".to_vec()
+    };
+    nc.publish_request(subject, &inbox, body).expect("publish");
     nc.flush().expect("flush");
-    let _ = sub.next_timeout(Duration::from_secs(10)).expect("reply");
+    loop {
+        let m = sub.next_timeout(Duration::from_secs(10)).expect("reply");
+        if !task || m.data.windows(13).any(|w| w == b"\"task_result\"") {
+            break;
+        }
+    }
     let _ = std::io::stdout().flush();
     // As mister-smith does: leave without running the NATS client's
     // destructors or exit handlers while its threads still run.
@@ -827,6 +840,25 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
             }
         }
     };
+    let raw_task = || {
+        let t = Instant::now();
+        let status = Command::new(&me)
+            .args([
+                "--raw-client",
+                &nats.url,
+                "mister-smith.claude.echo.task_assignment",
+                "--task",
+            ])
+            .stdout(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
+            other => {
+                eprintln!("bench: raw task client failed: {other:?}");
+                None
+            }
+        }
+    };
     let raw = || {
         let t = Instant::now();
         let status = Command::new(&me)
@@ -848,24 +880,38 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     for _ in 0..2 {
         send();
         raw();
+        raw_task();
     }
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    let (mut ours, mut floor, mut same) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         ours.extend(send());
         floor.extend(raw());
+        same.extend(raw_task());
     }
     d.stop();
     assert!(floor.len() * 2 >= n, "bench: most raw client runs failed");
     assert!(ours.len() * 2 >= n, "bench: most send runs failed");
     echo.stop();
-    vec![Row {
-        name: "`send --wait` process, wall time",
-        unit: "ms",
-        ours: median(&mut ours),
-        ours_p99: Some(p99(&mut ours)),
-        floor: Some(median(&mut floor)),
-        note: format!("{n} runs; ours includes the agent's turn; floor: raw client process, request/reply to an echo"),
-    }]
+    let m_ours = median(&mut ours);
+    let p_ours = p99(&mut ours);
+    vec![
+        Row {
+            name: "`send --wait` process, wall time",
+            unit: "ms",
+            ours: m_ours,
+            ours_p99: Some(p_ours),
+            floor: Some(median(&mut floor)),
+            note: format!("{n} runs; ours includes a whole task round trip through the daemon and an agent; floor: raw client process, request/reply to an in-process echo"),
+        },
+        Row {
+            name: "`send --wait` process vs a raw client sending the same task",
+            unit: "ms",
+            ours: m_ours,
+            ours_p99: Some(p_ours),
+            floor: Some(median(&mut same)),
+            note: format!("{n} runs; floor: the same raw client process publishing the same task to the same daemon and waiting for its task_result"),
+        },
+    ]
 }
 
 fn dispatcher(n: usize) -> Vec<Row> {
