@@ -197,3 +197,30 @@ fn malformed_envelopes_are_refused_by_name_and_the_daemon_carries_on() {
     );
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// A server that accepts connections and then says nothing (a frozen or
+/// wrong process on the port): the NATS crate would wait for its INFO
+/// forever; every command gives up on it in 5 s, exits 69 and says why.
+#[test]
+fn a_server_that_accepts_and_never_answers_is_given_up_on() {
+    // The kernel completes the handshake for connections this listener
+    // never accepts; nothing is ever written to them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("nats://{}", silent.local_addr().expect("addr"));
+    let started = Instant::now();
+    let (status, _, err) = run_cli_stdin(
+        &["--nats", url.as_str(), "send", "--to", "coder-1", "hello"],
+        &[],
+        None,
+    );
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("no answer within 5000 ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{err}");
+    // What monitoring pages on: an UNKNOWN line, in time.
+    let started = Instant::now();
+    let (status, out, _) = run_cli_stdin(&["--nats", url.as_str(), "health"], &[], None);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(out.starts_with("MISTER-SMITH UNKNOWN - "), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{out}");
+    drop(silent);
+}
