@@ -756,8 +756,7 @@ fn rlimits(limits: &crate::config::Limits) -> Vec<(libc::__rlimit_resource_t, u6
     .collect()
 }
 
-/// The few calls std does not offer. Every `unsafe` block of the crate is
-/// here.
+/// The few calls std does not offer (starting a child is in `spawn`).
 mod sys {
     use std::io;
     use std::process::ExitStatus;

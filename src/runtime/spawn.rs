@@ -25,8 +25,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-/// The child's own stack until it execs.
+/// The child's own stack until it execs (glibc's posix_spawn uses 32 KB
+/// plus the argv), and a guard page below it.
 const CHILD_STACK: usize = 64 * 1024;
+const GUARD: usize = 4096;
 
 /// Everything the child needs, prepared before it exists.
 pub struct Plan {
@@ -87,7 +89,10 @@ impl Plan {
 }
 
 /// `program` itself if it names a path, else the first executable file of
-/// that name in `env`'s `PATH`.
+/// that name in `env`'s `PATH`, as `execvp` finds it. Only absolute `PATH`
+/// entries count: a relative one would be resolved against the daemon's
+/// directory here but the agent's at exec. A file found but not executable
+/// is EACCES, as with `execvp`.
 fn find_program(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));
@@ -96,17 +101,26 @@ fn find_program(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathB
         || OsString::from("/usr/local/bin:/usr/bin:/bin"),
         |(_, v)| v.clone(),
     );
-    for dir in std::env::split_paths(&path) {
+    let mut denied = false;
+    for dir in std::env::split_paths(&path).filter(|d| d.is_absolute()) {
         let candidate = dir.join(program);
+        if !candidate.is_file() {
+            continue;
+        }
         let Ok(c) = c_string(candidate.as_os_str().as_bytes().to_vec()) else {
             continue;
         };
         // SAFETY: `c` is a valid NUL-terminated path.
-        if candidate.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
             return Ok(candidate);
         }
+        denied = true;
     }
-    Err(io::Error::from_raw_os_error(libc::ENOENT))
+    Err(io::Error::from_raw_os_error(if denied {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
 }
 
 /// A started child: its pid and our ends of its standard streams.
@@ -172,7 +186,7 @@ impl Stack {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                CHILD_STACK,
+                CHILD_STACK + GUARD,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                 -1,
@@ -182,13 +196,19 @@ impl Stack {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Stack(p))
+        let stack = Stack(p);
+        // An overflow hits a guard page instead of whatever lies below.
+        // SAFETY: the first page of our own mapping.
+        if unsafe { libc::mprotect(p, GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
     }
 
     /// Where the child's stack starts: it grows down from the end.
     fn top(&self) -> *mut libc::c_void {
         // SAFETY: one past the end of the mapping, which is page aligned.
-        unsafe { self.0.cast::<u8>().add(CHILD_STACK).cast() }
+        unsafe { self.0.cast::<u8>().add(GUARD + CHILD_STACK).cast() }
     }
 }
 
@@ -196,7 +216,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // SAFETY: the mapping is ours and no longer used (the child has
         // exec'd or exited before `clone` returned).
-        unsafe { libc::munmap(self.0, CHILD_STACK) };
+        unsafe { libc::munmap(self.0, GUARD + CHILD_STACK) };
     }
 }
 
@@ -211,8 +231,52 @@ struct ChildArgs {
     rlimits: *const (libc::__rlimit_resource_t, libc::rlim_t),
     rlimits_len: usize,
     parent: libc::pid_t,
-    mask: libc::sigset_t,
+    /// The signal mask to restore before exec (a kernel sigset).
+    mask: u64,
+    /// What failed ([`STAGES`]) and its errno, written by the child.
+    stage: libc::c_int,
     err: libc::c_int,
+}
+
+/// The steps of the child that can fail, for the error message; exec's own
+/// errors need no prefix.
+const STAGES: [&str; 6] = [
+    "",
+    "setpgid",
+    "PR_SET_PDEATHSIG",
+    "redirecting stdio",
+    "entering the working directory",
+    "setrlimit",
+];
+const STAGE_EXEC: libc::c_int = 0;
+const STAGE_SETPGID: libc::c_int = 1;
+const STAGE_PDEATHSIG: libc::c_int = 2;
+const STAGE_DUP2: libc::c_int = 3;
+const STAGE_CHDIR: libc::c_int = 4;
+const STAGE_RLIMIT: libc::c_int = 5;
+
+/// `rt_sigprocmask(SIG_SETMASK)` by the system call itself.
+///
+/// # Safety
+/// `set` must point to 8 readable bytes; `old` to 8 writable ones, or be
+/// null.
+unsafe fn sigprocmask_raw(set: *const u64, old: *mut u64) {
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        set,
+        old,
+        8usize,
+    );
+}
+
+/// The kernel's `struct sigaction` on x86_64 and aarch64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
 }
 
 /// Starts the child of `plan`.
@@ -244,16 +308,13 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         .collect();
     let stack = Stack::new()?;
 
-    // SAFETY: sigset_t is plain data; sigfillset initializes it.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: both sets are valid; blocking signals on this thread has no
-    // other preconditions.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
+    // Every signal blocked on this thread, glibc's internal ones (32, 33)
+    // included, which its own sigfillset leaves out: by the raw system call,
+    // as glibc's posix_spawn does.
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: both masks are valid 8-byte kernel sigsets.
+    unsafe { sigprocmask_raw(&all, &mut old) };
     let mut args = ChildArgs {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -269,6 +330,7 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         mask: old,
+        stage: 0,
         err: 0,
     };
     // SAFETY: `child_main` only makes async-signal-safe calls on `args`,
@@ -283,19 +345,29 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
             (&mut args as *mut ChildArgs).cast(),
         )
     };
-    let clone_error = io::Error::last_os_error();
+    // Read at once: the restore below may change errno.
+    let clone_error = (pid < 0).then(io::Error::last_os_error);
     // SAFETY: `old` is the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    unsafe { sigprocmask_raw(&old, std::ptr::null_mut()) };
     drop(child_fds);
     drop(stack);
-    if pid < 0 {
-        return Err(clone_error);
+    if let Some(e) = clone_error {
+        return Err(e);
     }
-    // SAFETY: the child has exec'd or exited; nothing writes `err` now.
-    let err = unsafe { std::ptr::read_volatile(&args.err) };
+    // SAFETY: the child has exec'd or exited; nothing writes these now.
+    let (err, stage) = unsafe {
+        (
+            std::ptr::read_volatile(&args.err),
+            std::ptr::read_volatile(&args.stage),
+        )
+    };
     if err != 0 {
         let _ = wait(pid as u32);
-        return Err(io::Error::from_raw_os_error(err));
+        let e = io::Error::from_raw_os_error(err);
+        return Err(match STAGES.get(stage as usize) {
+            Some(s) if !s.is_empty() => io::Error::new(e.kind(), format!("{s}: {e}")),
+            _ => e,
+        });
     }
     Ok(Spawned {
         pid: pid as u32,
@@ -312,29 +384,37 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // async-signal-safe system call wrapper on data prepared beforehand.
     unsafe {
         let a = &mut *arg.cast::<ChildArgs>();
-        let fail = |a: &mut ChildArgs| -> ! {
+        let fail = |a: &mut ChildArgs, stage: libc::c_int| -> ! {
+            std::ptr::write_volatile(&mut a.stage, stage);
             std::ptr::write_volatile(&mut a.err, *libc::__errno_location());
             libc::_exit(127)
         };
         // No handler of the daemon may run here: back to the defaults
         // (ignored signals stay ignored, as across exec; SIGPIPE, which the
-        // Rust runtime ignores, is restored).
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..65 {
+        // Rust runtime ignores, is restored). The raw system call reaches
+        // glibc's internal signals too, and takes no lock.
+        for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            let mut cur: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut cur) != 0 {
+            let mut cur: KernelSigaction = std::mem::zeroed();
+            let none: *const KernelSigaction = std::ptr::null();
+            if libc::syscall(libc::SYS_rt_sigaction, sig, none, &mut cur, 8usize) != 0 {
                 continue;
             }
-            if sig == libc::SIGPIPE || cur.sa_sigaction != libc::SIG_IGN {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            if sig == libc::SIGPIPE || cur.handler != libc::SIG_IGN {
+                let dfl = KernelSigaction {
+                    handler: libc::SIG_DFL,
+                    flags: 0,
+                    restorer: 0,
+                    mask: 0,
+                };
+                let no_old: *mut KernelSigaction = std::ptr::null_mut();
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, no_old, 8usize);
             }
         }
         if libc::setpgid(0, 0) != 0 {
-            fail(a);
+            fail(a, STAGE_SETPGID);
         }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -344,22 +424,23 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             0,
         ) != 0
         {
-            fail(a);
+            fail(a, STAGE_PDEATHSIG);
         }
         // The daemon may have died before the prctl; then no signal would
         // ever come.
         if libc::getppid() != a.parent {
-            libc::_exit(127);
+            *libc::__errno_location() = libc::ESRCH;
+            fail(a, STAGE_PDEATHSIG);
         }
         for (target, &fd) in a.fds.iter().enumerate() {
             // `fd` is above 2 (see `above_stdio`); dup2 clears close-on-exec
             // on the copy.
             if libc::dup2(fd, target as libc::c_int) < 0 {
-                fail(a);
+                fail(a, STAGE_DUP2);
             }
         }
         if libc::chdir(a.cwd) != 0 {
-            fail(a);
+            fail(a, STAGE_CHDIR);
         }
         for k in 0..a.rlimits_len {
             let (resource, value) = *a.rlimits.add(k);
@@ -368,12 +449,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 rlim_max: value,
             };
             if libc::setrlimit(resource, &lim) != 0 {
-                fail(a);
+                fail(a, STAGE_RLIMIT);
             }
         }
-        libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
+        sigprocmask_raw(&a.mask, std::ptr::null_mut());
         libc::execve(a.program, a.argv, a.envp);
-        fail(a)
+        fail(a, STAGE_EXEC)
     }
 }
 
@@ -391,4 +472,111 @@ pub fn child_env<'a>(
         env.remove(OsStr::new(k));
     }
     env.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn env_with(k: &str, v: &str) -> Vec<(OsString, OsString)> {
+        child_env([(k, v)], &["CLAUDECODE"])
+    }
+
+    #[test]
+    fn runs_the_program_with_its_args_env_directory_and_pipes() {
+        let plan = Plan::new(
+            "sh",
+            &[
+                "-c".into(),
+                "echo \"$GREETING\"; pwd; echo oops >&2; cat".into(),
+            ],
+            Path::new("/tmp"),
+            &env_with("GREETING", "hello"),
+            true,
+            Vec::new(),
+        )
+        .unwrap();
+        let mut child = spawn(&plan).unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"from stdin\n").unwrap();
+        }
+        let mut out = String::new();
+        child.stdout.read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        child.stderr.read_to_string(&mut err).unwrap();
+        assert!(wait(child.pid).unwrap().success());
+        assert_eq!(out, "hello\n/tmp\nfrom stdin\n");
+        assert_eq!(err, "oops\n");
+    }
+
+    #[test]
+    fn the_child_leads_its_own_process_group() {
+        let plan = Plan::new(
+            "sh",
+            &["-c".into(), "cut -d' ' -f5 /proc/$$/stat".into()],
+            Path::new("/"),
+            &env_with("X", "1"),
+            false,
+            Vec::new(),
+        )
+        .unwrap();
+        let mut child = spawn(&plan).unwrap();
+        let mut out = String::new();
+        child.stdout.read_to_string(&mut out).unwrap();
+        wait(child.pid).unwrap();
+        assert_eq!(out.trim(), child.pid.to_string());
+    }
+
+    #[test]
+    fn failures_say_which_step_and_why() {
+        let env = env_with("X", "1");
+        let missing = Plan::new(
+            "no-such-program-here",
+            &[],
+            Path::new("/"),
+            &env,
+            false,
+            vec![],
+        );
+        assert_eq!(
+            missing.err().map(|e| e.raw_os_error()),
+            Some(Some(libc::ENOENT))
+        );
+
+        let plan = Plan::new(
+            "/bin/true",
+            &[],
+            Path::new("/no/such/dir"),
+            &env,
+            false,
+            vec![],
+        );
+        let e = spawn(&plan.unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("entering the working directory: "),
+            "{e}"
+        );
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+
+        // A file that is not executable: exec's own error, unprefixed.
+        let file = std::env::temp_dir().join(format!("ms-spawn-test-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let plan = Plan::new(
+            file.to_str().unwrap(),
+            &[],
+            Path::new("/"),
+            &env,
+            false,
+            vec![],
+        );
+        let e = spawn(&plan.unwrap()).unwrap_err();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    }
 }
