@@ -175,10 +175,15 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// The child's stack: mapped for each spawn and unmapped after, so that
-/// none of it stays in the allocator's arenas (the spawner threads each
-/// have one) to count in the daemon's RSS.
+/// The child's stack: a mapping of its own rather than heap memory, so
+/// that none of it stays in the allocator's arenas (the spawner threads
+/// each have one) to count in the daemon's RSS; only the pages a child
+/// touched are resident.
 struct Stack(*mut libc::c_void);
+
+thread_local! {
+    static STACK: std::cell::RefCell<Option<Stack>> = const { std::cell::RefCell::new(None) };
+}
 
 impl Stack {
     fn new() -> io::Result<Stack> {
@@ -306,7 +311,16 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         .map(|c| c.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let stack = Stack::new()?;
+    // One stack per spawning thread, kept: the child is done with it when
+    // `clone` returns, and unmapping it each time costs a TLB shootdown
+    // across the daemon's CPUs.
+    let top = STACK.with(|s| -> io::Result<*mut libc::c_void> {
+        let mut s = s.borrow_mut();
+        if s.is_none() {
+            *s = Some(Stack::new()?);
+        }
+        Ok(s.as_ref().map_or(std::ptr::null_mut(), Stack::top))
+    })?;
 
     // Every signal blocked on this thread, glibc's internal ones (32, 33)
     // included, which its own sigfillset leaves out: by the raw system call,
@@ -334,13 +348,13 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         err: 0,
     };
     // SAFETY: `child_main` only makes async-signal-safe calls on `args`,
-    // which, like `stack`, `argv`, `envp` and `plan`, outlives the child's
+    // which, like this thread's stack, `argv`, `envp` and `plan`, outlives the child's
     // use of it: with CLONE_VFORK this thread resumes only once the child
     // has exec'd or exited.
     let pid = unsafe {
         libc::clone(
             child_main,
-            stack.top(),
+            top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut args as *mut ChildArgs).cast(),
         )
@@ -350,7 +364,6 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
     // SAFETY: `old` is the mask saved above.
     unsafe { sigprocmask_raw(&old, std::ptr::null_mut()) };
     drop(child_fds);
-    drop(stack);
     if let Some(e) = clone_error {
         return Err(e);
     }
