@@ -812,6 +812,20 @@ fn raw_client(args: &[String]) {
     mister_smith::cli::exit_now(0);
 }
 
+/// Runs `cmd` once (stdout discarded) and returns its wall time in ms. A
+/// failed run is reported and left out, not fatal: figures are medians
+/// over the others.
+fn timed(what: &str, cmd: &mut Command) -> Option<f64> {
+    let t = Instant::now();
+    match cmd.stdout(Stdio::null()).status() {
+        Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
+        other => {
+            eprintln!("bench: {what} failed: {other:?}");
+            None
+        }
+    }
+}
+
 fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     let dir = work.sub("send");
     let d = Daemon::start(
@@ -825,55 +839,30 @@ fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> 
     let echo = Echo::start(&nats.url, "floor.send", Some(b"pong"));
     let me = std::env::current_exe().expect("own path");
     let send = || {
-        let t = Instant::now();
-        let status = Command::new(&bins.ms)
-            .args(["--nats", &nats.url, "send", "--to", "echo", "--wait", "hi"])
-            .env_remove("MISTER_SMITH_CONFIG")
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
-            other => {
-                eprintln!("bench: send failed: {other:?}");
-                None
-            }
-        }
+        timed(
+            "send",
+            Command::new(&bins.ms)
+                .args(["--nats", &nats.url, "send", "--to", "echo", "--wait", "hi"])
+                .env_remove("MISTER_SMITH_CONFIG")
+                .current_dir(&dir),
+        )
     };
     let raw_task = || {
-        let t = Instant::now();
-        let status = Command::new(&me)
-            .args([
+        timed(
+            "raw task client",
+            Command::new(&me).args([
                 "--raw-client",
                 &nats.url,
                 "mister-smith.claude.echo.task_assignment",
                 "--task",
-            ])
-            .stdout(Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
-            other => {
-                eprintln!("bench: raw task client failed: {other:?}");
-                None
-            }
-        }
+            ]),
+        )
     };
     let raw = || {
-        let t = Instant::now();
-        let status = Command::new(&me)
-            .args(["--raw-client", &nats.url, "floor.send"])
-            .stdout(Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),
-            // A failed sample is reported and left out, not fatal: the
-            // floor is a median over the others.
-            other => {
-                eprintln!("bench: raw client failed: {other:?}");
-                None
-            }
-        }
+        timed(
+            "raw client",
+            Command::new(&me).args(["--raw-client", &nats.url, "floor.send"]),
+        )
     };
     // Warm both up, then alternate one of each, so that the machine's load
     // drifting during the run weighs on both alike.
