@@ -22,13 +22,17 @@ pub const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 /// Bounds a command that waits at most `within` for answers: past that and
 /// a margin for connecting, it ends with exit 75 (retry later).
 pub fn bound_command(within: Duration) {
-    let bound = within + CONNECT_MARGIN;
+    bound_total(within + CONNECT_MARGIN);
+}
+
+/// Ends the command with exit 75 and one line once `limit` has passed.
+pub fn bound_total(limit: Duration) {
     bound::arm(
-        bound,
+        limit,
         bound::Stream::Stderr,
         &format!(
             "mister-smith: error: gave up after {} ms without an answer",
-            bound.as_millis()
+            limit.as_millis()
         ),
         exit::TEMPORARY,
     );

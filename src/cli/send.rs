@@ -177,15 +177,7 @@ pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     } else {
         client::ACK_WAIT * 3
     };
-    bound::arm(
-        limit,
-        bound::Stream::Stderr,
-        &format!(
-            "mister-smith: error: gave up after {} ms without an answer",
-            limit.as_millis()
-        ),
-        exit::TEMPORARY,
-    );
+    client::bound_total(limit);
     bound::phase(bound::Phase::Connecting);
     let mut client = client::connect(cli)?;
     if message_type != MessageType::TaskAssignment {
