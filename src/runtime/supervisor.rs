@@ -529,7 +529,10 @@ impl Supervisor {
         if a.spec.protocol != Protocol::None {
             if to == State::Idle {
                 let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
-            } else if from == State::Idle {
+            } else if from == State::Idle && to != State::Busy {
+                // Busy only ever follows the dispatcher's own assignment, so
+                // it knows already; waking its thread in the task's first
+                // microseconds would cost the agent a CPU on a small host.
                 let _ = self.links.dispatch.send(DispatchCmd::NotReady(i));
             }
         }
