@@ -275,6 +275,10 @@ unsafe fn sigprocmask_raw(set: *const u64, old: *mut u64) {
     );
 }
 
+// The layout below is the kernel's on these two; others would need theirs.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("spawn.rs knows the kernel's struct sigaction on x86_64 and aarch64 only");
+
 /// The kernel's `struct sigaction` on x86_64 and aarch64.
 #[repr(C)]
 struct KernelSigaction {
