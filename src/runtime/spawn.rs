@@ -5,10 +5,11 @@
 //! Why not `std::process::Command`: it can only run code in the child (a
 //! `pre_exec` hook, which PDEATHSIG needs) by falling back to `fork`, and
 //! `fork` copies the daemon's page tables and then pays a copy-on-write
-//! fault for every page either side touches. Measured on the 2-core VM
-//! this project is benchmarked on: 460 µs per spawn with `fork` against
-//! 120 µs with `posix_spawn` — most of what the daemon added to a restart
-//! and to a cold start.
+//! fault for every page either side touches. The bench's `spawn` row
+//! measures it (`cargo run --release --example bench -- --only spawn`): on
+//! the 2-core VM this project is benchmarked on, 0.36 ms per spawn with
+//! `fork`, 0.08 ms with `posix_spawn`, 0.07 ms here — and the fork was most
+//! of what the daemon added to a restart and to a cold start.
 //!
 //! The child shares the daemon's memory until it execs, so it runs only
 //! system call wrappers on values prepared beforehand: no allocation, no
