@@ -995,7 +995,6 @@ fn dispatcher(n: usize) -> Vec<Row> {
         origin: Origin::default(),
         submitted: now,
         seq: 0,
-        acked: false,
     };
     let priorities = [5u8, 1, 10, 3, 7];
     // Steady state: a standing queue of 10,000 tasks, then one push and one

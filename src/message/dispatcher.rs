@@ -56,11 +56,6 @@ pub struct Task {
     pub submitted: Instant,
     /// Arrival order, set by the queue.
     pub seq: u64,
-    /// Whether its `queued` acknowledgement has gone out. A task handed
-    /// straight to an idle agent is acknowledged by the supervisor once
-    /// the agent has it, after the stdin write and in the same stream as
-    /// its result (so the acknowledgement still comes first).
-    pub acked: bool,
 }
 
 /// The order of the heaps: a smaller priority number first, then the
@@ -300,33 +295,27 @@ pub fn run(
                     DispatchCmd::Submit(mut task) => {
                         queue.stamp(&mut task);
                         if let Some(i) = idle.take_for(&task.target) {
-                            // Acknowledged by the supervisor (see `acked`).
+                            sink.accepted(&task, 0);
                             sink.assign(i, task);
                         } else {
                             let seq = task.seq;
                             match queue.push(task) {
                                 Ok(()) => {
-                                    let position = queue.len();
-                                    if let Some(t) = queue.tasks.get_mut(&seq) {
-                                        sink.accepted(t, position);
-                                        t.acked = true;
+                                    if let Some(t) = queue.tasks.get(&seq) {
+                                        sink.accepted(t, queue.len());
                                     }
                                 }
                                 Err((task, why)) => sink.refused(&task, why),
                             }
                         }
                     }
-                    DispatchCmd::Requeue(mut task) => {
+                    DispatchCmd::Requeue(task) => {
                         if closed {
                             sink.cancelled(&task);
                         } else if let Some(i) = idle.take_for(&task.target) {
                             // Another idle agent that fits takes it now.
                             sink.assign(i, task);
                         } else {
-                            if !task.acked {
-                                sink.accepted(&task, queue.len() + 1);
-                                task.acked = true;
-                            }
                             queue.requeue(task);
                         }
                     }
@@ -436,7 +425,6 @@ mod tests {
             origin: Origin::default(),
             submitted: now,
             seq: 0,
-            acked: false,
         }
     }
 
@@ -576,7 +564,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                // Straight to an idle agent: the supervisor acknowledges it.
+                "accepted t1 0",
                 "assign 1 t1",
                 "accepted t2 1",
                 "refused t3 Full { capacity: 1 }",
@@ -587,36 +575,5 @@ mod tests {
             ]
         );
         assert_eq!(queued.load(Ordering::Relaxed), 0);
-    }
-
-    /// A task sent straight to an agent that could not take it is
-    /// acknowledged once, when it is queued; never twice.
-    #[test]
-    fn a_requeued_task_is_acknowledged_once() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let log = Arc::new(Log::default());
-        let queued = Arc::new(AtomicUsize::new(0));
-        let types = vec!["claude".to_string()];
-        let (l, q) = (log.clone(), queued.clone());
-        let h = std::thread::spawn(move || run(&rx, 10, &types, &q, &*l));
-        tx.send(DispatchCmd::Ready(0)).unwrap();
-        tx.send(DispatchCmd::Submit(task("t1", 5, Target::Agent(0))))
-            .unwrap();
-        // The agent was not idle after all: the supervisor hands it back.
-        tx.send(DispatchCmd::Requeue(task("t1", 5, Target::Agent(0))))
-            .unwrap();
-        tx.send(DispatchCmd::Ready(0)).unwrap();
-        let mut acked = task("t2", 5, Target::Agent(0));
-        acked.acked = true;
-        tx.send(DispatchCmd::Requeue(acked)).unwrap();
-        drop(tx);
-        h.join().unwrap();
-        let got = log.0.lock().unwrap().clone();
-        assert_eq!(
-            got,
-            ["assign 0 t1", "accepted t1 1", "assign 0 t1"],
-            "t2 was acknowledged before: queued without another"
-        );
-        assert_eq!(queued.load(Ordering::Relaxed), 1);
     }
 }

@@ -370,7 +370,6 @@ impl Inbound {
                 origin: origin.clone(),
                 submitted: now,
                 seq: 0,
-                acked: false,
             };
             let _ = self.dispatch.send(DispatchCmd::Submit(task));
         }
@@ -536,25 +535,6 @@ pub struct DaemonSink {
     pub outbox: Outbox,
 }
 
-/// The acknowledgement of task `t`, taken by `agent_id` ("any" for a task
-/// to a type) at queue position `position`: its reply subject and the
-/// envelope, or `None` when the sender asked for no answers.
-pub fn queued_ack(t: &Task, agent_id: String, position: usize) -> Option<(String, Envelope)> {
-    let reply_to = t.origin.reply_to.clone()?;
-    let progress = TaskProgress {
-        task_id: t.task_id.clone(),
-        agent_id,
-        event: RawEvent::from_value(&json!({
-            "type": "system",
-            "subtype": "queued",
-            "position": position,
-            "timeout_ms": t.timeout.as_millis() as u64,
-        })),
-    };
-    let env = answer_to(Envelope::new(Payload::TaskProgress(progress)), &t.origin);
-    Some((reply_to, env))
-}
-
 impl DaemonSink {
     fn agent_id(&self, t: &Task) -> String {
         match &t.target {
@@ -598,8 +578,21 @@ impl DispatchSink for DaemonSink {
     }
 
     fn accepted(&self, t: &Task, position: usize) {
-        if let Some((reply_to, env)) = queued_ack(t, self.agent_id(t), position) {
-            self.outbox.reply(&reply_to, &env);
+        if let Some(r) = &t.origin.reply_to {
+            let progress = TaskProgress {
+                task_id: t.task_id.clone(),
+                agent_id: self.agent_id(t),
+                event: RawEvent::from_value(&json!({
+                    "type": "system",
+                    "subtype": "queued",
+                    "position": position,
+                    "timeout_ms": t.timeout.as_millis() as u64,
+                })),
+            };
+            self.outbox.reply(
+                r,
+                &answer_to(Envelope::new(Payload::TaskProgress(progress)), &t.origin),
+            );
         }
     }
 

@@ -25,9 +25,9 @@ use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::config::{AgentSpec, Protocol};
-use crate::message::dispatcher::{DispatchCmd, Target, Task};
+use crate::message::dispatcher::{DispatchCmd, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
-use crate::message::router::{alert, answer_to, queued_ack, RoutingTable};
+use crate::message::router::{alert, answer_to, RoutingTable};
 use crate::message::schemas::{
     AgentRegistration, AgentStatus, CommandType, HealthReport, RawEvent, TaskProgress, TaskResult,
     TaskStatus,
@@ -800,7 +800,7 @@ impl Supervisor {
 
     /// Starts `task` on agent `i`, or hands it back to the dispatcher if the
     /// agent is no longer idle.
-    fn assign(&mut self, i: usize, mut task: Task) {
+    fn assign(&mut self, i: usize, task: Task) {
         if self.shutdown.is_some() {
             self.answer_unstarted(
                 i,
@@ -872,19 +872,6 @@ impl Supervisor {
                 );
                 return;
             }
-        }
-        // The agent has it: acknowledge a task that came straight here
-        // (after the write, so the acknowledgement is off the task's path,
-        // and before anything of its result can be published).
-        if !task.acked {
-            let agent_id = match &task.target {
-                Target::Agent(_) => a.spec.id.clone(),
-                Target::Type(_) => "any".to_string(),
-            };
-            if let Some((reply_to, env)) = queued_ack(&task, agent_id, 0) {
-                self.links.outbox.reply(&reply_to, &env);
-            }
-            task.acked = true;
         }
         log::info!(
             "agent {}: task {} started (priority {})",
