@@ -245,10 +245,12 @@ impl Queue {
 /// Requests to the dispatcher thread.
 #[derive(Debug)]
 pub enum DispatchCmd {
-    /// A new task from a sender.
-    Submit(Task),
+    /// New tasks from one request: one, or one per agent of `--to all`.
+    /// All of them are acknowledged before any is handed over, so that
+    /// every acknowledgement goes out before the first result can.
+    Submit(Vec<Task>),
     /// A task the supervisor could not start (the agent was no longer idle).
-    Requeue(Task),
+    Requeue(Box<Task>),
     /// Agent `usize` is idle and can take a task.
     Ready(usize),
     /// Agent `usize` is no longer idle.
@@ -291,25 +293,36 @@ pub fn run(
             recv(inbox) -> cmd => {
                 let Ok(cmd) = cmd else { return };
                 match cmd {
-                    DispatchCmd::Submit(task) if closed => sink.refused(&task, Refusal::ShuttingDown),
-                    DispatchCmd::Submit(mut task) => {
-                        queue.stamp(&mut task);
-                        if let Some(i) = idle.take_for(&task.target) {
-                            sink.accepted(&task, 0);
-                            sink.assign(i, task);
-                        } else {
-                            let seq = task.seq;
-                            match queue.push(task) {
-                                Ok(()) => {
-                                    if let Some(t) = queue.tasks.get(&seq) {
-                                        sink.accepted(t, queue.len());
+                    DispatchCmd::Submit(tasks) if closed => {
+                        for task in &tasks {
+                            sink.refused(task, Refusal::ShuttingDown);
+                        }
+                    }
+                    DispatchCmd::Submit(tasks) => {
+                        let mut start = Vec::new();
+                        for mut task in tasks {
+                            queue.stamp(&mut task);
+                            if let Some(i) = idle.take_for(&task.target) {
+                                sink.accepted(&task, 0);
+                                start.push((i, task));
+                            } else {
+                                let seq = task.seq;
+                                match queue.push(task) {
+                                    Ok(()) => {
+                                        if let Some(t) = queue.tasks.get(&seq) {
+                                            sink.accepted(t, queue.len());
+                                        }
                                     }
+                                    Err((task, why)) => sink.refused(&task, why),
                                 }
-                                Err((task, why)) => sink.refused(&task, why),
                             }
+                        }
+                        for (i, task) in start {
+                            sink.assign(i, task);
                         }
                     }
                     DispatchCmd::Requeue(task) => {
+                        let task = *task;
                         if closed {
                             sink.cancelled(&task);
                         } else if let Some(i) = idle.take_for(&task.target) {
@@ -541,22 +554,22 @@ mod tests {
         let (l, q) = (log.clone(), queued.clone());
         let h = std::thread::spawn(move || run(&rx, 1, &types, &q, &*l));
         tx.send(DispatchCmd::Ready(1)).unwrap();
-        tx.send(DispatchCmd::Submit(task(
+        tx.send(DispatchCmd::Submit(vec![task(
             "t1",
             5,
             Target::Type("claude".into()),
-        )))
+        )]))
         .unwrap();
-        tx.send(DispatchCmd::Submit(task("t2", 5, Target::Agent(0))))
+        tx.send(DispatchCmd::Submit(vec![task("t2", 5, Target::Agent(0))]))
             .unwrap();
-        tx.send(DispatchCmd::Submit(task("t3", 5, Target::Agent(0))))
+        tx.send(DispatchCmd::Submit(vec![task("t3", 5, Target::Agent(0))]))
             .unwrap();
         tx.send(DispatchCmd::Ready(0)).unwrap();
-        tx.send(DispatchCmd::Submit(task("t4", 5, Target::Agent(1))))
+        tx.send(DispatchCmd::Submit(vec![task("t4", 5, Target::Agent(1))]))
             .unwrap();
         let (done, _) = crossbeam_channel::bounded(1);
         tx.send(DispatchCmd::Shutdown(done)).unwrap();
-        tx.send(DispatchCmd::Submit(task("t5", 5, Target::Agent(1))))
+        tx.send(DispatchCmd::Submit(vec![task("t5", 5, Target::Agent(1))]))
             .unwrap();
         drop(tx);
         h.join().unwrap();
@@ -575,5 +588,31 @@ mod tests {
             ]
         );
         assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// `--to all`: every task of the request is acknowledged before the
+    /// first is handed over, so no result can overtake an acknowledgement.
+    #[test]
+    fn a_request_for_several_agents_is_acknowledged_before_it_starts() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let log = Arc::new(Log::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let types = vec!["claude".to_string(), "claude".to_string()];
+        let (l, q) = (log.clone(), queued.clone());
+        let h = std::thread::spawn(move || run(&rx, 10, &types, &q, &*l));
+        tx.send(DispatchCmd::Ready(0)).unwrap();
+        tx.send(DispatchCmd::Ready(1)).unwrap();
+        tx.send(DispatchCmd::Submit(vec![
+            task("a", 5, Target::Agent(0)),
+            task("b", 5, Target::Agent(1)),
+        ]))
+        .unwrap();
+        drop(tx);
+        h.join().unwrap();
+        let got = log.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            ["accepted a 0", "accepted b 0", "assign 0 a", "assign 1 b"]
+        );
     }
 }

@@ -358,8 +358,9 @@ impl Inbound {
             .timeout_ms
             .map_or(self.default_timeout, Duration::from_millis);
         let now = Instant::now();
+        let mut tasks = Vec::with_capacity(targets.len());
         for target in targets {
-            let task = Task {
+            tasks.push(Task {
                 task_id: t.task_id.clone(),
                 prompt: t.prompt.clone(),
                 context: t.context.clone(),
@@ -370,9 +371,9 @@ impl Inbound {
                 origin: origin.clone(),
                 submitted: now,
                 seq: 0,
-            };
-            let _ = self.dispatch.send(DispatchCmd::Submit(task));
+            });
         }
+        let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
         Ok(())
     }
 

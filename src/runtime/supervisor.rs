@@ -811,7 +811,10 @@ impl Supervisor {
             return;
         }
         if self.agents[i].state != State::Idle {
-            let _ = self.links.dispatch.send(DispatchCmd::Requeue(task));
+            let _ = self
+                .links
+                .dispatch
+                .send(DispatchCmd::Requeue(Box::new(task)));
             return;
         }
         let a = &mut self.agents[i];
@@ -828,7 +831,10 @@ impl Supervisor {
                     .as_ref()
                     .is_some_and(|c| c.write_line(line.to_string().into_bytes()));
                 if !sent {
-                    let _ = self.links.dispatch.send(DispatchCmd::Requeue(task));
+                    let _ = self
+                        .links
+                        .dispatch
+                        .send(DispatchCmd::Requeue(Box::new(task)));
                     return;
                 }
             }
