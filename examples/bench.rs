@@ -674,16 +674,23 @@ fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
     out
 }
 
-fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
-    let dir = work.sub("rtt");
+/// A daemon on `nats` with one fake-claude echo agent (no delay), ready:
+/// connected and the agent idle.
+fn echo_daemon(bins: &Bins, dir: &Path, nats: &Nats) -> Daemon {
     let d = Daemon::start(
         bins,
-        &dir,
+        dir,
         &serde_json::json!({"agents": [{"id": "echo", "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
         Some(&nats.url),
     );
     d.wait_for("NATS connected", 1, Duration::from_secs(20));
     d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
+    d
+}
+
+fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
+    let dir = work.sub("rtt");
+    let d = echo_daemon(bins, &dir, nats);
     let nc = fast_connect(&nats.url);
     // Floor: raw request/reply between two connections, both flushing.
     let echo = Echo::start(&nats.url, "floor.echo", None);
@@ -832,14 +839,7 @@ fn timed(what: &str, cmd: &mut Command) -> Option<f64> {
 
 fn send_process(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     let dir = work.sub("send");
-    let d = Daemon::start(
-        bins,
-        &dir,
-        &serde_json::json!({"agents": [{"id": "echo", "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
-        Some(&nats.url),
-    );
-    d.wait_for("NATS connected", 1, Duration::from_secs(20));
-    d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
+    let d = echo_daemon(bins, &dir, nats);
     let echo = Echo::start(&nats.url, "floor.send", Some(b"pong"));
     let me = std::env::current_exe().expect("own path");
     let send = || {
