@@ -63,6 +63,20 @@ fn main() {
         .cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let json = args.iter().any(|a| a == "--json");
+    // `--tasks N`: how many tasks the round trip measures (steadier
+    // medians when comparing two builds).
+    let tasks = args
+        .iter()
+        .position(|a| a == "--tasks")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok());
+    // `--against PATH`: another build's binary, for the round trip to
+    // compare with ours in the same run.
+    let against = args
+        .iter()
+        .position(|a| a == "--against")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     let bins = Bins::find();
     let work = Scratch::new();
     let mut rows = Vec::new();
@@ -88,7 +102,8 @@ fn main() {
             &bins,
             &work,
             &nats,
-            if quick { 50 } else { 2000 },
+            tasks.unwrap_or(if quick { 50 } else { 2000 }),
+            against.as_deref(),
         ));
     }
     if want("send") {
@@ -261,18 +276,62 @@ impl Drop for Scratch {
     }
 }
 
-/// `mister-smith run` with its stderr read line by line.
+/// Has `cmd`'s process killed when the bench's main thread ends, however
+/// it ends: the release profile aborts on a panic, so no destructor would
+/// stop a daemon or a nats-server left running.
+fn dies_with_bench(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// `mister-smith run`, its log read for readiness.
 struct Daemon {
     child: Child,
-    lines: crossbeam_channel::Receiver<String>,
-    seen: std::cell::RefCell<Vec<String>>,
+    log: Log,
+}
+
+/// Where a bench daemon's log goes.
+enum Log {
+    /// A pipe, read line by line as they come: for rows that time the
+    /// lines themselves (cold start).
+    Pipe {
+        lines: crossbeam_channel::Receiver<String>,
+        seen: std::cell::RefCell<Vec<String>>,
+    },
+    /// A file, read only while waiting for readiness: for rows timed while
+    /// the daemon logs every task, so that this process does not wake for
+    /// each line (on 2 cores that reader ran on the path it measures, 36 µs
+    /// at a time).
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum LogTo {
+    Pipe,
+    File,
 }
 
 impl Daemon {
-    fn start(bins: &Bins, dir: &Path, config: &serde_json::Value, nats: Option<&str>) -> Daemon {
+    fn start(
+        bins: &Bins,
+        dir: &Path,
+        config: &serde_json::Value,
+        nats: Option<&str>,
+        log_to: LogTo,
+    ) -> Daemon {
         let cfg = dir.join("mister-smith.json");
         std::fs::write(&cfg, serde_json::to_vec(config).expect("json")).expect("write config");
         let mut cmd = Command::new(&bins.ms);
+        dies_with_bench(&mut cmd);
         cmd.arg("--config")
             .arg(&cfg)
             .arg("--socket")
@@ -282,44 +341,67 @@ impl Daemon {
             .env("MISTER_SMITH_LOG", "info")
             .env_remove("NATS_URL")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::null());
+        let log_file = dir.join("daemon.log");
+        if log_to == LogTo::File {
+            cmd.stderr(std::fs::File::create(&log_file).expect("daemon log file"));
+        } else {
+            cmd.stderr(Stdio::piped());
+        }
         if let Some(url) = nats {
             cmd.env("NATS_URL", url);
         }
         let mut child = cmd.spawn().expect("start the daemon");
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = crossbeam_channel::unbounded();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
+        let log = match child.stderr.take() {
+            None => Log::File(log_file),
+            Some(err) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                std::thread::spawn(move || {
+                    for l in BufReader::new(err).lines().map_while(Result::ok) {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Log::Pipe {
+                    lines: rx,
+                    seen: std::cell::RefCell::new(Vec::new()),
                 }
             }
-        });
-        Daemon {
-            child,
-            lines: rx,
-            seen: std::cell::RefCell::new(Vec::new()),
-        }
+        };
+        Daemon { child, log }
     }
 
     /// Waits until `n` lines containing `needle` have been logged.
     fn wait_for(&self, needle: &str, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
+        let count =
+            |lines: &mut dyn Iterator<Item = &str>| lines.filter(|l| l.contains(needle)).count();
         loop {
-            let count = self
-                .seen
-                .borrow()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if count >= n {
+            let seen = match &self.log {
+                Log::Pipe { seen, .. } => count(&mut seen.borrow().iter().map(String::as_str)),
+                Log::File(path) => {
+                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    count(&mut text.lines())
+                }
+            };
+            if seen >= n {
                 return;
             }
-            match self.lines.recv_deadline(deadline) {
-                Ok(l) => self.seen.borrow_mut().push(l),
-                Err(_) => panic!("bench: only {count} of {n} lines {needle:?} within {within:?}"),
+            let fail = || panic!("bench: only {seen} of {n} lines {needle:?} within {within:?}");
+            match &self.log {
+                Log::Pipe { lines, seen } => match lines.recv_deadline(deadline) {
+                    Ok(l) => seen.borrow_mut().push(l),
+                    Err(_) => fail(),
+                },
+                Log::File(_) => {
+                    if Instant::now() >= deadline {
+                        fail();
+                    }
+                    // A file has no readiness signal; this is setup, not a
+                    // timed part of any row.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
         }
     }
@@ -394,11 +476,12 @@ fn restart_latency(bins: &Bins, work: &Scratch, restarts: usize) -> Vec<Row> {
         &serde_json::json!({"agents": [{"id": "w", "command": w, "args": [ours_file], "protocol": "none",
             "restart": {"policy": "always", "initial_delay_ms": 0, "max_restarts": 1_000_000, "window_ms": 1000}}]}),
         None,
+        LogTo::File,
     );
     wait_stamps(&ours_file, restarts + 1, Duration::from_secs(120));
     d.stop();
     let floor_file = dir.join("floor");
-    let mut sh = Command::new("bash")
+    let mut sh = dies_with_bench(&mut Command::new("bash"))
         .args([
             "-c",
             &format!(
@@ -440,7 +523,13 @@ fn cold_start(bins: &Bins, work: &Scratch, n: usize, runs: usize) -> Vec<Row> {
             .map(|i| serde_json::json!({"id": format!("w{i}"), "command": w, "args": [dir.join(format!("s{i}"))], "protocol": "none"}))
             .collect();
         let t0 = now_epoch();
-        let d = Daemon::start(bins, &dir, &serde_json::json!({"agents": agents}), None);
+        let d = Daemon::start(
+            bins,
+            &dir,
+            &serde_json::json!({"agents": agents}),
+            None,
+            LogTo::Pipe,
+        );
         let files: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("s{i}"))).collect();
         for f in &files {
             wait_stamps(f, 1, Duration::from_secs(60));
@@ -463,7 +552,7 @@ fn cold_start(bins: &Bins, work: &Scratch, n: usize, runs: usize) -> Vec<Row> {
             })
             .collect();
         let t0 = now_epoch();
-        let mut sh = Command::new("bash")
+        let mut sh = dies_with_bench(&mut Command::new("bash"))
             .args(["-c", &format!("{script} wait")])
             .process_group(0)
             .spawn()
@@ -488,7 +577,13 @@ fn cold_start(bins: &Bins, work: &Scratch, n: usize, runs: usize) -> Vec<Row> {
             .map(|i| serde_json::json!({"id": format!("c{i}"), "command": bins.fake}))
             .collect();
         let t0 = Instant::now();
-        let d = Daemon::start(bins, &cdir, &serde_json::json!({"agents": agents}), None);
+        let d = Daemon::start(
+            bins,
+            &cdir,
+            &serde_json::json!({"agents": agents}),
+            None,
+            LogTo::Pipe,
+        );
         d.wait_for("initializing -> idle", n, Duration::from_secs(60));
         claude.push(t0.elapsed().as_secs_f64() * 1000.0);
         d.stop();
@@ -536,7 +631,13 @@ fn memory(bins: &Bins, work: &Scratch, sizes: &[usize]) -> Vec<Row> {
         let agents: Vec<serde_json::Value> = (0..n)
             .map(|i| serde_json::json!({"id": format!("m{i}"), "command": w, "args": [dir.join(format!("s{i}"))], "protocol": "none"}))
             .collect();
-        let d = Daemon::start(bins, &dir, &serde_json::json!({"agents": agents}), None);
+        let d = Daemon::start(
+            bins,
+            &dir,
+            &serde_json::json!({"agents": agents}),
+            None,
+            LogTo::Pipe,
+        );
         d.wait_for("initializing -> idle", n, Duration::from_secs(120));
         // Let the first tracker scan and the startup settle.
         std::thread::sleep(Duration::from_secs(3));
@@ -570,7 +671,7 @@ impl Nats {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut child = Command::new("nats-server")
+        let mut child = dies_with_bench(&mut Command::new("nats-server"))
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -677,20 +778,43 @@ fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
 /// A daemon on `nats` with one fake-claude echo agent (no delay), ready:
 /// connected and the agent idle.
 fn echo_daemon(bins: &Bins, dir: &Path, nats: &Nats) -> Daemon {
+    echo_daemon_as(bins, dir, nats, "echo")
+}
+
+/// [`echo_daemon`] with agent id `id`.
+fn echo_daemon_as(bins: &Bins, dir: &Path, nats: &Nats, id: &str) -> Daemon {
     let d = Daemon::start(
         bins,
         dir,
-        &serde_json::json!({"agents": [{"id": "echo", "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
+        &serde_json::json!({"agents": [{"id": id, "command": bins.fake, "env": {"FAKE_CLAUDE_TURNS": "0"}}]}),
         Some(&nats.url),
+        LogTo::File,
     );
     d.wait_for("NATS connected", 1, Duration::from_secs(20));
     d.wait_for("initializing -> idle", 1, Duration::from_secs(20));
     d
 }
 
-fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
+/// `against`: another build of mister-smith, whose daemon runs the same
+/// tasks in rounds alternating with ours (to compare two builds within one
+/// run, since the drift between runs here is larger than most changes).
+fn round_trip(
+    bins: &Bins,
+    work: &Scratch,
+    nats: &Nats,
+    n: usize,
+    against: Option<&Path>,
+) -> Vec<Row> {
     let dir = work.sub("rtt");
     let d = echo_daemon(bins, &dir, nats);
+    let other = against.map(|ms| {
+        let other_bins = Bins {
+            ms: ms.to_path_buf(),
+            fake: bins.fake.clone(),
+        };
+        echo_daemon_as(&other_bins, &work.sub("rtt-against"), nats, "other")
+    });
+    let other_subject = "mister-smith.claude.other.task_assignment";
     let nc = fast_connect(&nats.url);
     // Floor: raw request/reply between two connections, both flushing.
     let echo = Echo::start(&nats.url, "floor.echo", None);
@@ -718,15 +842,25 @@ fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     // shared machine drifting during the run weighs on both alike.
     let rounds = 10;
     let (mut ours, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut theirs = Vec::new();
+    if other.is_some() {
+        task_loop(&nc, other_subject, n / 10 + 1);
+    }
     for _ in 0..rounds {
         ours.extend(task_loop(&nc, subject, n / rounds));
+        if other.is_some() {
+            theirs.extend(task_loop(&nc, other_subject, n / rounds));
+        }
         floor.extend(floor_loop(n / rounds));
     }
     echo.stop();
     d.stop();
+    if let Some(o) = other {
+        o.stop();
+    }
     let mut turn = agent_turns(bins, n);
     let (m_ours, m_floor, m_turn) = (median(&mut ours), median(&mut floor), median(&mut turn));
-    vec![
+    let mut rows = vec![
         Row {
             name: "task round trip (NATS → daemon → agent → task_result)",
             unit: "ms",
@@ -748,12 +882,27 @@ fn round_trip(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
             floor: None,
             note: "the fake-claude echo driven over pipes by the harness, no daemon: part of every round trip above".into(),
         },
-    ]
+    ];
+    if !theirs.is_empty() {
+        let m_theirs = median(&mut theirs);
+        rows.push(Row {
+            name: "task round trip, the --against build",
+            unit: "ms",
+            ours: m_theirs,
+            ours_p99: Some(p99(&mut theirs)),
+            floor: Some(m_ours),
+            note: format!(
+                "same tasks in alternating rounds; against ours: {:+.3} ms",
+                m_theirs - m_ours
+            ),
+        });
+    }
+    rows
 }
 
 /// The fake-claude echo's own turn time, over pipes, without the daemon.
 fn agent_turns(bins: &Bins, n: usize) -> Vec<f64> {
-    let mut child = Command::new(&bins.fake)
+    let mut child = dies_with_bench(&mut Command::new(&bins.fake))
         .args([
             "-p",
             "--input-format",
@@ -1058,6 +1207,7 @@ fn throughput(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
         &dir,
         &serde_json::json!({"message": {"queue_capacity": 100_000}, "agents": agents}),
         Some(&nats.url),
+        LogTo::File,
     );
     d.wait_for("NATS connected", 1, Duration::from_secs(20));
     d.wait_for("initializing -> idle", 8, Duration::from_secs(20));
