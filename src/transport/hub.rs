@@ -57,9 +57,7 @@ pub enum WriterMsg {
 /// What the hub hands the NATS publisher.
 #[derive(Debug)]
 pub enum NatsOut {
-    /// One message, published on each subject in turn (in one burst, so a
-    /// publisher never flushes between them).
-    Publish(Vec<String>, Arc<Vec<u8>>),
+    Publish(String, Arc<Vec<u8>>),
     /// Dropped once everything before it is flushed to the server.
     Barrier(Sender<()>),
 }
@@ -149,26 +147,21 @@ impl Outbox {
         }
     }
 
-    /// Publishes `data` on each of `subjects`, in order.
-    fn send(&self, subjects: &[&str], data: Arc<Vec<u8>>) {
+    fn send(&self, subject: &str, data: Arc<Vec<u8>>) {
+        let to_nats = self
+            .nats
+            .as_ref()
+            .filter(|_| !subject.starts_with(LOCAL_INBOX_PREFIX));
         if self.locals.load(Ordering::SeqCst) > 0 {
-            for subject in subjects {
-                let _ = self.hub.send(HubCmd::Publish {
-                    subject: subject.to_string(),
-                    data: data.clone(),
-                });
-            }
+            let _ = self.hub.send(HubCmd::Publish {
+                subject: subject.to_string(),
+                data: data.clone(),
+            });
         }
-        let Some(n) = &self.nats else { return };
-        let to_nats: Vec<String> = subjects
-            .iter()
-            .filter(|s| !s.starts_with(LOCAL_INBOX_PREFIX))
-            .map(|s| s.to_string())
-            .collect();
-        if !to_nats.is_empty() {
+        if let Some(n) = to_nats {
             // Never block the daemon on NATS: a publisher that is that far
             // behind loses messages, counted in the log.
-            if !n.try_send(NatsOut::Publish(to_nats, data)) {
+            if !n.try_send(NatsOut::Publish(subject.to_string(), data)) {
                 let dropped = self.nats_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     log::warn!("NATS publisher is behind: {dropped} messages not published");
@@ -179,18 +172,15 @@ impl Outbox {
 
     /// Publishes `env` on `subject`.
     pub fn publish(&self, subject: &str, env: &Envelope) {
-        self.send(&[subject], Arc::new(env.encode()));
+        self.send(subject, Arc::new(env.encode()));
     }
 
-    /// Publishes `env` on `reply_to`, when given, and on `subject`: as one
-    /// hand-off, the reply first (someone is waiting for it). Two hand-offs
-    /// let a publisher wake between them and flush the first alone, leaving
-    /// the reply to the next flush.
+    /// Publishes `env` on `subject` and, when given, on `reply_to`.
     pub fn publish_and_reply(&self, subject: &str, reply_to: Option<&str>, env: &Envelope) {
         let data = Arc::new(env.encode());
-        match reply_to {
-            Some(r) => self.send(&[r, subject], data),
-            None => self.send(&[subject], data),
+        self.send(subject, data.clone());
+        if let Some(r) = reply_to {
+            self.send(r, data);
         }
     }
 

@@ -269,9 +269,17 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
             let mut next = Some(first);
             while let Some(out) = next {
                 match out {
-                    NatsOut::Publish(subjects, data) => {
-                        for subject in subjects {
-                            publish(conn, &subject, &data);
+                    NatsOut::Publish(subject, data) => {
+                        // The server closes a connection that exceeds its
+                        // max_payload; never send such a message.
+                        if data.len() > conn.max_payload() {
+                            log::warn!(
+                                "NATS: not publishing {} bytes on {subject} (server max_payload {})",
+                                data.len(),
+                                conn.max_payload()
+                            );
+                        } else if let Err(e) = conn.publish(&subject, &**data) {
+                            log::warn!("NATS: publish to {subject} failed: {e}");
                         }
                     }
                     NatsOut::Barrier(done) => barriers.push(done),
@@ -285,22 +293,6 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
             }
         }
         drop(barriers);
-    }
-}
-
-/// Publishes one message; a failure is logged (the crate buffers while it
-/// reconnects, so one only happens once the connection is closed).
-fn publish(conn: &nats::Connection, subject: &str, data: &[u8]) {
-    // The server closes a connection that exceeds its max_payload; never
-    // send such a message.
-    if data.len() > conn.max_payload() {
-        log::warn!(
-            "NATS: not publishing {} bytes on {subject} (server max_payload {})",
-            data.len(),
-            conn.max_payload()
-        );
-    } else if let Err(e) = conn.publish(subject, data) {
-        log::warn!("NATS: publish to {subject} failed: {e}");
     }
 }
 
