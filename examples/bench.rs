@@ -309,8 +309,9 @@ enum Log {
     },
     /// A file, read only while waiting for readiness: for rows timed while
     /// the daemon logs every task, so that this process does not wake for
-    /// each line (on 2 cores that reader ran on the path it measures, 36 µs
-    /// at a time).
+    /// each line (a sched trace caught that reader taking a vCPU for 36 µs
+    /// on the path being measured; the medians did not move measurably
+    /// either way, but the bench's own threads stay off that path).
     File(PathBuf),
 }
 
