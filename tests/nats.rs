@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{fake_agent, json_lines, run_cli_stdin, Daemon, NatsServer, TempDir};
+use crate::support::{fake_agent, json_lines, run_cli_stdin, Daemon, NatsServer, TempDir, BIN};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -89,6 +89,63 @@ fn any_spreads_tasks_over_two_daemons() {
     let (status, out, _) = run_cli_stdin(&["--nats", &url, "health"], &[], None);
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("2/2 agents healthy"), "{out}");
+}
+
+#[test]
+fn to_all_waits_for_a_daemon_that_acknowledges_after_another_has_answered() {
+    // Nothing tells `send --to all` how many daemons will answer: it must
+    // not take one daemon's result as the end when another daemon's
+    // acknowledgement is still on its way.
+    let server = NatsServer::start();
+    let a = daemon(
+        "all-a",
+        &server,
+        json!({"daemon_id": "host-a", "agents": [fake_agent("xa", json!({}))]}),
+    );
+    let b = daemon(
+        "all-b",
+        &server,
+        json!({"daemon_id": "host-b", "agents": [fake_agent("xb", json!({}))]}),
+    );
+    a.wait_seen("agent xa: initializing -> idle", T);
+    b.wait_seen("agent xb: initializing -> idle", T);
+    // Daemon b is frozen: the server holds the task for it, and it
+    // acknowledges only once thawed, after daemon a's result is out.
+    b.signal(libc::SIGSTOP);
+    let url = server.url();
+    let mut send = std::process::Command::new(BIN)
+        .args(["--nats", &url, "send", "--to", "all", "--wait", "everyone"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn send");
+    let stdout = send.stdout.take().expect("stdout");
+    let (tx, lines) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let first = lines.recv_timeout(T).expect("daemon a's result");
+    b.signal(libc::SIGCONT);
+    let mut out = vec![first];
+    // The sender closes stdout when it exits.
+    while let Ok(l) = lines.recv_timeout(T) {
+        out.push(l);
+    }
+    let status = send.wait().expect("send exits");
+    assert_eq!(status.code(), Some(0), "{out:?}");
+    let mut agents: Vec<String> = json_lines(&out.join("\n"))
+        .iter()
+        .map(|r| r["payload"]["agent_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["xa", "xb"], "{out:?}");
 }
 
 #[test]

@@ -16,6 +16,10 @@ use crate::transport::{Incoming, Transport};
 /// How long to wait for a daemon to acknowledge a request.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// Over NATS several daemons may answer one request: after an answer, how
+/// long to wait for another before taking the ones in hand as all of them.
+pub const MORE_ANSWERS: Duration = Duration::from_millis(150);
+
 /// What a command's hard bound allows beyond its own wait, for connecting.
 pub const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 

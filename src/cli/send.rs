@@ -89,6 +89,8 @@ const RESULT_MARGIN: Duration = Duration::from_secs(7);
 struct Pending {
     task_id: String,
     acks: u32,
+    /// When the last acknowledgement came.
+    last_ack: Option<Instant>,
     results: u32,
     done: bool,
     /// When to stop waiting for the results.
@@ -260,6 +262,7 @@ fn send_tasks(
             Pending {
                 task_id,
                 acks: 0,
+                last_ack: None,
                 results: 0,
                 done: false,
                 deadline: Instant::now() + timeout + RESULT_MARGIN,
@@ -269,6 +272,18 @@ fn send_tasks(
     bound::phase(bound::Phase::Flushing);
     client.flush()?;
     bound::phase(bound::Phase::Waiting);
+
+    // `--to all` over NATS: every daemon with agents of the type answers,
+    // and nothing says how many there are. One daemon's result can come
+    // before another daemon's acknowledgement, so a request whose results
+    // match its acknowledgements is done only once no further
+    // acknowledgement has come for `MORE_ANSWERS` (as `status` gathers
+    // daemons). Over the socket there is one daemon, which acknowledges a
+    // request's tasks before starting any.
+    let gather = (args.to.as_deref() == Some("all") && !client.describe().starts_with("socket "))
+        .then_some(client::MORE_ANSWERS);
+    // Requests with all their results in, waiting for that quiet.
+    let mut settling: Vec<String> = Vec::new();
 
     let mut stdout = std::io::stdout().lock();
     let mut worst = exit::OK;
@@ -289,12 +304,48 @@ fn send_tasks(
         let waiting_ack = unacked > 0;
         // Acknowledgements come fast; that wait restarts with each answer so
         // a long batch is not cut off while it is being acknowledged.
-        let deadline = if waiting_ack {
+        let give_up = if waiting_ack {
             last_answer + client::ACK_WAIT
         } else {
             latest
         };
-        let Some(m) = client.next_until(deadline)? else {
+        let mut deadline = give_up;
+        if let Some(quiet) = gather {
+            let settled = settling
+                .iter()
+                .filter_map(|k| pending.get(k)?.last_ack)
+                .map(|t| t + quiet)
+                .min();
+            if let Some(t) = settled {
+                deadline = deadline.min(t);
+            }
+        }
+        let next = client.next_until(deadline)?;
+        if let Some(quiet) = gather {
+            let now = Instant::now();
+            settling.retain(|k| {
+                let Some(p) = pending.get_mut(k) else {
+                    return false;
+                };
+                if p.done || p.results < p.acks {
+                    // Another agent acknowledged meanwhile: its result
+                    // puts the request back here.
+                    return false;
+                }
+                if p.last_ack.is_some_and(|t| now < t + quiet) {
+                    return true;
+                }
+                // Acknowledged (that is how it got here): only `open` moves.
+                p.done = true;
+                open -= 1;
+                false
+            });
+            // Woken to settle, not to give up.
+            if next.is_none() && now < give_up {
+                continue;
+            }
+        }
+        let Some(m) = next else {
             if waiting_ack {
                 return Err(SystemError::Refused {
                     code: pick(worst, exit::UNAVAILABLE),
@@ -348,6 +399,7 @@ fn send_tasks(
                         unacked -= 1;
                     }
                     p.acks += 1;
+                    p.last_ack = Some(Instant::now());
                     // The daemon says how long the task may take.
                     if let Some(ms) = event["timeout_ms"].as_u64() {
                         let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
@@ -378,7 +430,12 @@ fn send_tasks(
                 p.results += 1;
                 // `--to all`: one result per agent that acknowledged.
                 if p.results >= p.acks {
-                    finish(p, &mut unacked, &mut open);
+                    let quiet_since = p.last_ack.zip(gather).map(|(t, q)| t + q);
+                    if quiet_since.is_some_and(|t| Instant::now() < t) {
+                        settling.push(m.subject.clone());
+                    } else {
+                        finish(p, &mut unacked, &mut open);
+                    }
                 }
                 worst = pick(worst, code);
             }

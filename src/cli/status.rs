@@ -31,10 +31,6 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Over NATS several daemons may answer: after the first answer, wait this
-/// long for more.
-const MORE_ANSWERS: Duration = Duration::from_millis(150);
-
 /// Asks every reachable daemon (or the one running `agent`) for its report.
 pub fn reports(
     client: &mut Client,
@@ -59,7 +55,7 @@ pub fn reports(
     let quiet = if local || agent.is_some() {
         None
     } else {
-        Some(MORE_ANSWERS)
+        Some(client::MORE_ANSWERS)
     };
     let answers = client.ask(&subject, &mut env, Instant::now() + within, quiet)?;
     if answers.is_empty() {
