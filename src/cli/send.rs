@@ -1,6 +1,7 @@
 //! `mister-smith send`: give an agent work from a shell pipeline.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -282,8 +283,10 @@ fn send_tasks(
     // request's tasks before starting any.
     let gather = (args.to.as_deref() == Some("all") && !client.describe().starts_with("socket "))
         .then_some(client::MORE_ANSWERS);
-    // Requests with all their results in, waiting for that quiet.
-    let mut settling: Vec<String> = Vec::new();
+    // Requests with all their results in, waiting for that quiet, soonest
+    // first (a heap: a batch of 20,000 lines must not scan them all for
+    // every answer).
+    let mut settling: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
 
     let mut stdout = std::io::stdout().lock();
     let mut worst = exit::OK;
@@ -310,36 +313,37 @@ fn send_tasks(
             latest
         };
         let mut deadline = give_up;
-        if let Some(quiet) = gather {
-            let settled = settling
-                .iter()
-                .filter_map(|k| pending.get(k)?.last_ack)
-                .map(|t| t + quiet)
-                .min();
-            if let Some(t) = settled {
-                deadline = deadline.min(t);
-            }
+        if let Some(Reverse((t, _))) = settling.peek() {
+            deadline = deadline.min(*t);
         }
         let next = client.next_until(deadline)?;
         if let Some(quiet) = gather {
             let now = Instant::now();
-            settling.retain(|k| {
-                let Some(p) = pending.get_mut(k) else {
-                    return false;
+            while let Some(Reverse((t, _))) = settling.peek() {
+                if *t > now {
+                    break;
+                }
+                let Some(Reverse((_, key))) = settling.pop() else {
+                    break;
+                };
+                let Some(p) = pending.get_mut(&key) else {
+                    continue;
                 };
                 if p.done || p.results < p.acks {
                     // Another agent acknowledged meanwhile: its result
                     // puts the request back here.
-                    return false;
+                    continue;
                 }
-                if p.last_ack.is_some_and(|t| now < t + quiet) {
-                    return true;
+                // Acknowledged (that is how it got here), so only `open`
+                // moves; a later acknowledgement pushed the quiet back.
+                match p.last_ack.map(|a| a + quiet) {
+                    Some(later) if later > now => settling.push(Reverse((later, key))),
+                    _ => {
+                        p.done = true;
+                        open -= 1;
+                    }
                 }
-                // Acknowledged (that is how it got here): only `open` moves.
-                p.done = true;
-                open -= 1;
-                false
-            });
+            }
             // Woken to settle, not to give up.
             if next.is_none() && now < give_up {
                 continue;
@@ -431,10 +435,9 @@ fn send_tasks(
                 // `--to all`: one result per agent that acknowledged.
                 if p.results >= p.acks {
                     let quiet_since = p.last_ack.zip(gather).map(|(t, q)| t + q);
-                    if quiet_since.is_some_and(|t| Instant::now() < t) {
-                        settling.push(m.subject.clone());
-                    } else {
-                        finish(p, &mut unacked, &mut open);
+                    match quiet_since.filter(|t| Instant::now() < *t) {
+                        Some(t) => settling.push(Reverse((t, m.subject.clone()))),
+                        None => finish(p, &mut unacked, &mut open),
                     }
                 }
                 worst = pick(worst, code);
