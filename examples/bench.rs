@@ -844,6 +844,9 @@ fn round_trip(
     let rounds = 10;
     let (mut ours, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut theirs = Vec::new();
+    // What the daemon and its agent spend over our rounds (they idle
+    // through the others).
+    let before = Usage::of_tree(d.pid());
     if other.is_some() {
         task_loop(&nc, other_subject, n / 10 + 1);
     }
@@ -854,6 +857,7 @@ fn round_trip(
         }
         floor.extend(floor_loop(n / rounds));
     }
+    let spent = usage_since(&Usage::of_tree(d.pid()), &before);
     echo.stop();
     d.stop();
     if let Some(o) = other {
@@ -884,6 +888,42 @@ fn round_trip(
             note: "the fake-claude echo driven over pipes by the harness, no daemon: part of every round trip above".into(),
         },
     ];
+    let per_task = |x: f64| x / ours.len().max(1) as f64;
+    let breakdown: Vec<String> = spent
+        .iter()
+        .map(|(name, u)| {
+            format!(
+                "{name} {:.0} µs, {:.1} switches",
+                per_task(u.cpu_s) * 1e6,
+                per_task(u.switches as f64)
+            )
+        })
+        .collect();
+    let daemon_cpu: f64 = spent
+        .iter()
+        .filter(|(name, _)| !name.starts_with("agent"))
+        .map(|(_, u)| u.cpu_s)
+        .sum();
+    let daemon_switches: u64 = spent
+        .iter()
+        .filter(|(name, _)| !name.starts_with("agent"))
+        .map(|(_, u)| u.switches)
+        .sum();
+    rows.push(Row {
+        name: "daemon CPU per task in the round trip",
+        unit: "ms",
+        ours: per_task(daemon_cpu) * 1000.0,
+        ours_p99: None,
+        floor: None,
+        note: format!(
+            "all daemon threads over our rounds (/proc/PID/task/*/stat, in clock ticks: ±{:.3} ms per task over {} tasks), {:.1} context switches per task; by thread: {}",
+            // SAFETY: sysconf has no memory-safety preconditions.
+            per_task(1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64) * 1000.0,
+            ours.len(),
+            per_task(daemon_switches as f64),
+            breakdown.join("; ")
+        ),
+    });
     if !theirs.is_empty() {
         let m_theirs = median(&mut theirs);
         rows.push(Row {
@@ -899,6 +939,84 @@ fn round_trip(
         });
     }
     rows
+}
+
+/// CPU time and context switches of one thread name.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+    switches: u64,
+}
+
+impl Usage {
+    /// By thread name: every thread of process `pid` and of its children
+    /// (these as "agent <comm>"); threads that share a name add up.
+    fn of_tree(pid: u32) -> std::collections::BTreeMap<String, Usage> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut out = std::collections::BTreeMap::new();
+        let mut add = |pid: u32, prefix: &str, children: &mut Vec<u32>| {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return;
+            };
+            for t in tasks.flatten() {
+                let dir = t.path();
+                let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                let stat = read("stat");
+                // Fields after the parenthesised name: utime and stime are
+                // the 12th and 13th.
+                let Some((comm, rest)) =
+                    stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+                else {
+                    continue;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                let switches: u64 = read("status")
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum();
+                let u = out
+                    .entry(format!("{prefix}{comm}"))
+                    .or_insert_with(Usage::default);
+                u.cpu_s += (ticks(11) + ticks(12)) / tick;
+                u.switches += switches;
+                children.extend(
+                    read("children")
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        };
+        let mut children = Vec::new();
+        add(pid, "", &mut children);
+        for c in children {
+            add(c, "agent ", &mut Vec::new());
+        }
+        out
+    }
+}
+
+/// What each thread name spent between two [`Usage::of_tree`]s, most first.
+fn usage_since(
+    now: &std::collections::BTreeMap<String, Usage>,
+    before: &std::collections::BTreeMap<String, Usage>,
+) -> Vec<(String, Usage)> {
+    let mut out: Vec<(String, Usage)> = now
+        .iter()
+        .map(|(name, now)| {
+            let was = before.get(name).copied().unwrap_or_default();
+            let d = Usage {
+                cpu_s: (now.cpu_s - was.cpu_s).max(0.0),
+                switches: now.switches.saturating_sub(was.switches),
+            };
+            (name.clone(), d)
+        })
+        .filter(|(_, d)| d.cpu_s > 0.0 || d.switches > 0)
+        .collect();
+    out.sort_by(|a, b| b.1.cpu_s.total_cmp(&a.1.cpu_s));
+    out
 }
 
 /// The fake-claude echo's own turn time, over pipes, without the daemon.
