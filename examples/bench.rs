@@ -228,22 +228,31 @@ impl Bins {
             ms: dir.join("mister-smith"),
             fake: dir.join("examples").join("fake-claude"),
         };
-        if !bins.ms.exists() || !bins.fake.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let release = dir.ends_with("release");
-            let mut cmd = Command::new(cargo);
-            // Only what is missing: rebuilding all examples would replace
-            // this very binary while it runs (it re-runs itself as the raw
-            // client floor).
-            cmd.args(["build", "--bin", "mister-smith", "--example", "fake-claude"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let ok = cmd.status().is_ok_and(|s| s.success());
-            assert!(
-                ok && bins.ms.exists(),
-                "build mister-smith first: cargo build --release --bins --examples"
-            );
+        // Always (re)build the daemon and the fake agent: `cargo run
+        // --example bench` builds only the bench and the library, and a
+        // stale daemon from before a change would be measured in silence.
+        // Only these two: rebuilding all examples would replace this very
+        // binary while it runs (it re-runs itself as the raw client floor).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bin",
+            "mister-smith",
+            "--example",
+            "fake-claude",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let built = cmd.status().is_ok_and(|s| s.success());
+        assert!(
+            bins.ms.exists() && bins.fake.exists(),
+            "build mister-smith first: cargo build --release --bins --examples"
+        );
+        if !built {
+            eprintln!("bench: WARNING: could not rebuild mister-smith and fake-claude; measuring the binaries already built");
         }
         if !dir.ends_with("release") {
             eprintln!("bench: WARNING: not a release build; run with --release for real figures");
