@@ -18,7 +18,8 @@
 //!    and of 50 fake-claude agents until all answered `initialize`;
 //! 3. daemon memory with 50 and 500 children, and threads per child;
 //! 4. task round trip over NATS through the daemon and a fake-claude echo
-//!    agent vs raw NATS request/reply (both sides flushing);
+//!    agent vs raw NATS request/reply (both sides flushing), and vs a
+//!    minimal relay that carries each task through the same kind of agent;
 //! 5. wall time of one `mister-smith send --wait` process vs a minimal raw
 //!    NATS client process;
 //! 6. the dispatcher's queue in process;
@@ -760,6 +761,86 @@ impl Echo {
     }
 }
 
+/// The floor with an agent in it: a minimal relay on its own connection
+/// that hands each request's prompt to a fake-claude echo over its pipes,
+/// reads up to the result line, and replies with that line, flushing. What
+/// any supervisor must at least do to carry a task to a `claude` and back;
+/// the daemon does more (an acknowledgement, progress events, status
+/// changes, a watchdog, the queue), and that difference is its overhead.
+struct Relay {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(bins: &Bins, url: &str, subject: &str) -> Relay {
+        let responder = fast_connect(url);
+        let sub = responder.subscribe(subject).expect("subscribe");
+        responder.flush().expect("flush");
+        let mut child = fake_echo(bins);
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut line = String::new();
+            while !s2.load(Ordering::Relaxed) {
+                let Ok(m) = sub.next_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let task: serde_json::Value = serde_json::from_slice(&m.data).unwrap_or_default();
+                let prompt = task["payload"]["prompt"].as_str().unwrap_or_default();
+                let mut user = serde_json::to_vec(&serde_json::json!({
+                    "type": "user",
+                    "message": {"role": "user", "content": prompt},
+                }))
+                .expect("json");
+                user.push(b'\n');
+                stdin.write_all(&user).expect("write to the agent");
+                loop {
+                    line.clear();
+                    if out.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.contains("\"type\":\"result\"") {
+                        break;
+                    }
+                }
+                if let Some(r) = &m.reply {
+                    let _ = responder.publish(r, line.trim_end());
+                    let _ = responder.flush();
+                }
+            }
+            drop(stdin);
+            let _ = child.wait();
+        });
+        Relay { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// A fake-claude echo (no delay) in stream-json mode, on pipes.
+fn fake_echo(bins: &Bins) -> Child {
+    dies_with_bench(&mut Command::new(&bins.fake))
+        .args([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ])
+        .env("FAKE_CLAUDE_TURNS", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fake-claude")
+}
+
 /// Sends `n` tasks one at a time over NATS and returns each round trip in
 /// ms (request out → task_result back).
 fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
@@ -828,16 +909,18 @@ fn round_trip(
     let nc = fast_connect(&nats.url);
     // Floor: raw request/reply between two connections, both flushing.
     let echo = Echo::start(&nats.url, "floor.echo", None);
+    // The same with an agent in it.
+    let relay = Relay::start(bins, &nats.url, "floor.relay");
     let inbox = nc.new_inbox();
     let rsub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
     let mut next = 0usize;
-    let mut floor_loop = |count: usize| -> Vec<f64> {
+    let mut floor_loop = |subject: &str, count: usize| -> Vec<f64> {
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             next += 1;
             let reply = format!("{inbox}.{next}");
             let t = Instant::now();
-            nc.publish_request("floor.echo", &reply, task_envelope("x"))
+            nc.publish_request(subject, &reply, task_envelope("x"))
                 .expect("publish");
             nc.flush().expect("flush");
             let _ = rsub.next_timeout(Duration::from_secs(10)).expect("echo");
@@ -847,11 +930,16 @@ fn round_trip(
     };
     let subject = "mister-smith.claude.echo.task_assignment";
     task_loop(&nc, subject, n / 10 + 1);
-    floor_loop(n / 10 + 1);
+    floor_loop("floor.echo", n / 10 + 1);
+    floor_loop("floor.relay", n / 10 + 1);
     // Alternate rounds of ours and the floor, so that the load of this
     // shared machine drifting during the run weighs on both alike.
     let rounds = 10;
-    let (mut ours, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ours, mut floor, mut relayed) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let mut theirs = Vec::new();
     // What the daemon and its agent spend over our rounds (they idle
     // through the others).
@@ -864,16 +952,23 @@ fn round_trip(
         if other.is_some() {
             theirs.extend(task_loop(&nc, other_subject, n / rounds));
         }
-        floor.extend(floor_loop(n / rounds));
+        floor.extend(floor_loop("floor.echo", n / rounds));
+        relayed.extend(floor_loop("floor.relay", n / rounds));
     }
     let spent = usage_since(&Usage::of_tree(d.pid()), &before);
     echo.stop();
+    relay.stop();
     d.stop();
     if let Some(o) = other {
         o.stop();
     }
     let mut turn = agent_turns(bins, n);
-    let (m_ours, m_floor, m_turn) = (median(&mut ours), median(&mut floor), median(&mut turn));
+    let (m_ours, m_floor, m_turn, m_relay) = (
+        median(&mut ours),
+        median(&mut floor),
+        median(&mut turn),
+        median(&mut relayed),
+    );
     let mut rows = vec![
         Row {
             name: "task round trip (NATS → daemon → agent → task_result)",
@@ -886,6 +981,18 @@ fn round_trip(
                 p99(&mut floor),
                 m_ours - m_floor,
                 m_turn
+            ),
+        },
+        Row {
+            name: "task round trip against a minimal relay through the same agent",
+            unit: "ms",
+            ours: m_ours,
+            ours_p99: Some(p99(&mut ours)),
+            floor: Some(m_relay),
+            note: format!(
+                "floor: one thread on a raw NATS connection writing each task's prompt into a fake-claude echo's stdin, reading to its result line and replying with it, flushing (p99 {:.3} ms); ours − floor = {:.3} ms",
+                p99(&mut relayed),
+                m_ours - m_relay
             ),
         },
         Row {
@@ -1030,20 +1137,7 @@ fn usage_since(
 
 /// The fake-claude echo's own turn time, over pipes, without the daemon.
 fn agent_turns(bins: &Bins, n: usize) -> Vec<f64> {
-    let mut child = dies_with_bench(&mut Command::new(&bins.fake))
-        .args([
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-        ])
-        .env("FAKE_CLAUDE_TURNS", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("fake-claude");
+    let mut child = fake_echo(bins);
     let mut stdin = child.stdin.take().expect("stdin");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
