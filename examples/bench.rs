@@ -2,7 +2,8 @@
 //! in the same run on the same machine.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--quick] [--json]
+//! cargo run --release --example bench -- [--quick] [--json] [--only NAME]
+//!     [--tasks N] [--against PATH]
 //! ```
 //!
 //! It starts its own `nats-server` on a free port and prints one table, each
@@ -48,36 +49,95 @@ struct Row {
     note: String,
 }
 
+/// The measurements, in the order they run.
+const MEASUREMENTS: [&str; 8] = [
+    "restart",
+    "cold",
+    "memory",
+    "rtt",
+    "send",
+    "spawn",
+    "dispatcher",
+    "throughput",
+];
+
+#[derive(argh::FromArgs)]
+/// Measure mister-smith against the physical floor, in the same run: starts
+/// its own nats-server on a free port and prints one table of medians.
+struct Args {
+    /// shrink every measurement (a smoke run; CI runs this)
+    #[argh(switch)]
+    quick: bool,
+    /// print the rows as JSON
+    #[argh(switch)]
+    json: bool,
+    /// run one measurement: restart, cold, memory, rtt, send, spawn,
+    /// dispatcher or throughput
+    #[argh(option)]
+    only: Option<String>,
+    /// how many tasks the round trip measures (default 2000; 50 with
+    /// --quick); more gives steadier medians when comparing builds
+    #[argh(option)]
+    tasks: Option<usize>,
+    /// another build's mister-smith binary, whose daemon runs the round
+    /// trip in rounds alternating with ours
+    #[argh(option)]
+    against: Option<PathBuf>,
+}
+
+/// A bad argument: one line on stderr and exit 64 (EX_USAGE), as the
+/// main binary does.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("bench: error: {msg} (see bench --help)");
+    std::process::exit(64)
+}
+
+fn parse_args(args: &[String]) -> Args {
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parsed = match <Args as argh::FromArgs>::from_args(&["bench"], strs.get(1..).unwrap_or(&[]))
+    {
+        Ok(a) => a,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output.trim_end());
+                std::process::exit(0)
+            }
+            Err(()) => usage_error(early.output.lines().next().unwrap_or("bad arguments")),
+        },
+    };
+    if let Some(o) = &parsed.only {
+        if !MEASUREMENTS.contains(&o.as_str()) {
+            usage_error(&format!(
+                "--only {o}: not a measurement (one of {})",
+                MEASUREMENTS.join(", ")
+            ));
+        }
+    }
+    if parsed.tasks == Some(0) {
+        usage_error("--tasks 0: the round trip needs at least one task");
+    }
+    if let Some(a) = &parsed.against {
+        if !a.is_file() {
+            usage_error(&format!("--against {}: no such file", a.display()));
+        }
+    }
+    parsed
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--raw-client") {
+    if args.get(1).is_some_and(|a| a == "--raw-client") {
         raw_client(&args);
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    // `--only NAME`: run one measurement (restart, cold, memory, rtt, send,
-    // spawn, dispatcher, throughput) while working on it.
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let Args {
+        quick,
+        json,
+        only,
+        tasks,
+        against,
+    } = parse_args(&args);
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    let json = args.iter().any(|a| a == "--json");
-    // `--tasks N`: how many tasks the round trip measures (steadier
-    // medians when comparing two builds).
-    let tasks = args
-        .iter()
-        .position(|a| a == "--tasks")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse::<usize>().ok());
-    // `--against PATH`: another build's binary, for the round trip to
-    // compare with ours in the same run.
-    let against = args
-        .iter()
-        .position(|a| a == "--against")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
     let bins = Bins::find();
     let work = Scratch::new();
     let mut rows = Vec::new();
@@ -1188,7 +1248,9 @@ fn agent_turns(bins: &Bins, n: usize) -> Vec<f64> {
 /// `--raw-client URL SUBJECT --task`: the same client sending a real task
 /// and waiting for its `task_result`, the work `send --wait` does.
 fn raw_client(args: &[String]) {
-    let (url, subject) = (&args[2], &args[3]);
+    let (Some(url), Some(subject)) = (args.get(2), args.get(3)) else {
+        usage_error("--raw-client needs URL SUBJECT [--task]")
+    };
     let task = args.iter().any(|a| a == "--task");
     let nc = fast_connect(url);
     let inbox = nc.new_inbox();
