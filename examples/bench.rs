@@ -299,6 +299,8 @@ impl Bins {
         cmd.args([
             "build",
             "--quiet",
+            "--manifest-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
             "--bin",
             "mister-smith",
             "--example",
