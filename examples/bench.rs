@@ -306,6 +306,10 @@ impl Bins {
             "--example",
             "fake-claude",
         ]);
+        // Into the target directory this bench runs from, wherever that is.
+        if let Some(target) = dir.parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
