@@ -1,9 +1,16 @@
-//! The top-level error and the one place that maps errors to exit codes
-//! (DESIGN.md §7).
+//! The top-level error, and the one place that turns errors and outcomes
+//! into exit codes.
+//!
+//! Each layer has its own error enum (`config::ConfigError`,
+//! `message::error::MessageError`, `transport::TransportError`,
+//! `runtime::error::RuntimeError`), naming what failed; [`SystemError`]
+//! gathers them for the CLI, and [`SystemError::exit_code`] decides what
+//! each means to a script. Nothing else picks an exit code from an error.
 
 use crate::config::ConfigError;
 use crate::message::error::MessageError;
-use crate::runtime::error::ProcessError;
+use crate::message::schemas::{AlertCode, TaskStatus};
+use crate::runtime::error::RuntimeError;
 use crate::transport::TransportError;
 
 /// Exit codes (sysexits-style, a contract).
@@ -30,6 +37,54 @@ pub mod exit {
             _ => 5,
         }
     }
+
+    /// The more severe of two exit codes.
+    pub fn worst(a: u8, b: u8) -> u8 {
+        if severity(b) > severity(a) {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+/// `health`'s answer, in Nagios's terms and codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HealthState {
+    Ok,
+    Warning,
+    Critical,
+    /// The check could not run, or no daemon answered.
+    Unknown,
+}
+
+impl HealthState {
+    pub fn word(self) -> &'static str {
+        match self {
+            HealthState::Ok => "OK",
+            HealthState::Warning => "WARNING",
+            HealthState::Critical => "CRITICAL",
+            HealthState::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        match self {
+            HealthState::Ok => 0,
+            HealthState::Warning => 1,
+            HealthState::Critical => 2,
+            HealthState::Unknown => 3,
+        }
+    }
+}
+
+/// The exit code of `send --wait` for a task that ended with `status`.
+pub fn task_exit_code(status: TaskStatus) -> u8 {
+    match status {
+        TaskStatus::Completed => exit::OK,
+        TaskStatus::Failed => exit::TASK_FAILED,
+        TaskStatus::Timeout | TaskStatus::Cancelled => exit::TEMPORARY,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +92,32 @@ pub enum SystemError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Process(#[from] ProcessError),
+    Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
     Message(#[from] MessageError),
+    /// The command line is wrong.
     #[error("{0}")]
     Usage(String),
-    /// A peer answered, but not with what was asked: the code says how.
+    /// What the user gave us is wrong (a name, a body, a flag's value).
+    #[error("{0}")]
+    BadInput(String),
+    /// A daemon refused the request; its alert code says why.
     #[error("{message}")]
-    Refused { code: u8, message: String },
+    Refused { code: AlertCode, message: String },
+    /// Nobody answered within the wait.
+    #[error("{0}")]
+    NoAnswer(String),
+    /// NATS says nobody subscribes to the subject.
+    #[error("nothing answers on {subject} (no responders)")]
+    NoResponders { subject: String },
+    /// The connection went while answers were awaited.
+    #[error("lost the connection to {peer} while waiting for answers")]
+    ConnectionLost { peer: String },
+    /// A peer sent something we cannot read: a bug somewhere.
+    #[error("unreadable answer on {subject}: {why}")]
+    UnreadableAnswer { subject: String, why: MessageError },
     #[error("cannot {what}: {source}")]
     Io {
         what: &'static str,
@@ -59,13 +130,27 @@ impl SystemError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SystemError::Config(_) => exit::CONFIG,
-            SystemError::Process(_) => exit::INTERNAL,
-            SystemError::Transport(t) if t.is_config() => exit::CONFIG,
-            SystemError::Transport(_) => exit::UNAVAILABLE,
+            SystemError::Runtime(r) => match r {
+                RuntimeError::Signals { .. } | RuntimeError::DaemonThread { .. } => exit::INTERNAL,
+                RuntimeError::RunDir { .. } => exit::IO,
+                RuntimeError::AlreadyRunning { .. } => exit::UNAVAILABLE,
+                RuntimeError::Transport(t) => transport_code(t),
+            },
+            SystemError::Transport(t) => transport_code(t),
             SystemError::Message(MessageError::NoRoute { .. }) => exit::UNAVAILABLE,
             SystemError::Message(_) => exit::DATA,
             SystemError::Usage(_) => exit::USAGE,
-            SystemError::Refused { code, .. } => *code,
+            SystemError::BadInput(_) => exit::DATA,
+            SystemError::Refused { code, .. } => match code {
+                AlertCode::QueueFull | AlertCode::ShuttingDown | AlertCode::Unavailable => {
+                    exit::TEMPORARY
+                }
+                AlertCode::BadRequest => exit::DATA,
+                _ => exit::UNAVAILABLE,
+            },
+            SystemError::NoAnswer(_) | SystemError::NoResponders { .. } => exit::UNAVAILABLE,
+            SystemError::ConnectionLost { .. } => exit::TEMPORARY,
+            SystemError::UnreadableAnswer { .. } => exit::INTERNAL,
             SystemError::Io { .. } => exit::IO,
         }
     }
@@ -76,5 +161,54 @@ impl SystemError {
             SystemError::Config(c) => c.lines(),
             other => vec![other.to_string()],
         }
+    }
+}
+
+/// Credentials and certificates are the config's fault (78); a peer that
+/// is not there or does not answer is unavailable (69).
+fn transport_code(t: &TransportError) -> u8 {
+    match t {
+        TransportError::NatsAuth { .. }
+        | TransportError::NatsTls { .. }
+        | TransportError::LocalListen { .. } => exit::CONFIG,
+        TransportError::LocalConnect { .. }
+        | TransportError::LocalInUse { .. }
+        | TransportError::LocalForeign { .. }
+        | TransportError::LocalTimeout { .. }
+        | TransportError::NatsConnect { .. }
+        | TransportError::Nats(_)
+        | TransportError::FlushTimeout(_)
+        | TransportError::Closed
+        | TransportError::Io(_) => exit::UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_by_their_code() {
+        let refused = |code| SystemError::Refused {
+            code,
+            message: String::new(),
+        };
+        assert_eq!(refused(AlertCode::QueueFull).exit_code(), exit::TEMPORARY);
+        assert_eq!(refused(AlertCode::BadRequest).exit_code(), exit::DATA);
+        assert_eq!(refused(AlertCode::NoRoute).exit_code(), exit::UNAVAILABLE);
+        assert_eq!(
+            refused(AlertCode::Other("new".into())).exit_code(),
+            exit::UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn the_worst_code_wins() {
+        assert_eq!(exit::worst(exit::OK, exit::TASK_FAILED), exit::TASK_FAILED);
+        assert_eq!(exit::worst(exit::DATA, exit::UNAVAILABLE), exit::DATA);
+        assert_eq!(
+            exit::worst(exit::TEMPORARY, exit::UNAVAILABLE),
+            exit::UNAVAILABLE
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mister_smith::message::envelope::Envelope;
-use mister_smith::runtime::supervisor::Line;
+use mister_smith::runtime::claude::Line;
 
 const LIMIT: usize = 64 * 1024;
 

@@ -13,3 +13,4 @@ mod pipelines;
 mod security;
 mod supervise;
 mod tasks;
+mod tidy;

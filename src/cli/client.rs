@@ -5,13 +5,13 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::cli::{bound, Cli};
-use crate::config::Config;
+use crate::config::{Config, MessageConfig};
 use crate::error::{exit, SystemError};
 use crate::message::envelope::{Envelope, Payload};
-use crate::message::schemas::SystemAlert;
+use crate::message::schemas::Severity;
 use crate::transport::local_transport::LocalClient;
 use crate::transport::nats_transport::NatsClient;
-use crate::transport::{Incoming, Transport};
+use crate::transport::{Incoming, Transport, TransportError, TransportKind};
 
 /// How long to wait for a daemon to acknowledge a request.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -66,10 +66,12 @@ pub fn connect(cli: &Cli) -> Result<Client, SystemError> {
 }
 
 impl Client {
-    pub fn max_message_size(&self) -> usize {
+    /// The message limits: the config's, else the defaults.
+    pub fn limits(&self) -> MessageConfig {
         self.config
             .as_ref()
-            .map_or(1_048_576, |c| c.message.max_message_size)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
     }
 
     /// A fresh reply subject under this client's inbox.
@@ -89,15 +91,12 @@ impl Client {
         let reply = self.reply_subject()?;
         env.reply_to = Some(reply.clone());
         let bytes = env.encode();
-        let limit = self.max_message_size();
+        let limit = self.limits().max_message_size;
         if bytes.len() > limit {
-            return Err(SystemError::Refused {
-                code: exit::DATA,
-                message: format!(
-                    "message is {} bytes, more than max_message_size ({limit})",
-                    bytes.len()
-                ),
-            });
+            return Err(SystemError::BadInput(format!(
+                "message is {} bytes, more than max_message_size ({limit})",
+                bytes.len()
+            )));
         }
         self.transport.publish(subject, Some(&reply), &bytes)?;
         Ok(reply)
@@ -112,18 +111,14 @@ impl Client {
     /// The next message, or `None` at `deadline`.
     pub fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
         match self.transport.recv(Some(deadline)) {
-            Ok(m) if m.lost => Err(SystemError::Refused {
-                code: exit::TEMPORARY,
-                message: format!(
-                    "lost the connection to {} while waiting for answers",
-                    self.describe()
-                ),
+            Ok(m) if m.lost => Err(SystemError::ConnectionLost {
+                peer: self.describe(),
             }),
             Ok(m) => Ok(Some(m)),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(SystemError::Transport(
-                crate::transport::TransportError::Closed,
-            )),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(SystemError::Transport(TransportError::Closed))
+            }
         }
     }
 
@@ -143,9 +138,8 @@ impl Client {
         while let Some(m) = self.next_until(until)? {
             if m.no_responders {
                 if out.is_empty() {
-                    return Err(SystemError::Refused {
-                        code: exit::UNAVAILABLE,
-                        message: format!("nothing answers on {subject} (no responders)"),
+                    return Err(SystemError::NoResponders {
+                        subject: subject.to_string(),
                     });
                 }
                 continue;
@@ -162,31 +156,27 @@ impl Client {
     pub fn describe(&self) -> String {
         self.transport.describe()
     }
+
+    /// Whether this is NATS, where several daemons may answer one request.
+    pub fn kind(&self) -> TransportKind {
+        self.transport.kind()
+    }
 }
 
 /// Decodes an answer; a daemon never sends one we cannot read, so this is
 /// lenient about size.
 pub fn decode(m: &Incoming) -> Result<Envelope, SystemError> {
-    Envelope::decode(&m.data, usize::MAX).map_err(|e| SystemError::Refused {
-        code: exit::INTERNAL,
-        message: format!("unreadable answer on {}: {e}", m.subject),
+    Envelope::decode(&m.data, usize::MAX).map_err(|why| SystemError::UnreadableAnswer {
+        subject: m.subject.clone(),
+        why,
     })
-}
-
-/// The exit code that a refusal carries.
-pub fn alert_code(a: &SystemAlert) -> u8 {
-    match a.code.as_str() {
-        "queue_full" | "shutting_down" | "unavailable" => exit::TEMPORARY,
-        "bad_request" => exit::DATA,
-        _ => exit::UNAVAILABLE,
-    }
 }
 
 /// An answer that is a refusal, as an error.
 pub fn refusal(env: &Envelope) -> Option<SystemError> {
     match &env.payload {
-        Payload::SystemAlert(a) if a.severity != "info" => Some(SystemError::Refused {
-            code: alert_code(a),
+        Payload::SystemAlert(a) if a.severity != Severity::Info => Some(SystemError::Refused {
+            code: a.code.clone(),
             message: a.message.clone(),
         }),
         _ => None,

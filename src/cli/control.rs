@@ -6,10 +6,11 @@ use argh::FromArgs;
 
 use crate::cli::client::{self, print_line, refusal};
 use crate::cli::Cli;
+use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
-use crate::message::schemas::{check_token, AgentCommand, CommandType};
+use crate::message::schemas::{AgentCommand, CommandType};
 
 /// start a terminated agent. Exit: 0, 69 no such agent or not possible.
 #[derive(FromArgs, Debug)]
@@ -61,10 +62,7 @@ pub struct ResumeArgs {
 }
 
 pub fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemError> {
-    check_token(id).map_err(|why| SystemError::Refused {
-        code: exit::DATA,
-        message: format!("agent id {id:?} {why}"),
-    })?;
+    check_token(id).map_err(|why| SystemError::BadInput(format!("agent id {id:?} {why}")))?;
     client::bound_command(client::ACK_WAIT);
     let mut client = client::connect(cli)?;
     let mut env = Envelope::new(Payload::AgentCommand(AgentCommand {
@@ -80,23 +78,16 @@ pub fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemError> {
     let answers = client
         .ask(&subject, &mut env, Instant::now() + client::ACK_WAIT, None)
         .map_err(|e| match e {
-            SystemError::Refused {
-                code: exit::UNAVAILABLE,
-                ..
-            } => SystemError::Refused {
-                code: exit::UNAVAILABLE,
-                message: format!("no agent {id} ({})", client.describe()),
-            },
+            SystemError::NoResponders { .. } => {
+                SystemError::NoAnswer(format!("no agent {id} ({})", client.describe()))
+            }
             e => e,
         })?;
     let Some(answer) = answers.into_iter().next() else {
-        return Err(SystemError::Refused {
-            code: exit::UNAVAILABLE,
-            message: format!(
-                "no answer about agent {id} within {} ms",
-                client::ACK_WAIT.as_millis()
-            ),
-        });
+        return Err(SystemError::NoAnswer(format!(
+            "no answer about agent {id} within {} ms",
+            client::ACK_WAIT.as_millis()
+        )));
     };
     if let Some(err) = refusal(&answer) {
         return Err(err);

@@ -8,9 +8,9 @@ use argh::FromArgs;
 use crate::cli::status::reports;
 use crate::cli::Cli;
 use crate::cli::{bound, client};
-use crate::error::SystemError;
-use crate::message::schemas::{check_token, AgentStatus, HealthReport};
-use crate::runtime::lifecycle::State;
+use crate::config::names::check_token;
+use crate::error::{HealthState, SystemError};
+use crate::message::schemas::{AgentState, AgentStatus, HealthReport, LinkState, ReasonCode};
 
 /// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
@@ -32,25 +32,20 @@ pub struct HealthArgs {
     pub timeout: u64,
 }
 
-const OK: u8 = 0;
-const WARNING: u8 = 1;
-const CRITICAL: u8 = 2;
-const UNKNOWN: u8 = 3;
-
 pub fn run(cli: &Cli, args: &HealthArgs) -> u8 {
     match check(cli, args) {
-        Ok((code, line)) => {
+        Ok((state, line)) => {
             println!("{line}");
-            code
+            state.exit_code()
         }
         Err(e) => {
             println!("MISTER-SMITH UNKNOWN - {e}");
-            UNKNOWN
+            HealthState::Unknown.exit_code()
         }
     }
 }
 
-fn check(cli: &Cli, args: &HealthArgs) -> Result<(u8, String), SystemError> {
+fn check(cli: &Cli, args: &HealthArgs) -> Result<(HealthState, String), SystemError> {
     if let Some(id) = &args.agent {
         check_token(id).map_err(|why| SystemError::Usage(format!("agent id {id:?} {why}")))?;
     }
@@ -65,7 +60,7 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(u8, String), SystemError> {
             "MISTER-SMITH UNKNOWN - no answer within {} ms",
             bound.as_millis()
         ),
-        UNKNOWN,
+        HealthState::Unknown.exit_code(),
     );
     let mut client = client::connect(cli)?;
     let reports = reports(&mut client, args.agent.as_deref(), within)?;
@@ -73,12 +68,12 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(u8, String), SystemError> {
 }
 
 /// The Nagios state and line for a set of daemon reports.
-pub fn verdict(reports: &[HealthReport]) -> (u8, String) {
+pub fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let total = agents.len();
     let healthy = agents
         .iter()
-        .filter(|a| matches!(a.status, Some(State::Idle | State::Busy)))
+        .filter(|a| a.status.is_some_and(AgentState::is_healthy))
         .count();
     let restarts: u64 = agents.iter().map(|a| u64::from(a.restarts)).sum();
     let mut critical = Vec::new();
@@ -92,27 +87,29 @@ pub fn verdict(reports: &[HealthReport]) -> (u8, String) {
             .unwrap_or_default();
         let line = format!("{} {state}{why}", a.agent_id);
         match a.status {
-            Some(State::Idle | State::Busy) => {}
-            Some(State::Terminated) if a.reason.as_deref() == Some("stopped by an operator") => {
+            Some(s) if s.is_healthy() => {}
+            // Down on purpose is worth a look, not a page.
+            Some(AgentState::Terminated)
+                if a.reason_code == Some(ReasonCode::StoppedByOperator) =>
+            {
                 warning.push(line)
             }
-            Some(State::Terminated) => critical.push(line),
+            Some(AgentState::Terminated) => critical.push(line),
             _ => warning.push(line),
         }
     }
     for r in reports {
-        if r.nats == "reconnecting" || r.nats == "closed" {
-            warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats));
+        if matches!(r.nats, LinkState::Reconnecting | LinkState::Closed) {
+            warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats.as_str()));
         }
     }
-    let code = if !critical.is_empty() || (total > 0 && healthy == 0) {
-        CRITICAL
+    let state = if !critical.is_empty() || (total > 0 && healthy == 0) {
+        HealthState::Critical
     } else if !warning.is_empty() {
-        WARNING
+        HealthState::Warning
     } else {
-        OK
+        HealthState::Ok
     };
-    let word = ["OK", "WARNING", "CRITICAL", "UNKNOWN"][code as usize];
     let mut text = format!("{healthy}/{total} agents healthy");
     let details: Vec<String> = critical.into_iter().chain(warning).collect();
     if !details.is_empty() {
@@ -120,9 +117,10 @@ pub fn verdict(reports: &[HealthReport]) -> (u8, String) {
         text.push_str(&details.join(", "));
     }
     (
-        code,
+        state,
         format!(
-            "MISTER-SMITH {word} - {text} | agents={total} healthy={healthy} restarts={restarts}"
+            "MISTER-SMITH {} - {text} | agents={total} healthy={healthy} restarts={restarts}",
+            state.word()
         ),
     )
 }

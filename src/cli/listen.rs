@@ -4,10 +4,10 @@ use argh::FromArgs;
 
 use crate::cli::client::{self, print_line};
 use crate::cli::Cli;
+use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
 use crate::message::envelope::MessageType;
 use crate::message::router::PREFIX;
-use crate::message::schemas::check_token;
 
 /// print envelopes as NDJSON on stdout until --count or Ctrl-C (a closed
 /// stdout ends it quietly): status changes, progress, results, alerts.
@@ -32,10 +32,7 @@ pub struct ListenArgs {
 }
 
 pub fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
-    let bad = |message: String| SystemError::Refused {
-        code: exit::DATA,
-        message,
-    };
+    let bad = SystemError::BadInput;
     let agent = match &args.agent {
         Some(a) => {
             check_token(a).map_err(|why| bad(format!("--agent {a:?} {why}")))?;

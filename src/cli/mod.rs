@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-use crate::config::{self, Config};
-use crate::error::{exit, SystemError};
+use crate::config::{self, Config, NatsAuth, Secret};
+use crate::error::{exit, HealthState, SystemError};
+use crate::message::schemas::CommandType;
 use crate::transport::local_transport::default_socket_path;
 use crate::transport::nats_transport::NatsSettings;
 
@@ -117,8 +118,7 @@ pub fn version_line() -> String {
 pub fn exit_now(code: u8) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process at once; nothing after it runs.
-    unsafe { libc::_exit(i32::from(code)) }
+    crate::sys::exit_now(i32::from(code))
 }
 
 /// Parses `std::env::args`, runs the command, and returns its exit code.
@@ -140,7 +140,7 @@ pub fn main() -> u8 {
                     // check it could not run.
                     let health = strs.iter().skip(1).any(|a| *a == "health");
                     if health {
-                        3
+                        HealthState::Unknown.exit_code()
                     } else {
                         exit::USAGE
                     }
@@ -163,21 +163,11 @@ pub fn main() -> u8 {
         Some(Command::Send(a)) => send::run(&cli, a),
         Some(Command::Status(a)) => status::run(&cli, a),
         Some(Command::Health(a)) => return health::run(&cli, a),
-        Some(Command::Start(a)) => {
-            control::run(&cli, &a.id, crate::message::schemas::CommandType::Start)
-        }
-        Some(Command::Stop(a)) => {
-            control::run(&cli, &a.id, crate::message::schemas::CommandType::Stop)
-        }
-        Some(Command::Restart(a)) => {
-            control::run(&cli, &a.id, crate::message::schemas::CommandType::Restart)
-        }
-        Some(Command::Pause(a)) => {
-            control::run(&cli, &a.id, crate::message::schemas::CommandType::Pause)
-        }
-        Some(Command::Resume(a)) => {
-            control::run(&cli, &a.id, crate::message::schemas::CommandType::Resume)
-        }
+        Some(Command::Start(a)) => control::run(&cli, &a.id, CommandType::Start),
+        Some(Command::Stop(a)) => control::run(&cli, &a.id, CommandType::Stop),
+        Some(Command::Restart(a)) => control::run(&cli, &a.id, CommandType::Restart),
+        Some(Command::Pause(a)) => control::run(&cli, &a.id, CommandType::Pause),
+        Some(Command::Resume(a)) => control::run(&cli, &a.id, CommandType::Resume),
         Some(Command::Listen(a)) => listen::run(&cli, a),
     };
     match result {
@@ -253,31 +243,30 @@ impl Cli {
             .clone()
             .or_else(|| env_nonempty("NATS_URL"))
             .or_else(|| t.and_then(|t| t.nats_url.clone()))?;
+        let conf = t.map(|t| t.auth.clone()).unwrap_or_default();
         let pick = |flag: &Option<String>, env: &str, conf: Option<String>| {
             flag.clone().or_else(|| env_nonempty(env)).or(conf)
         };
-        let pick_path = |flag: &Option<PathBuf>, env: &str, conf: Option<PathBuf>| {
+        let secret = |flag: &Option<String>, env: &str, conf: Option<Secret>| {
+            flag.clone()
+                .or_else(|| env_nonempty(env))
+                .map(Secret::new)
+                .or(conf)
+        };
+        let path = |flag: &Option<PathBuf>, env: &str, conf: Option<PathBuf>| {
             flag.clone()
                 .or_else(|| env_nonempty(env).map(PathBuf::from))
                 .or(conf)
         };
-        Some(NatsSettings {
-            url,
-            creds: pick_path(&self.creds, "NATS_CREDS", t.and_then(|t| t.creds.clone())),
-            token: pick(&self.token, "NATS_TOKEN", t.and_then(|t| t.token.clone())),
-            user: pick(&self.user, "NATS_USER", t.and_then(|t| t.user.clone())),
-            password: pick(
-                &self.password,
-                "NATS_PASSWORD",
-                t.and_then(|t| t.password.clone()),
-            ),
-            tls_ca: pick_path(&self.tls_ca, "NATS_CA", t.and_then(|t| t.tls_ca.clone())),
-            tls_cert: pick_path(
-                &self.tls_cert,
-                "NATS_CERT",
-                t.and_then(|t| t.tls_cert.clone()),
-            ),
-            tls_key: pick_path(&self.tls_key, "NATS_KEY", t.and_then(|t| t.tls_key.clone())),
-        })
+        let auth = NatsAuth {
+            creds: path(&self.creds, "NATS_CREDS", conf.creds),
+            token: secret(&self.token, "NATS_TOKEN", conf.token),
+            user: pick(&self.user, "NATS_USER", conf.user),
+            password: secret(&self.password, "NATS_PASSWORD", conf.password),
+            tls_ca: path(&self.tls_ca, "NATS_CA", conf.tls_ca),
+            tls_cert: path(&self.tls_cert, "NATS_CERT", conf.tls_cert),
+            tls_key: path(&self.tls_key, "NATS_KEY", conf.tls_key),
+        };
+        Some(NatsSettings { url, auth })
     }
 }

@@ -12,10 +12,12 @@ use uuid::Uuid;
 use crate::cli::bound;
 use crate::cli::client::{self, print_line, refusal, Client};
 use crate::cli::Cli;
-use crate::error::{exit, SystemError};
+use crate::config::names::check_token;
+use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
-use crate::message::schemas::{check_token, TaskAssignment, TaskStatus};
+use crate::message::schemas::TaskAssignment;
+use crate::transport::TransportKind;
 
 /// send a task (or any message) to an agent. BODY is the prompt as plain
 /// text, or a JSON object as the payload; read from stdin when absent or
@@ -76,10 +78,7 @@ pub struct SendArgs {
 }
 
 fn bad(message: impl Into<String>) -> SystemError {
-    SystemError::Refused {
-        code: exit::DATA,
-        message: message.into(),
-    }
+    SystemError::BadInput(message.into())
 }
 
 /// Past a task's own deadline, how long to wait for its answer: the
@@ -281,7 +280,7 @@ fn send_tasks(
     // acknowledgement has come for `MORE_ANSWERS` (as `status` gathers
     // daemons). Over the socket there is one daemon, which acknowledges a
     // request's tasks before starting any.
-    let gather = (args.to.as_deref() == Some("all") && !client.describe().starts_with("socket "))
+    let gather = (args.to.as_deref() == Some("all") && client.kind() == TransportKind::Nats)
         .then_some(client::MORE_ANSWERS);
     // Requests with all their results in, waiting for that quiet, soonest
     // first (a heap: a batch of 20,000 lines must not scan them all for
@@ -351,19 +350,18 @@ fn send_tasks(
         }
         let Some(m) = next else {
             if waiting_ack {
-                return Err(SystemError::Refused {
-                    code: pick(worst, exit::UNAVAILABLE),
-                    message: format!(
-                        "{unacked} task(s) not acknowledged within {} ms on {} ({subject})",
-                        client::ACK_WAIT.as_millis(),
-                        client.describe()
-                    ),
-                });
+                let e = SystemError::NoAnswer(format!(
+                    "{unacked} task(s) not acknowledged within {} ms on {} ({subject})",
+                    client::ACK_WAIT.as_millis(),
+                    client.describe()
+                ));
+                eprintln!("mister-smith: error: {e}");
+                return Ok(exit::worst(worst, e.exit_code()));
             }
             for p in pending.values_mut().filter(|p| !p.done) {
                 eprintln!("mister-smith: error: task {}: no result in time", p.task_id);
                 p.done = true;
-                worst = pick(worst, exit::TEMPORARY);
+                worst = exit::worst(worst, exit::TEMPORARY);
             }
             break;
         };
@@ -385,14 +383,14 @@ fn send_tasks(
         if m.no_responders {
             eprintln!("mister-smith: error: no agent answers on {subject} (no responders)");
             finish(p, &mut unacked, &mut open);
-            worst = pick(worst, exit::UNAVAILABLE);
+            worst = exit::worst(worst, exit::UNAVAILABLE);
             continue;
         }
         let env = client::decode(&m)?;
         if let Some(err) = refusal(&env) {
             eprintln!("mister-smith: error: task {}: {err}", p.task_id);
             finish(p, &mut unacked, &mut open);
-            worst = pick(worst, err.exit_code());
+            worst = exit::worst(worst, err.exit_code());
             continue;
         }
         match &env.payload {
@@ -423,11 +421,7 @@ fn send_tasks(
                 }
             }
             Payload::TaskResult(r) => {
-                let code = match r.status {
-                    TaskStatus::Completed => exit::OK,
-                    TaskStatus::Failed => exit::TASK_FAILED,
-                    TaskStatus::Timeout | TaskStatus::Cancelled => exit::TEMPORARY,
-                };
+                let code = task_exit_code(r.status);
                 if wait {
                     print_line(&mut stdout, &m.data)?;
                 }
@@ -440,7 +434,7 @@ fn send_tasks(
                         None => finish(p, &mut unacked, &mut open),
                     }
                 }
-                worst = pick(worst, code);
+                worst = exit::worst(worst, code);
             }
             _ => {}
         }
@@ -453,21 +447,7 @@ fn send_tasks(
 }
 
 fn default_timeout(client: &Client) -> Duration {
-    Duration::from_millis(
-        client
-            .config
-            .as_ref()
-            .map_or(300_000, |c| c.message.default_timeout_ms),
-    )
-}
-
-/// The more severe of two exit codes.
-fn pick(a: u8, b: u8) -> u8 {
-    if exit::severity(b) > exit::severity(a) {
-        b
-    } else {
-        a
-    }
+    Duration::from_millis(client.limits().default_timeout_ms)
 }
 
 /// Any message that is not a task: publish, print the first answer.
@@ -481,17 +461,14 @@ fn send_other(
     for mut env in envelopes {
         let answers = client.ask(subject, &mut env, Instant::now() + client::ACK_WAIT, None)?;
         let Some(answer) = answers.into_iter().next() else {
-            return Err(SystemError::Refused {
-                code: exit::UNAVAILABLE,
-                message: format!(
-                    "no answer on {subject} within {} ms",
-                    client::ACK_WAIT.as_millis()
-                ),
-            });
+            return Err(SystemError::NoAnswer(format!(
+                "no answer on {subject} within {} ms",
+                client::ACK_WAIT.as_millis()
+            )));
         };
         if let Some(err) = refusal(&answer) {
             eprintln!("mister-smith: error: {err}");
-            worst = pick(worst, err.exit_code());
+            worst = exit::worst(worst, err.exit_code());
             continue;
         }
         print_line(&mut stdout, &answer.encode())?;

@@ -7,10 +7,12 @@ use argh::FromArgs;
 
 use crate::cli::client::{self, print_line, refusal, Client};
 use crate::cli::Cli;
+use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{agent_subject, system_subject};
-use crate::message::schemas::{check_token, AgentStatus, HealthReport, SystemHealthCheck};
+use crate::message::schemas::{AgentStatus, HealthReport, SystemHealthCheck};
+use crate::transport::TransportKind;
 
 /// show each agent's state, pid, uptime, restarts, tasks done and failed,
 /// cost and memory. Exit: 0, or 69 when no daemon answers or there is no
@@ -51,7 +53,7 @@ pub fn reports(
         ),
     };
     let mut env = Envelope::new(Payload::SystemHealthCheck(payload));
-    let local = client.describe().starts_with("socket ");
+    let local = client.kind() == TransportKind::Socket;
     let quiet = if local || agent.is_some() {
         None
     } else {
@@ -59,14 +61,11 @@ pub fn reports(
     };
     let answers = client.ask(&subject, &mut env, Instant::now() + within, quiet)?;
     if answers.is_empty() {
-        return Err(SystemError::Refused {
-            code: exit::UNAVAILABLE,
-            message: format!(
-                "no daemon answered within {} ms ({})",
-                within.as_millis(),
-                client.describe()
-            ),
-        });
+        return Err(SystemError::NoAnswer(format!(
+            "no daemon answered within {} ms ({})",
+            within.as_millis(),
+            client.describe()
+        )));
     }
     let mut out = Vec::new();
     for a in answers {
@@ -86,26 +85,23 @@ pub fn reports(
 
 pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
     if let Some(id) = &args.id {
-        check_token(id).map_err(|why| SystemError::Refused {
-            code: exit::DATA,
-            message: format!("agent id {id:?} {why}"),
-        })?;
+        check_token(id).map_err(|why| SystemError::BadInput(format!("agent id {id:?} {why}")))?;
     }
     let within = Duration::from_millis(2000);
     client::bound_command(within);
     let mut client = client::connect(cli)?;
+    // Over NATS nobody answering about one agent means no daemon runs it.
+    let on_nats = client.kind() == TransportKind::Nats;
     let reports =
         reports(&mut client, args.id.as_deref(), within).map_err(|e| match (&e, &args.id) {
             (
-                SystemError::Refused {
-                    code: exit::UNAVAILABLE,
-                    ..
-                },
+                SystemError::NoAnswer(_)
+                | SystemError::NoResponders { .. }
+                | SystemError::Refused { .. },
                 Some(id),
-            ) if !client.describe().starts_with("socket ") => SystemError::Refused {
-                code: exit::UNAVAILABLE,
-                message: format!("no agent {id} answers ({})", client.describe()),
-            },
+            ) if on_nats && e.exit_code() == exit::UNAVAILABLE => {
+                SystemError::NoAnswer(format!("no agent {id} answers ({})", client.describe()))
+            }
             _ => e,
         })?;
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();

@@ -10,36 +10,34 @@
 //! A task that waits past its deadline is answered `timeout` without ever
 //! reaching an agent. Removal from a heap is lazy: the task leaves the
 //! `tasks` map at once, and its stale key is skipped when it comes up.
+//!
+//! Everything here is pure: [`Dispatcher`] takes commands and the time and
+//! tells a [`DispatchSink`] what to do. The thread that drives it is the
+//! runtime's (`runtime::dispatch`).
+//!
+//! Which agents are idle is the supervisor's to know. It lends an agent to
+//! the dispatcher when the agent becomes idle (`Ready`) and takes it back
+//! when it leaves idle other than by taking a task (`NotReady`); the
+//! dispatcher spends the loan when it hands the agent a task. The loan can
+//! be stale by the time the task arrives (the agent was paused meanwhile):
+//! the supervisor then hands the task back (`Requeue`), and it keeps its
+//! place in the queue.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{at, never, select_biased, Receiver};
 use serde_json::Value;
-use uuid::Uuid;
+
+use crate::message::router::{AgentIx, Origin};
 
 /// Where a task is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// The agent with this index.
-    Agent(usize),
+    /// This agent.
+    Agent(AgentIx),
     /// Any agent of this type.
     Type(String),
-}
-
-/// What the sender needs in the answers to a task.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Origin {
-    /// The subject replies go to, if the sender asked for them.
-    pub reply_to: Option<String>,
-    /// Copied into every answer: the request's `correlation_id`, or else its
-    /// `message_id`.
-    pub correlation_id: Option<Uuid>,
-    pub trace_id: Option<String>,
-    pub source_agent_id: Option<String>,
 }
 
 /// A task on its way to an agent.
@@ -104,7 +102,7 @@ type Fast = std::hash::BuildHasherDefault<FastHash>;
 pub struct Queue {
     capacity: usize,
     tasks: HashMap<u64, Task, Fast>,
-    by_agent: HashMap<usize, BinaryHeap<Key>, Fast>,
+    by_agent: HashMap<AgentIx, BinaryHeap<Key>, Fast>,
     by_type: HashMap<String, BinaryHeap<Key>, Fast>,
     /// Earliest deadline first; entries of tasks already gone are skipped
     /// (and compacted away when they pile up).
@@ -175,7 +173,7 @@ impl Queue {
     }
 
     /// Takes the most urgent task for agent `agent` of type `agent_type`.
-    pub fn pop_for(&mut self, agent: usize, agent_type: &str) -> Option<Task> {
+    pub fn pop_for(&mut self, agent: AgentIx, agent_type: &str) -> Option<Task> {
         let own = Self::head(&self.tasks, self.by_agent.get_mut(&agent));
         let typed = Self::head(&self.tasks, self.by_type.get_mut(agent_type));
         let take_own = match (own, typed) {
@@ -242,7 +240,7 @@ impl Queue {
     }
 }
 
-/// Requests to the dispatcher thread.
+/// Requests to the dispatcher.
 #[derive(Debug)]
 pub enum DispatchCmd {
     /// New tasks from one request: one, or one per agent of `--to all`.
@@ -251,20 +249,19 @@ pub enum DispatchCmd {
     Submit(Vec<Task>),
     /// A task the supervisor could not start (the agent was no longer idle).
     Requeue(Box<Task>),
-    /// Agent `usize` is idle and can take a task.
-    Ready(usize),
-    /// Agent `usize` is no longer idle.
-    NotReady(usize),
-    /// Stop taking tasks; answer every queued one `cancelled`. The sender
-    /// is dropped once done, so every assignment made before is already on
-    /// its way to the supervisor.
-    Shutdown(crossbeam_channel::Sender<()>),
+    /// The agent is idle and lent to the dispatcher for one task.
+    Ready(AgentIx),
+    /// The agent is no longer idle: the loan is taken back.
+    NotReady(AgentIx),
+    /// Stop taking tasks; answer every queued one `cancelled`, then say
+    /// [`DispatchSink::closed`].
+    Shutdown,
 }
 
 /// What the dispatcher tells the rest of the daemon.
 pub trait DispatchSink {
     /// Start `task` on agent `agent`.
-    fn assign(&self, agent: usize, task: Task);
+    fn assign(&self, agent: AgentIx, task: Task);
     /// The task is queued (`position` tasks are queued in all).
     fn accepted(&self, task: &Task, position: usize);
     /// The task was refused.
@@ -273,141 +270,161 @@ pub trait DispatchSink {
     fn expired(&self, task: &Task);
     /// The task was dropped at shutdown.
     fn cancelled(&self, task: &Task);
+    /// The dispatcher has shut down: everything it assigned was said
+    /// before this.
+    fn closed(&self);
 }
 
-/// The dispatcher thread's loop. `agent_types[i]` is agent `i`'s type;
-/// `queued` mirrors the queue length for status reports.
-pub fn run(
-    inbox: &Receiver<DispatchCmd>,
-    capacity: usize,
-    agent_types: &[String],
-    queued: &Arc<AtomicUsize>,
-    sink: &dyn DispatchSink,
-) {
-    let mut queue = Queue::new(capacity);
-    let mut idle = Idle::new(agent_types);
-    let mut closed = false;
-    loop {
-        let timer = queue.next_deadline().map_or_else(never, at);
-        select_biased! {
-            recv(inbox) -> cmd => {
-                let Ok(cmd) = cmd else { return };
-                match cmd {
-                    DispatchCmd::Submit(tasks) if closed => {
-                        for task in &tasks {
-                            sink.refused(task, Refusal::ShuttingDown);
-                        }
-                    }
-                    DispatchCmd::Submit(tasks) => {
-                        let mut start = Vec::new();
-                        for mut task in tasks {
-                            queue.stamp(&mut task);
-                            if let Some(i) = idle.take_for(&task.target) {
-                                sink.accepted(&task, 0);
-                                start.push((i, task));
-                            } else {
-                                let seq = task.seq;
-                                match queue.push(task) {
-                                    Ok(()) => {
-                                        if let Some(t) = queue.tasks.get(&seq) {
-                                            sink.accepted(t, queue.len());
-                                        }
-                                    }
-                                    Err((task, why)) => sink.refused(&task, why),
+/// The dispatcher's state: the queue and the agents lent to it. `types[i]`
+/// is agent `i`'s type.
+#[derive(Debug)]
+pub struct Dispatcher {
+    queue: Queue,
+    lent: Lent,
+    types: Vec<String>,
+    closed: bool,
+}
+
+impl Dispatcher {
+    pub fn new(capacity: usize, types: Vec<String>) -> Dispatcher {
+        Dispatcher {
+            queue: Queue::new(capacity),
+            lent: Lent::new(&types),
+            types,
+            closed: false,
+        }
+    }
+
+    /// Tasks waiting.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the next queued task runs out of time.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.queue.next_deadline()
+    }
+
+    /// Answers `timeout` for every task whose deadline is at or before
+    /// `now`.
+    pub fn expire(&mut self, now: Instant, sink: &dyn DispatchSink) {
+        for t in self.queue.expire(now) {
+            sink.expired(&t);
+        }
+    }
+
+    pub fn handle(&mut self, cmd: DispatchCmd, sink: &dyn DispatchSink) {
+        match cmd {
+            DispatchCmd::Submit(tasks) if self.closed => {
+                for task in &tasks {
+                    sink.refused(task, Refusal::ShuttingDown);
+                }
+            }
+            DispatchCmd::Submit(tasks) => {
+                let mut start = Vec::new();
+                for mut task in tasks {
+                    self.queue.stamp(&mut task);
+                    if let Some(i) = self.lent.take_for(&task.target) {
+                        sink.accepted(&task, 0);
+                        start.push((i, task));
+                    } else {
+                        let seq = task.seq;
+                        match self.queue.push(task) {
+                            Ok(()) => {
+                                if let Some(t) = self.queue.tasks.get(&seq) {
+                                    sink.accepted(t, self.queue.len());
                                 }
                             }
+                            Err((task, why)) => sink.refused(&task, why),
                         }
-                        for (i, task) in start {
-                            sink.assign(i, task);
-                        }
-                    }
-                    DispatchCmd::Requeue(task) => {
-                        let task = *task;
-                        if closed {
-                            sink.cancelled(&task);
-                        } else if let Some(i) = idle.take_for(&task.target) {
-                            // Another idle agent that fits takes it now.
-                            sink.assign(i, task);
-                        } else {
-                            queue.requeue(task);
-                        }
-                    }
-                    DispatchCmd::Ready(i) if closed || i >= agent_types.len() => {}
-                    DispatchCmd::Ready(i) => {
-                        if let Some(task) = queue.pop_for(i, &agent_types[i]) {
-                            idle.set_busy(i);
-                            sink.assign(i, task);
-                        } else {
-                            idle.set_idle(i);
-                        }
-                    }
-                    DispatchCmd::NotReady(i) => idle.set_busy(i),
-                    DispatchCmd::Shutdown(done) => {
-                        closed = true;
-                        for t in queue.drain() {
-                            sink.cancelled(&t);
-                        }
-                        drop(done);
                     }
                 }
-            },
-            recv(timer) -> _ => {
-                for t in queue.expire(Instant::now()) {
-                    sink.expired(&t);
+                for (i, task) in start {
+                    sink.assign(i, task);
                 }
-            },
+            }
+            DispatchCmd::Requeue(task) => {
+                let task = *task;
+                if self.closed {
+                    sink.cancelled(&task);
+                } else if let Some(i) = self.lent.take_for(&task.target) {
+                    // Another idle agent that fits takes it now.
+                    sink.assign(i, task);
+                } else {
+                    self.queue.requeue(task);
+                }
+            }
+            DispatchCmd::Ready(i) if self.closed || i.0 >= self.types.len() => {}
+            DispatchCmd::Ready(i) => {
+                if let Some(task) = self.queue.pop_for(i, &self.types[i.0]) {
+                    self.lent.take_back(i);
+                    sink.assign(i, task);
+                } else {
+                    self.lent.lend(i);
+                }
+            }
+            DispatchCmd::NotReady(i) => self.lent.take_back(i),
+            DispatchCmd::Shutdown => {
+                if !self.closed {
+                    self.closed = true;
+                    for t in self.queue.drain() {
+                        sink.cancelled(&t);
+                    }
+                }
+                sink.closed();
+            }
         }
-        queued.store(queue.len(), Ordering::Relaxed);
     }
 }
 
-/// Which agents are idle: a flag per agent, and per type the idle ones in
-/// the order they became idle, so work is spread over them. An agent is in
-/// its type's list at most once.
-struct Idle<'a> {
-    types: &'a [String],
-    idle: Vec<bool>,
+/// The agents lent to the dispatcher (idle ones): a flag per agent, and per
+/// type the lent ones in the order they were lent, so work is spread over
+/// them. An agent is in its type's list at most once.
+#[derive(Debug)]
+struct Lent {
+    types: Vec<String>,
+    lent: Vec<bool>,
     listed: Vec<bool>,
-    by_type: HashMap<&'a str, VecDeque<usize>>,
+    by_type: HashMap<String, VecDeque<AgentIx>>,
 }
 
-impl<'a> Idle<'a> {
-    fn new(types: &'a [String]) -> Self {
-        Idle {
-            types,
-            idle: vec![false; types.len()],
+impl Lent {
+    fn new(types: &[String]) -> Self {
+        Lent {
+            types: types.to_vec(),
+            lent: vec![false; types.len()],
             listed: vec![false; types.len()],
             by_type: HashMap::new(),
         }
     }
 
-    fn set_idle(&mut self, i: usize) {
-        self.idle[i] = true;
-        if !self.listed[i] {
-            self.listed[i] = true;
+    fn lend(&mut self, i: AgentIx) {
+        self.lent[i.0] = true;
+        if !self.listed[i.0] {
+            self.listed[i.0] = true;
             self.by_type
-                .entry(self.types[i].as_str())
+                .entry(self.types[i.0].clone())
                 .or_default()
                 .push_back(i);
         }
     }
 
-    fn set_busy(&mut self, i: usize) {
-        if let Some(f) = self.idle.get_mut(i) {
+    fn take_back(&mut self, i: AgentIx) {
+        if let Some(f) = self.lent.get_mut(i.0) {
             *f = false;
         }
     }
 
-    /// An idle agent for `target`, now marked busy.
-    fn take_for(&mut self, target: &Target) -> Option<usize> {
+    /// A lent agent for `target`, now taken back.
+    fn take_for(&mut self, target: &Target) -> Option<AgentIx> {
         let i = match target {
-            Target::Agent(i) => self.idle.get(*i).copied().unwrap_or(false).then_some(*i),
+            Target::Agent(i) => self.lent.get(i.0).copied().unwrap_or(false).then_some(*i),
             Target::Type(t) => {
                 let q = self.by_type.get_mut(t.as_str())?;
                 let mut found = None;
                 while let Some(i) = q.pop_front() {
-                    self.listed[i] = false;
-                    if self.idle[i] {
+                    self.listed[i.0] = false;
+                    if self.lent[i.0] {
                         found = Some(i);
                         break;
                     }
@@ -415,7 +432,7 @@ impl<'a> Idle<'a> {
                 found
             }
         }?;
-        self.idle[i] = false;
+        self.lent[i.0] = false;
         Some(i)
     }
 }
@@ -452,26 +469,26 @@ mod tests {
             ("e1", 1),
             ("f5", 5),
         ] {
-            q.push(task(id, p, Target::Agent(0))).unwrap();
+            q.push(task(id, p, Target::Agent(AgentIx(0)))).unwrap();
         }
         let order: Vec<String> =
-            std::iter::from_fn(|| q.pop_for(0, "claude").map(|t| t.task_id)).collect();
+            std::iter::from_fn(|| q.pop_for(AgentIx(0), "claude").map(|t| t.task_id)).collect();
         assert_eq!(order, ["b1", "e1", "a5", "c5", "f5", "d10"]);
     }
 
     #[test]
     fn an_agent_takes_the_better_of_its_own_and_its_types_heads() {
         let mut q = Queue::new(100);
-        q.push(task("own5", 5, Target::Agent(0))).unwrap();
+        q.push(task("own5", 5, Target::Agent(AgentIx(0)))).unwrap();
         q.push(task("any5", 5, Target::Type("claude".into())))
             .unwrap();
         q.push(task("any2", 2, Target::Type("claude".into())))
             .unwrap();
-        q.push(task("other", 1, Target::Agent(1))).unwrap();
+        q.push(task("other", 1, Target::Agent(AgentIx(1)))).unwrap();
         q.push(task("shell", 1, Target::Type("shell".into())))
             .unwrap();
         let order: Vec<String> =
-            std::iter::from_fn(|| q.pop_for(0, "claude").map(|t| t.task_id)).collect();
+            std::iter::from_fn(|| q.pop_for(AgentIx(0), "claude").map(|t| t.task_id)).collect();
         assert_eq!(order, ["any2", "own5", "any5"]);
         assert_eq!(q.len(), 2);
     }
@@ -479,33 +496,33 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_and_requeues_keep_their_place() {
         let mut q = Queue::new(2);
-        q.push(task("a", 5, Target::Agent(0))).unwrap();
-        q.push(task("b", 5, Target::Agent(0))).unwrap();
-        let (t, why) = q.push(task("c", 5, Target::Agent(0))).unwrap_err();
+        q.push(task("a", 5, Target::Agent(AgentIx(0)))).unwrap();
+        q.push(task("b", 5, Target::Agent(AgentIx(0)))).unwrap();
+        let (t, why) = q.push(task("c", 5, Target::Agent(AgentIx(0)))).unwrap_err();
         assert_eq!(
             (t.task_id.as_str(), why),
             ("c", Refusal::Full { capacity: 2 })
         );
-        let a = q.pop_for(0, "x").unwrap();
+        let a = q.pop_for(AgentIx(0), "x").unwrap();
         q.requeue(a);
-        assert_eq!(q.pop_for(0, "x").unwrap().task_id, "a");
+        assert_eq!(q.pop_for(AgentIx(0), "x").unwrap().task_id, "a");
     }
 
     #[test]
     fn expired_tasks_leave_and_are_skipped() {
         let mut q = Queue::new(10);
-        let mut soon = task("soon", 1, Target::Agent(0));
+        let mut soon = task("soon", 1, Target::Agent(AgentIx(0)));
         soon.deadline = Instant::now();
         q.push(soon).unwrap();
-        q.push(task("later", 5, Target::Agent(0))).unwrap();
+        q.push(task("later", 5, Target::Agent(AgentIx(0)))).unwrap();
         let gone: Vec<_> = q
             .expire(Instant::now())
             .into_iter()
             .map(|t| t.task_id)
             .collect();
         assert_eq!(gone, ["soon"]);
-        assert_eq!(q.pop_for(0, "x").unwrap().task_id, "later");
-        assert!(q.pop_for(0, "x").is_none());
+        assert_eq!(q.pop_for(AgentIx(0), "x").unwrap().task_id, "later");
+        assert!(q.pop_for(AgentIx(0), "x").is_none());
         assert!(q.is_empty());
     }
 
@@ -513,11 +530,11 @@ mod tests {
     struct Log(Mutex<Vec<String>>);
 
     impl DispatchSink for Log {
-        fn assign(&self, agent: usize, task: Task) {
+        fn assign(&self, agent: AgentIx, task: Task) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("assign {agent} {}", task.task_id));
+                .push(format!("assign {} {}", agent.0, task.task_id));
         }
         fn accepted(&self, task: &Task, position: usize) {
             self.0
@@ -543,36 +560,29 @@ mod tests {
                 .unwrap()
                 .push(format!("cancelled {}", task.task_id));
         }
+        fn closed(&self) {
+            self.0.lock().unwrap().push("closed".into());
+        }
     }
 
     #[test]
-    fn the_thread_hands_tasks_to_idle_agents() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let log = Arc::new(Log::default());
-        let queued = Arc::new(AtomicUsize::new(0));
+    fn the_dispatcher_hands_tasks_to_idle_agents() {
+        let log = Log::default();
         let types = vec!["claude".to_string(), "claude".to_string()];
-        let (l, q) = (log.clone(), queued.clone());
-        let h = std::thread::spawn(move || run(&rx, 1, &types, &q, &*l));
-        tx.send(DispatchCmd::Ready(1)).unwrap();
-        tx.send(DispatchCmd::Submit(vec![task(
-            "t1",
-            5,
-            Target::Type("claude".into()),
-        )]))
-        .unwrap();
-        tx.send(DispatchCmd::Submit(vec![task("t2", 5, Target::Agent(0))]))
-            .unwrap();
-        tx.send(DispatchCmd::Submit(vec![task("t3", 5, Target::Agent(0))]))
-            .unwrap();
-        tx.send(DispatchCmd::Ready(0)).unwrap();
-        tx.send(DispatchCmd::Submit(vec![task("t4", 5, Target::Agent(1))]))
-            .unwrap();
-        let (done, _) = crossbeam_channel::bounded(1);
-        tx.send(DispatchCmd::Shutdown(done)).unwrap();
-        tx.send(DispatchCmd::Submit(vec![task("t5", 5, Target::Agent(1))]))
-            .unwrap();
-        drop(tx);
-        h.join().unwrap();
+        let mut d = Dispatcher::new(1, types);
+        let cmds = [
+            DispatchCmd::Ready(AgentIx(1)),
+            DispatchCmd::Submit(vec![task("t1", 5, Target::Type("claude".into()))]),
+            DispatchCmd::Submit(vec![task("t2", 5, Target::Agent(AgentIx(0)))]),
+            DispatchCmd::Submit(vec![task("t3", 5, Target::Agent(AgentIx(0)))]),
+            DispatchCmd::Ready(AgentIx(0)),
+            DispatchCmd::Submit(vec![task("t4", 5, Target::Agent(AgentIx(1)))]),
+            DispatchCmd::Shutdown,
+            DispatchCmd::Submit(vec![task("t5", 5, Target::Agent(AgentIx(1)))]),
+        ];
+        for cmd in cmds {
+            d.handle(cmd, &log);
+        }
         let got = log.0.lock().unwrap().clone();
         assert_eq!(
             got,
@@ -584,35 +594,49 @@ mod tests {
                 "assign 0 t2",
                 "accepted t4 1",
                 "cancelled t4",
+                "closed",
                 "refused t5 ShuttingDown",
             ]
         );
-        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        assert_eq!(d.queued(), 0);
     }
 
     /// `--to all`: every task of the request is acknowledged before the
     /// first is handed over, so no result can overtake an acknowledgement.
     #[test]
     fn a_request_for_several_agents_is_acknowledged_before_it_starts() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let log = Arc::new(Log::default());
-        let queued = Arc::new(AtomicUsize::new(0));
+        let log = Log::default();
         let types = vec!["claude".to_string(), "claude".to_string()];
-        let (l, q) = (log.clone(), queued.clone());
-        let h = std::thread::spawn(move || run(&rx, 10, &types, &q, &*l));
-        tx.send(DispatchCmd::Ready(0)).unwrap();
-        tx.send(DispatchCmd::Ready(1)).unwrap();
-        tx.send(DispatchCmd::Submit(vec![
-            task("a", 5, Target::Agent(0)),
-            task("b", 5, Target::Agent(1)),
-        ]))
-        .unwrap();
-        drop(tx);
-        h.join().unwrap();
+        let mut d = Dispatcher::new(10, types);
+        d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+        d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
+        d.handle(
+            DispatchCmd::Submit(vec![
+                task("a", 5, Target::Agent(AgentIx(0))),
+                task("b", 5, Target::Agent(AgentIx(1))),
+            ]),
+            &log,
+        );
         let got = log.0.lock().unwrap().clone();
         assert_eq!(
             got,
             ["accepted a 0", "accepted b 0", "assign 0 a", "assign 1 b"]
         );
+    }
+
+    #[test]
+    fn queued_tasks_expire_at_their_deadline() {
+        let log = Log::default();
+        let mut d = Dispatcher::new(10, vec!["claude".to_string()]);
+        let mut soon = task("soon", 5, Target::Agent(AgentIx(0)));
+        let t0 = soon.submitted;
+        soon.deadline = t0 + Duration::from_millis(10);
+        d.handle(DispatchCmd::Submit(vec![soon]), &log);
+        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(10)));
+        d.expire(t0 + Duration::from_millis(9), &log);
+        d.expire(t0 + Duration::from_millis(10), &log);
+        assert_eq!(d.next_deadline(), None);
+        let got = log.0.lock().unwrap().clone();
+        assert_eq!(got, ["accepted soon 1", "expired soon"]);
     }
 }

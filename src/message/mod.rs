@@ -1,5 +1,8 @@
-//! Messages: the envelope and its typed payloads, routing of destinations
-//! to subjects, and the priority dispatcher.
+//! Messages: the envelope and its typed payloads, the subjects and the
+//! routing table, and the priority queue tasks wait in.
+//!
+//! A leaf: pure types and functions, no threads, importing nothing of the
+//! crate but `config` (for the agents' names and specs).
 
 pub mod dispatcher;
 pub mod envelope;

@@ -1,5 +1,5 @@
-//! The router: subjects (DESIGN.md §6), the table of this daemon's agents,
-//! and what happens to each message that arrives on any transport.
+//! The router: subjects, the table of this daemon's agents, and the
+//! fields an answer copies from its request.
 //!
 //! ```text
 //! mister-smith.{agent_type}.{agent_id}.{message_type}   one agent
@@ -8,35 +8,20 @@
 //! mister-smith.system.{daemon_id|all}.{op}              a daemon's control plane
 //! ```
 //!
-//! Inbound handling runs on the transport threads. Tasks go to the
-//! dispatcher, control requests to the supervisor (answered within a bound);
-//! events (progress, results, statuses, alerts — ours or another daemon's)
-//! are not requests and are ignored.
+//! What happens to a message that arrives is the runtime's business
+//! (`runtime::inbound`); this module only says where a subject points.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::fmt;
 
-use crossbeam_channel::Sender;
-use serde_json::json;
 use uuid::Uuid;
 
+use crate::config::names::check_token;
 use crate::config::{Config, Protocol};
-use crate::message::dispatcher::{DispatchCmd, DispatchSink, Origin, Refusal, Target, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
-use crate::message::error::MessageError;
-use crate::message::schemas::{
-    check_subject, check_token, CommandType, RawEvent, SystemAlert, SystemHealthCheck,
-    TaskProgress, TaskResult, TaskStatus,
-};
-use crate::runtime::supervisor::{Command, Event};
-use crate::transport::hub::Outbox;
-use crate::transport::nats_transport::DaemonSubs;
+use crate::message::schemas::{AlertCode, Severity, SystemAlert};
 
 pub const PREFIX: &str = "mister-smith";
-
-/// How long a transport thread waits for the supervisor's answer.
-const CONTROL_WAIT: Duration = Duration::from_secs(5);
 
 /// The subject of message type `t` for agent `id` of type `agent_type`.
 pub fn agent_subject(agent_type: &str, id: &str, t: MessageType) -> String {
@@ -65,6 +50,19 @@ pub enum Dest {
     },
     /// `mister-smith.system.{this daemon or all}.{op}`.
     System { op: String },
+}
+
+impl Dest {
+    /// The message type the subject names (`system_health_check` for the
+    /// control plane, whose ops are not message types).
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Dest::Agent { message_type, .. }
+            | Dest::Any { message_type, .. }
+            | Dest::All { message_type, .. } => *message_type,
+            Dest::System { .. } => MessageType::SystemHealthCheck,
+        }
+    }
 }
 
 /// Parses a subject addressed to daemon `daemon_id`; `None` for anything
@@ -104,6 +102,18 @@ pub fn parse_subject(subject: &str, daemon_id: &str) -> Option<Dest> {
     }
 }
 
+/// An agent's place in this daemon's table: its index in the config's
+/// agents after replicas are expanded. Cheap to copy and to hash, and valid
+/// for the daemon's whole life (the table never changes while it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentIx(pub usize);
+
+impl fmt::Display for AgentIx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// One agent, as far as routing is concerned.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -112,13 +122,21 @@ pub struct Route {
     pub protocol: Protocol,
 }
 
+/// A subscription a daemon makes: a subject pattern, and the queue group
+/// that shares it with other daemons, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sub {
+    pub subject: String,
+    pub queue: Option<String>,
+}
+
 /// This daemon's agents by id and by type.
 #[derive(Debug)]
 pub struct RoutingTable {
     pub daemon_id: String,
-    pub agents: Vec<Route>,
-    by_id: HashMap<String, usize>,
-    by_type: HashMap<String, Vec<usize>>,
+    agents: Vec<Route>,
+    by_id: HashMap<String, AgentIx>,
+    by_type: HashMap<String, Vec<AgentIx>>,
 }
 
 impl RoutingTable {
@@ -133,11 +151,14 @@ impl RoutingTable {
             })
             .collect();
         let mut by_id = HashMap::new();
-        let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_type: HashMap<String, Vec<AgentIx>> = HashMap::new();
         for (i, a) in agents.iter().enumerate() {
-            by_id.insert(a.id.clone(), i);
-            if a.protocol != Protocol::None {
-                by_type.entry(a.agent_type.clone()).or_default().push(i);
+            by_id.insert(a.id.clone(), AgentIx(i));
+            if a.protocol.takes_tasks() {
+                by_type
+                    .entry(a.agent_type.clone())
+                    .or_default()
+                    .push(AgentIx(i));
             }
         }
         RoutingTable {
@@ -148,52 +169,101 @@ impl RoutingTable {
         }
     }
 
-    pub fn find(&self, id: &str) -> Option<usize> {
+    pub fn find(&self, id: &str) -> Option<AgentIx> {
         self.by_id.get(id).copied()
     }
 
-    pub fn subject(&self, i: usize, t: MessageType) -> String {
-        let a = &self.agents[i];
+    /// The agent at `i`. Every `AgentIx` comes from this table.
+    pub fn route(&self, i: AgentIx) -> &Route {
+        &self.agents[i.0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// Every agent's type, by index (what the dispatcher needs).
+    pub fn types(&self) -> Vec<String> {
+        self.agents.iter().map(|a| a.agent_type.clone()).collect()
+    }
+
+    /// The agents of `agent_type` that take tasks, or `None` when there are
+    /// none.
+    pub fn of_type(&self, agent_type: &str) -> Option<&[AgentIx]> {
+        self.by_type.get(agent_type).map(Vec::as_slice)
+    }
+
+    pub fn subject(&self, i: AgentIx, t: MessageType) -> String {
+        let a = self.route(i);
         agent_subject(&a.agent_type, &a.id, t)
     }
 
     /// The NATS subscriptions that reach this daemon's agents and control
     /// plane. `any` is a queue group, so one daemon of several takes each
     /// task.
-    pub fn daemon_subs(&self) -> DaemonSubs {
-        let mut subs: DaemonSubs = self
+    pub fn daemon_subs(&self) -> Vec<Sub> {
+        let sub = |subject: String, queue: Option<String>| Sub { subject, queue };
+        let mut subs: Vec<Sub> = self
             .agents
             .iter()
-            .map(|a| (format!("{PREFIX}.*.{}.*", a.id), None))
+            .map(|a| sub(format!("{PREFIX}.*.{}.*", a.id), None))
             .collect();
         // Only types with agents that take tasks: a daemon must not take
         // its share of `any` tasks it can only refuse.
         let mut types: Vec<&String> = self.by_type.keys().collect();
         types.sort();
         for t in types {
-            subs.push((
+            subs.push(sub(
                 format!("{PREFIX}.{t}.any.{}", MessageType::TaskAssignment),
                 Some(format!("{PREFIX}.{t}")),
             ));
-            subs.push((format!("{PREFIX}.{t}.all.*"), None));
+            subs.push(sub(format!("{PREFIX}.{t}.all.*"), None));
         }
-        subs.push((system_subject(&self.daemon_id, "*"), None));
-        subs.push((system_subject("all", "*"), None));
+        subs.push(sub(system_subject(&self.daemon_id, "*"), None));
+        subs.push(sub(system_subject("all", "*"), None));
         subs
+    }
+}
+
+/// What the sender of a request needs in every answer to it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Origin {
+    /// The subject replies go to, if the sender asked for them.
+    pub reply_to: Option<String>,
+    /// Copied into every answer: the request's `correlation_id`, or else its
+    /// `message_id`.
+    pub correlation_id: Option<Uuid>,
+    pub trace_id: Option<String>,
+    pub source_agent_id: Option<String>,
+}
+
+impl Origin {
+    /// The origin of request `env`, which came with reply subject `reply`.
+    pub fn of(env: &Envelope, reply: Option<&str>) -> Origin {
+        Origin {
+            reply_to: env.reply_to.clone().or_else(|| reply.map(String::from)),
+            correlation_id: Some(env.correlation_id.unwrap_or(env.message_id)),
+            trace_id: env.trace_id.clone(),
+            source_agent_id: env.source_agent_id.clone(),
+        }
     }
 }
 
 /// A `system_alert` envelope.
 pub fn alert(
-    severity: &str,
-    code: &str,
+    severity: Severity,
+    code: AlertCode,
     message: String,
     agent_id: Option<&str>,
     task_id: Option<&str>,
 ) -> Envelope {
     Envelope::new(Payload::SystemAlert(SystemAlert {
-        severity: severity.into(),
-        code: code.into(),
+        severity,
+        code,
         message,
         agent_id: agent_id.map(String::from),
         task_id: task_id.map(String::from),
@@ -207,438 +277,6 @@ pub fn answer_to(mut env: Envelope, origin: &Origin) -> Envelope {
     env.trace_id.clone_from(&origin.trace_id);
     env.target_agent_id.clone_from(&origin.source_agent_id);
     env
-}
-
-/// Handles every message that reaches the daemon.
-#[derive(Clone)]
-pub struct Inbound {
-    pub table: Arc<RoutingTable>,
-    pub dispatch: Sender<DispatchCmd>,
-    pub events: Sender<Event>,
-    pub outbox: Outbox,
-    pub max_size: usize,
-    pub default_timeout: Duration,
-}
-
-impl Inbound {
-    pub fn handle(&self, subject: &str, reply: Option<&str>, data: &[u8]) {
-        // A reply subject is published to as is: it must be a literal,
-        // well-formed subject (the local socket passes what a client wrote).
-        let reply = match reply {
-            Some(r) if check_subject(r).is_err() => {
-                log::warn!("ignoring a malformed reply subject on {subject}");
-                None
-            }
-            r => r,
-        };
-        let Some(dest) = parse_subject(subject, &self.table.daemon_id) else {
-            log::debug!("ignoring a message on {subject}");
-            return;
-        };
-        // Our own events come back to us only through other daemons' or
-        // clients' eyes; skip the decode for types that are never requests.
-        if let Dest::Agent { message_type, .. }
-        | Dest::Any { message_type, .. }
-        | Dest::All { message_type, .. } = &dest
-        {
-            if matches!(
-                message_type,
-                MessageType::TaskProgress
-                    | MessageType::TaskResult
-                    | MessageType::SystemAlert
-                    | MessageType::AgentRegistration
-            ) {
-                return;
-            }
-        }
-        let env = match Envelope::decode(data, self.max_size) {
-            Ok(e) => e,
-            Err(e) => {
-                log::warn!("refused a message on {subject}: {e}");
-                if let Some(r) = reply {
-                    self.outbox
-                        .reply(r, &alert("error", "bad_request", e.to_string(), None, None));
-                }
-                return;
-            }
-        };
-        let origin = Origin {
-            reply_to: env.reply_to.clone().or_else(|| reply.map(String::from)),
-            correlation_id: Some(env.correlation_id.unwrap_or(env.message_id)),
-            trace_id: env.trace_id.clone(),
-            source_agent_id: env.source_agent_id.clone(),
-        };
-        let result = match (&dest, &env.payload) {
-            (Dest::System { op }, _) => self.system(op, &env, &origin),
-            (_, Payload::TaskAssignment(_)) | (_, Payload::AgentCommand(_))
-                if env.message_type() != dest_type(&dest) =>
-            {
-                Err(MessageError::field(
-                    "message_type",
-                    format!(
-                        "{} does not match the subject {subject}",
-                        env.message_type()
-                    ),
-                ))
-            }
-            (_, Payload::TaskAssignment(t)) => self.task(&dest, &env, t, &origin),
-            (Dest::Agent { id, .. }, Payload::AgentCommand(c)) => {
-                self.control(id, c.command_type, c, &env, &origin)
-            }
-            (Dest::Agent { id, .. }, Payload::AgentStatus(_)) => match &origin.reply_to {
-                Some(_) => self.status_of(id, &origin),
-                None => Ok(()),
-            },
-            (Dest::Agent { id, .. }, Payload::SystemHealthCheck(_)) => {
-                self.report(Some(id), &origin)
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            let code = match e {
-                MessageError::NoRoute { .. } => "no_route",
-                _ => "bad_request",
-            };
-            log::warn!("refused a message on {subject}: {e}");
-            if let Some(r) = &origin.reply_to {
-                let task_id = match &env.payload {
-                    Payload::TaskAssignment(t) => Some(t.task_id.as_str()),
-                    _ => None,
-                };
-                self.outbox.reply(
-                    r,
-                    &answer_to(alert("error", code, e.to_string(), None, task_id), &origin),
-                );
-            }
-        }
-    }
-
-    fn task(
-        &self,
-        dest: &Dest,
-        env: &Envelope,
-        t: &crate::message::schemas::TaskAssignment,
-        origin: &Origin,
-    ) -> Result<(), MessageError> {
-        let targets: Vec<Target> = match dest {
-            Dest::Agent { id, .. } => {
-                let i = self
-                    .table
-                    .find(id)
-                    .ok_or_else(|| MessageError::NoRoute { target: id.clone() })?;
-                if self.table.agents[i].protocol == Protocol::None {
-                    return Err(MessageError::field(
-                        "target_agent_id",
-                        format!("agent {id} is a plain process (protocol none) and takes no tasks"),
-                    ));
-                }
-                vec![Target::Agent(i)]
-            }
-            Dest::Any { agent_type, .. } => {
-                if !self.table.by_type.contains_key(agent_type) {
-                    return Err(MessageError::NoRoute {
-                        target: format!("of type {agent_type}"),
-                    });
-                }
-                vec![Target::Type(agent_type.clone())]
-            }
-            Dest::All { agent_type, .. } => {
-                let list =
-                    self.table
-                        .by_type
-                        .get(agent_type)
-                        .ok_or_else(|| MessageError::NoRoute {
-                            target: format!("of type {agent_type}"),
-                        })?;
-                list.iter().map(|&i| Target::Agent(i)).collect()
-            }
-            Dest::System { .. } => return Ok(()),
-        };
-        let timeout = env
-            .timeout_ms
-            .map_or(self.default_timeout, Duration::from_millis);
-        let now = Instant::now();
-        let mut tasks = Vec::with_capacity(targets.len());
-        for target in targets {
-            tasks.push(Task {
-                task_id: t.task_id.clone(),
-                prompt: t.prompt.clone(),
-                context: t.context.clone(),
-                priority: env.priority,
-                timeout,
-                deadline: now + timeout,
-                target,
-                origin: origin.clone(),
-                submitted: now,
-                seq: 0,
-            });
-        }
-        let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
-        Ok(())
-    }
-
-    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Option<T> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.events.send(Event::Command(make(tx))).ok()?;
-        rx.recv_timeout(CONTROL_WAIT).ok()
-    }
-
-    fn control(
-        &self,
-        id: &str,
-        op: CommandType,
-        c: &crate::message::schemas::AgentCommand,
-        env: &Envelope,
-        origin: &Origin,
-    ) -> Result<(), MessageError> {
-        if op == CommandType::Shutdown {
-            let _ = self.events.send(Event::Command(Command::Shutdown));
-            if let Some(r) = &origin.reply_to {
-                let e = alert(
-                    "info",
-                    "shutting_down",
-                    format!("daemon {} is shutting down", self.table.daemon_id),
-                    None,
-                    None,
-                );
-                self.outbox.reply(r, &answer_to(e, origin));
-            }
-            return Ok(());
-        }
-        let i = self
-            .table
-            .find(id)
-            .ok_or_else(|| MessageError::NoRoute { target: id.into() })?;
-        if op == CommandType::Execute {
-            let prompt = c
-                .prompt
-                .clone()
-                .filter(|p| !p.trim().is_empty())
-                .ok_or_else(|| MessageError::field("payload.prompt", "execute needs a prompt"))?;
-            let t = crate::message::schemas::TaskAssignment {
-                task_id: c
-                    .task_id
-                    .clone()
-                    .unwrap_or_else(|| Uuid::new_v4().to_string()),
-                prompt,
-                context: None,
-            };
-            let dest = Dest::Agent {
-                id: id.into(),
-                message_type: MessageType::TaskAssignment,
-            };
-            return self.task(&dest, env, &t, origin);
-        }
-        let answer = self.ask(|reply| Command::Control {
-            agent: i,
-            op,
-            reply,
-        });
-        let Some(r) = &origin.reply_to else {
-            return Ok(());
-        };
-        let env = match answer {
-            Some(Ok(status)) => Envelope::new(Payload::AgentStatus(status)),
-            Some(Err(why)) => alert("error", "refused", why, Some(id), None),
-            None => alert(
-                "error",
-                "unavailable",
-                "the daemon did not answer in time".into(),
-                Some(id),
-                None,
-            ),
-        };
-        self.outbox.reply(r, &answer_to(env, origin));
-        Ok(())
-    }
-
-    fn status_of(&self, id: &str, origin: &Origin) -> Result<(), MessageError> {
-        let i = self
-            .table
-            .find(id)
-            .ok_or_else(|| MessageError::NoRoute { target: id.into() })?;
-        let Some(report) = self.ask(|reply| Command::Report {
-            agent: Some(i),
-            reply,
-        }) else {
-            return Ok(());
-        };
-        if let (Some(r), Some(status)) = (&origin.reply_to, report.agents.into_iter().next()) {
-            self.outbox.reply(
-                r,
-                &answer_to(Envelope::new(Payload::AgentStatus(status)), origin),
-            );
-        }
-        Ok(())
-    }
-
-    fn report(&self, agent: Option<&str>, origin: &Origin) -> Result<(), MessageError> {
-        let i = match agent {
-            Some(id) => Some(
-                self.table
-                    .find(id)
-                    .ok_or_else(|| MessageError::NoRoute { target: id.into() })?,
-            ),
-            None => None,
-        };
-        let Some(report) = self.ask(|reply| Command::Report { agent: i, reply }) else {
-            return Ok(());
-        };
-        if let Some(r) = &origin.reply_to {
-            let env = Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck {
-                agent_id: agent.map(String::from),
-                report: Some(report),
-            }));
-            self.outbox.reply(r, &answer_to(env, origin));
-        }
-        Ok(())
-    }
-
-    fn system(&self, op: &str, env: &Envelope, origin: &Origin) -> Result<(), MessageError> {
-        match (op, &env.payload) {
-            ("status" | "health", Payload::SystemHealthCheck(h)) => {
-                self.report(h.agent_id.as_deref(), origin)
-            }
-            ("status" | "health", _) => self.report(None, origin),
-            ("agent_command", Payload::AgentCommand(c)) => {
-                let id = c.agent_id.clone().or_else(|| env.target_agent_id.clone());
-                match (c.command_type, id) {
-                    (CommandType::Shutdown, _) => {
-                        self.control("", CommandType::Shutdown, c, env, origin)
-                    }
-                    (op, Some(id)) => self.control(&id, op, c, env, origin),
-                    (_, None) => Err(MessageError::field("payload.agent_id", "is required")),
-                }
-            }
-            ("agent_command", _) => Err(MessageError::field(
-                "message_type",
-                "agent_command expected",
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn dest_type(d: &Dest) -> MessageType {
-    match d {
-        Dest::Agent { message_type, .. }
-        | Dest::Any { message_type, .. }
-        | Dest::All { message_type, .. } => *message_type,
-        Dest::System { .. } => MessageType::SystemHealthCheck,
-    }
-}
-
-/// Answers tasks on behalf of the dispatcher: acceptance, refusal, expiry,
-/// cancellation, and hands assignments to the supervisor.
-pub struct DaemonSink {
-    pub table: Arc<RoutingTable>,
-    pub events: Sender<Event>,
-    pub outbox: Outbox,
-}
-
-impl DaemonSink {
-    fn agent_id(&self, t: &Task) -> String {
-        match &t.target {
-            Target::Agent(i) => self.table.agents[*i].id.clone(),
-            Target::Type(_) => "any".into(),
-        }
-    }
-
-    fn subject(&self, t: &Task, mt: MessageType) -> String {
-        match &t.target {
-            Target::Agent(i) => self.table.subject(*i, mt),
-            Target::Type(ty) => agent_subject(ty, "any", mt),
-        }
-    }
-
-    fn finish(&self, t: &Task, status: TaskStatus, why: String) {
-        let result = TaskResult {
-            task_id: t.task_id.clone(),
-            agent_id: self.agent_id(t),
-            status,
-            result: None,
-            errors: Some(vec![why]),
-            duration_ms: t.submitted.elapsed().as_millis() as u64,
-            num_turns: None,
-            total_cost_usd: None,
-            usage: None,
-            session_id: None,
-        };
-        let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
-        self.outbox.publish_and_reply(
-            &self.subject(t, MessageType::TaskResult),
-            t.origin.reply_to.as_deref(),
-            &env,
-        );
-    }
-}
-
-impl DispatchSink for DaemonSink {
-    fn assign(&self, agent: usize, task: Task) {
-        let _ = self.events.send(Event::Assign(agent, Box::new(task)));
-    }
-
-    fn accepted(&self, t: &Task, position: usize) {
-        if let Some(r) = &t.origin.reply_to {
-            let progress = TaskProgress {
-                task_id: t.task_id.clone(),
-                agent_id: self.agent_id(t),
-                event: RawEvent::from_value(&json!({
-                    "type": "system",
-                    "subtype": "queued",
-                    "position": position,
-                    "timeout_ms": t.timeout.as_millis() as u64,
-                })),
-            };
-            self.outbox.reply(
-                r,
-                &answer_to(Envelope::new(Payload::TaskProgress(progress)), &t.origin),
-            );
-        }
-    }
-
-    fn refused(&self, t: &Task, why: Refusal) {
-        let (code, message) = match why {
-            Refusal::Full { capacity } => (
-                "queue_full",
-                format!("the queue is full ({capacity} tasks); retry later"),
-            ),
-            Refusal::ShuttingDown => (
-                "shutting_down",
-                "the daemon is shutting down; retry later".to_string(),
-            ),
-        };
-        log::warn!("task {} refused: {message}", t.task_id);
-        if let Some(r) = &t.origin.reply_to {
-            let id = self.agent_id(t);
-            self.outbox.reply(
-                r,
-                &answer_to(
-                    alert("error", code, message, Some(&id), Some(&t.task_id)),
-                    &t.origin,
-                ),
-            );
-        }
-    }
-
-    fn expired(&self, t: &Task) {
-        self.finish(
-            t,
-            TaskStatus::Timeout,
-            format!(
-                "timed out after {} ms waiting in the queue",
-                t.timeout.as_millis()
-            ),
-        );
-    }
-
-    fn cancelled(&self, t: &Task) {
-        self.finish(
-            t,
-            TaskStatus::Cancelled,
-            "the daemon shut down before the task started".into(),
-        );
-    }
 }
 
 #[cfg(test)]

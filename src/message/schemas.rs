@@ -1,66 +1,11 @@
-//! The typed payloads of the eight message types, and the validation rules
-//! shared by the config loader, the envelope decoder and the CLI.
+//! The typed payloads of the eight message types, and the enums they carry
+//! on the wire (agent states, alert severities and codes, link states,
+//! reasons): every internal contract that reaches the wire is an enum here,
+//! serde-named so that the wire stays the same, never a string compared
+//! somewhere else.
 //!
-//! Agent ids, agent types and daemon ids are interpolated into NATS subjects
-//! (`mister-smith.{type}.{id}.{message_type}`), so anything that could change
-//! the shape of a subject — `.`, `*`, `>`, whitespace, control characters —
-//! must be refused before it gets anywhere near a connection.
-
-/// The longest id, type or daemon id accepted.
-pub const MAX_TOKEN_LEN: usize = 64;
-
-/// Tokens that have a meaning of their own in a subject and so cannot name an
-/// agent, a type or a daemon.
-pub const RESERVED_TOKENS: [&str; 4] = ["any", "all", "system", "broadcast"];
-
-/// Why a name cannot be used as a subject token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenProblem {
-    Empty,
-    TooLong(usize),
-    BadChar(char),
-    Reserved,
-}
-
-impl std::fmt::Display for TokenProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TokenProblem::Empty => write!(f, "must not be empty"),
-            TokenProblem::TooLong(n) => {
-                write!(f, "is {n} characters long (at most {MAX_TOKEN_LEN})")
-            }
-            TokenProblem::BadChar(c) => write!(
-                f,
-                "contains {c:?} (only A-Z, a-z, 0-9, '_' and '-' are allowed)"
-            ),
-            TokenProblem::Reserved => write!(
-                f,
-                "is reserved (any, all, system and broadcast have a meaning in subjects)"
-            ),
-        }
-    }
-}
-
-/// Checks that `name` matches `[A-Za-z0-9_-]{1,64}` and is not reserved.
-pub fn check_token(name: &str) -> Result<(), TokenProblem> {
-    if name.is_empty() {
-        return Err(TokenProblem::Empty);
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
-        return Err(TokenProblem::BadChar(c));
-    }
-    // Every remaining character is ASCII, so bytes are characters.
-    if name.len() > MAX_TOKEN_LEN {
-        return Err(TokenProblem::TooLong(name.len()));
-    }
-    if RESERVED_TOKENS.contains(&name) {
-        return Err(TokenProblem::Reserved);
-    }
-    Ok(())
-}
+//! Agent ids, agent types and daemon ids follow the subject-token rule of
+//! [`crate::config::names`]; reply subjects follow [`check_subject`].
 
 /// Checks that `subject` is a literal NATS subject fit for `reply_to`:
 /// non-empty tokens of printable ASCII without wildcards.
@@ -86,7 +31,193 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::runtime::lifecycle::State;
+/// An agent's state (DESIGN's lifecycle). The names are a contract:
+/// lowercase on the wire. The legal moves between them are the runtime's
+/// business (`runtime::lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Spawned, waiting for the `initialize` handshake.
+    Initializing,
+    /// Ready for a task.
+    Idle,
+    /// Running a task.
+    Busy,
+    /// Stopped with SIGSTOP; resumes into the state it was paused from.
+    Paused,
+    /// Asked to stop: stdin closed, SIGTERM, then SIGKILL.
+    Stopping,
+    /// Not running and not coming back unless started by hand.
+    Terminated,
+    /// Exited or failed unexpectedly; restarted by policy or terminated.
+    Error,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 7] = [
+        AgentState::Initializing,
+        AgentState::Idle,
+        AgentState::Busy,
+        AgentState::Paused,
+        AgentState::Stopping,
+        AgentState::Terminated,
+        AgentState::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Initializing => "initializing",
+            AgentState::Idle => "idle",
+            AgentState::Busy => "busy",
+            AgentState::Paused => "paused",
+            AgentState::Stopping => "stopping",
+            AgentState::Terminated => "terminated",
+            AgentState::Error => "error",
+        }
+    }
+
+    /// Idle or busy: what `health` counts as healthy.
+    pub fn is_healthy(self) -> bool {
+        matches!(self, AgentState::Idle | AgentState::Busy)
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an agent is in its state, for programs (`health` decides on it);
+/// `agent_status.reason` says the same for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// `stop ID`: down on purpose.
+    StoppedByOperator,
+    /// More restarts than `max_restarts` inside `window_ms`.
+    RestartBudgetSpent,
+    /// It exited and its policy does not restart it.
+    NotRestarted,
+    /// Waiting for a restart by policy.
+    Restarting,
+    /// It exited by itself.
+    Exited,
+    /// Its process could not be started.
+    SpawnFailed,
+    /// Busy and silent past `idle_timeout_ms`.
+    Hung,
+    /// Its health check failed `failure_threshold` times in a row.
+    Unhealthy,
+    /// No answer to `initialize` within `startup_timeout_ms`.
+    StartupTimeout,
+    /// It answered `initialize` with an error.
+    InitializeRefused,
+    /// A task ran past its deadline and the agent did not stop it.
+    TaskDidNotStop,
+}
+
+/// How urgent a `system_alert` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+/// What a `system_alert` is about, for programs: refusals of a request
+/// (which the CLI turns into exit codes) and events that need a person.
+/// A code this version does not know is kept as it came, so an alert from
+/// a newer daemon still decodes (and re-encodes unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AlertCode {
+    /// The dispatcher's queue is full: retry later.
+    QueueFull,
+    /// No agent (or daemon) for the destination.
+    NoRoute,
+    /// The request was malformed.
+    BadRequest,
+    /// An agent spent its restart budget and is terminated.
+    RestartBudgetSpent,
+    /// A control request the agent's state does not allow.
+    Refused,
+    /// The daemon is stopping: retry later.
+    ShuttingDown,
+    /// The daemon could not answer: retry later.
+    Unavailable,
+    Other(String),
+}
+
+impl AlertCode {
+    const KNOWN: [AlertCode; 7] = [
+        AlertCode::QueueFull,
+        AlertCode::NoRoute,
+        AlertCode::BadRequest,
+        AlertCode::RestartBudgetSpent,
+        AlertCode::Refused,
+        AlertCode::ShuttingDown,
+        AlertCode::Unavailable,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AlertCode::QueueFull => "queue_full",
+            AlertCode::NoRoute => "no_route",
+            AlertCode::BadRequest => "bad_request",
+            AlertCode::RestartBudgetSpent => "restart_budget_spent",
+            AlertCode::Refused => "refused",
+            AlertCode::ShuttingDown => "shutting_down",
+            AlertCode::Unavailable => "unavailable",
+            AlertCode::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> AlertCode {
+        AlertCode::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or_else(|| AlertCode::Other(s.to_string()))
+    }
+}
+
+impl Serialize for AlertCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AlertCode, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(AlertCode::parse(&s))
+    }
+}
+
+/// A daemon's NATS connection as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// No NATS URL is configured.
+    Off,
+    Connected,
+    /// Lost (or never made yet); the daemon keeps trying.
+    Reconnecting,
+    /// Closed for good.
+    Closed,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Off => "off",
+            LinkState::Connected => "connected",
+            LinkState::Reconnecting => "reconnecting",
+            LinkState::Closed => "closed",
+        }
+    }
+}
 
 /// `task_assignment`: work for an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,9 +367,9 @@ pub struct ResourceUsage {
 pub struct AgentStatus {
     pub agent_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<State>,
+    pub status: Option<AgentState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_status: Option<State>,
+    pub previous_status: Option<AgentState>,
     #[serde(default)]
     pub uptime_seconds: f64,
     #[serde(default)]
@@ -258,9 +389,12 @@ pub struct AgentStatus {
     #[serde(default)]
     pub total_cost_usd: f64,
     /// Why the agent is in this state, when it is not obvious (budget spent,
-    /// stopped by an operator, hung).
+    /// stopped by an operator, hung), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The same, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<ReasonCode>,
 }
 
 /// `agent_registration`: an agent this daemon runs, published at start.
@@ -277,11 +411,8 @@ pub struct AgentRegistration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SystemAlert {
-    /// `info`, `warning`, `error` or `critical`.
-    pub severity: String,
-    /// Machine-readable: `queue_full`, `no_route`, `bad_request`,
-    /// `restart_budget_spent`, `refused`, `shutting_down`.
-    pub code: String,
+    pub severity: Severity,
+    pub code: AlertCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
@@ -308,8 +439,7 @@ pub struct SystemHealthCheck {
 pub struct HealthReport {
     pub daemon_id: String,
     pub uptime_seconds: f64,
-    /// `connected`, `reconnecting` or `off`.
-    pub nats: String,
+    pub nats: LinkState,
     pub queued: usize,
     pub queue_capacity: usize,
     pub agents: Vec<AgentStatus>,
@@ -320,6 +450,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wire_enums_keep_their_names() {
+        let text = |v: &dyn erased::Ser| v.json();
+        assert_eq!(text(&AgentState::Initializing), "\"initializing\"");
+        for st in AgentState::ALL {
+            assert_eq!(text(&st), format!("\"{st}\""));
+        }
+        assert_eq!(
+            text(&ReasonCode::StoppedByOperator),
+            "\"stopped_by_operator\""
+        );
+        assert_eq!(text(&Severity::Critical), "\"critical\"");
+        assert_eq!(text(&LinkState::Reconnecting), "\"reconnecting\"");
+        for code in AlertCode::KNOWN {
+            assert_eq!(text(&code), format!("\"{}\"", code.as_str()));
+        }
+        let odd: AlertCode = serde_json::from_str("\"account_held\"").unwrap();
+        assert_eq!(odd, AlertCode::Other("account_held".into()));
+        assert_eq!(text(&odd), "\"account_held\"");
+        let known: AlertCode = serde_json::from_str("\"queue_full\"").unwrap();
+        assert_eq!(known, AlertCode::QueueFull);
+    }
+
+    /// `serde_json::to_string` for any of the enums above.
+    mod erased {
+        pub trait Ser {
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap_or_default()
+            }
+        }
+    }
+
+    #[test]
     fn reply_subjects_are_literal() {
         assert!(check_subject("_INBOX.abc.1").is_ok());
         assert!(check_subject("a.*").is_err());
@@ -327,26 +492,5 @@ mod tests {
         assert!(check_subject("a b").is_err());
         assert!(check_subject("a..b").is_err());
         assert!(check_subject("").is_err());
-    }
-
-    #[test]
-    fn accepts_plain_names() {
-        for ok in ["coder-1", "a", "A_b-9", &"x".repeat(64)] {
-            assert_eq!(check_token(ok), Ok(()), "{ok}");
-        }
-    }
-
-    #[test]
-    fn refuses_subject_metacharacters_and_reserved_words() {
-        assert_eq!(check_token(""), Err(TokenProblem::Empty));
-        assert_eq!(check_token("a.b"), Err(TokenProblem::BadChar('.')));
-        assert_eq!(check_token("x.>"), Err(TokenProblem::BadChar('.')));
-        assert_eq!(check_token("*"), Err(TokenProblem::BadChar('*')));
-        assert_eq!(check_token("a b"), Err(TokenProblem::BadChar(' ')));
-        assert_eq!(check_token("a\u{7}"), Err(TokenProblem::BadChar('\u{7}')));
-        assert_eq!(check_token("é"), Err(TokenProblem::BadChar('é')));
-        assert_eq!(check_token(&"x".repeat(65)), Err(TokenProblem::TooLong(65)));
-        assert_eq!(check_token("any"), Err(TokenProblem::Reserved));
-        assert_eq!(check_token("system"), Err(TokenProblem::Reserved));
     }
 }

@@ -1,6 +1,6 @@
-//! Wiring for `mister-smith run`: signals, transports, the hub, the
-//! dispatcher, the health monitor and the supervisor, each on its own named
-//! thread (the supervisor on this one).
+//! Wiring for `mister-smith run`: signals, the run directory, transports,
+//! the hub, the dispatcher, the health monitor and the supervisor, each on
+//! its own named thread (the supervisor on this one).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -12,17 +12,21 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::Config;
-use crate::error::SystemError;
-use crate::message::dispatcher;
-use crate::message::router::{DaemonSink, Inbound, RoutingTable};
-use crate::runtime::error::ProcessError;
+use crate::message::dispatcher::Dispatcher;
+use crate::message::router::RoutingTable;
+use crate::message::schemas::LinkState;
+use crate::runtime::dispatch;
+use crate::runtime::error::RuntimeError;
 use crate::runtime::health_monitor;
-use crate::runtime::process_manager;
+use crate::runtime::inbound::{DaemonSink, Inbound};
+use crate::runtime::process::OsSpawner;
+use crate::runtime::supervisor::timers::SystemClock;
 use crate::runtime::supervisor::{Links, Outcome, Supervisor};
 use crate::runtime::tracker;
+use crate::transport::health_check::NatsState;
 use crate::transport::hub::{self, Outbox};
-use crate::transport::local_transport;
-use crate::transport::nats_transport::{self, NatsSettings, NatsState};
+use crate::transport::nats_transport::{self, NatsSettings};
+use crate::transport::{local_transport, Handler};
 
 /// Where the daemon listens.
 pub struct Endpoints {
@@ -30,18 +34,18 @@ pub struct Endpoints {
     pub nats: Option<NatsSettings>,
 }
 
-fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> ProcessError {
-    move |source| ProcessError::DaemonThread { name, source }
+fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |source| RuntimeError::DaemonThread { name, source }
 }
 
 /// Runs the daemon in the foreground until a signal stops it.
-pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError> {
+pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, RuntimeError> {
     // Signal handlers are registered before any other thread exists
     // (signal-hook's documented limitation) and before any child is spawned.
     // SIGHUP and SIGQUIT stop the daemon like SIGTERM: a daemon that loses
     // its terminal should still take its agents down cleanly.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT])
-        .map_err(|source| ProcessError::Signals { source })?;
+        .map_err(|source| RuntimeError::Signals { source })?;
     let signals_handle = signals.handle();
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(8);
     thread::Builder::new()
@@ -58,29 +62,18 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
 
     // One daemon per run directory; what a killed predecessor left behind is
     // swept before anything of ours starts.
-    let run_dir = tracker::run_dir(&config.daemon_id).map_err(|source| SystemError::Io {
-        what: "create the run directory",
-        source,
-    })?;
-    let _lock = match tracker::lock(&run_dir) {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            return Err(SystemError::Refused {
-                code: crate::error::exit::UNAVAILABLE,
-                message: format!(
-                    "another daemon with id {} is running (run directory {} is locked)",
-                    config.daemon_id,
-                    run_dir.display()
-                ),
-            })
-        }
-        Err(source) => {
-            return Err(SystemError::Io {
-                what: "lock the run directory",
-                source,
-            })
-        }
+    let run_dir = tracker::run_dir(&config.daemon_id);
+    let dir_err = |what: &'static str, path: &PathBuf| {
+        let path = path.clone();
+        move |source| RuntimeError::RunDir { what, path, source }
     };
+    tracker::create_run_dir(&run_dir).map_err(dir_err("create the run directory", &run_dir))?;
+    let _lock = tracker::lock(&run_dir)
+        .map_err(dir_err("lock the run directory", &run_dir))?
+        .ok_or_else(|| RuntimeError::AlreadyRunning {
+            daemon_id: config.daemon_id.clone(),
+            run_dir: run_dir.clone(),
+        })?;
     let swept = tracker::sweep(&run_dir);
     if swept > 0 {
         log::warn!("swept {swept} leftovers of a previous daemon that did not stop cleanly");
@@ -116,10 +109,9 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
         max_size: config.message.max_message_size,
         default_timeout: Duration::from_millis(config.message.default_timeout_ms),
     };
-    let handler: local_transport::Inbound =
-        Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
-            inbound.handle(subject, reply, data)
-        });
+    let handler: Handler = Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
+        inbound.handle(subject, reply, data)
+    });
 
     match &endpoints.nats {
         Some(settings) => nats_transport::start_daemon(
@@ -128,9 +120,8 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
             handler.clone(),
             nats_state.clone(),
             nats_rx,
-        )
-        .map_err(SystemError::Transport)?,
-        None => nats_state.set_off(),
+        )?,
+        None => nats_state.set(LinkState::Off),
     }
     thread::Builder::new()
         .name("hub".into())
@@ -141,21 +132,20 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
     // The socket is served always: `status` and `health` work on the host
     // even while NATS is down.
     let max_frame = config.message.max_message_size + 64 * 1024;
-    let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame, locals)
-        .map_err(SystemError::Transport)?;
+    let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame, locals)?;
 
     let sink = DaemonSink {
         table: table.clone(),
         events: events_tx.clone(),
         outbox: outbox.clone(),
     };
-    let types: Vec<String> = config.agents.iter().map(|a| a.agent_type.clone()).collect();
     let capacity = config.message.queue_capacity;
+    let dispatcher = Dispatcher::new(capacity, table.types());
     let q = queued.clone();
     thread::Builder::new()
         .name("dispatcher".into())
         .stack_size(256 * 1024)
-        .spawn(move || dispatcher::run(&dispatch_rx, capacity, &types, &q, &sink))
+        .spawn(move || dispatch::run(&dispatch_rx, dispatcher, &q, &sink))
         .map_err(thread_err("dispatcher"))?;
 
     let health_events = events_tx.clone();
@@ -178,27 +168,33 @@ pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, SystemError>
             .map(|n| format!(", NATS {}", n.url))
             .unwrap_or_default()
     );
-    // The supervisor runs on this thread: children are forked from it, and
-    // PDEATHSIG is tied to the forking thread, which must outlive them.
-    // As many spawners as cores: a cold start of many agents execs them in
-    // parallel. They live as long as the daemon, which PDEATHSIG requires.
+    // The supervisor runs on this thread: children it spawns are tied to
+    // it by PDEATHSIG, so it must outlive them. As many pool spawners as
+    // cores: a cold start of many agents execs them in parallel. They live
+    // as long as the daemon too.
     let cores = thread::available_parallelism().map_or(2, |n| n.get());
-    let spawner = process_manager::spawner_pool(cores.clamp(1, 8), &events_tx)
-        .map_err(thread_err("spawner"))?;
+    let spawner = OsSpawner::new(cores.clamp(1, 8)).map_err(thread_err("spawner"))?;
     let links = Links {
         table,
         outbox,
         dispatch: dispatch_tx,
         health: health_tx,
         tracker: track_tx,
-        spawner: Some(spawner),
         nats: nats_state,
         queued,
         queue_capacity: capacity,
         max_message_size: config.message.max_message_size,
     };
     let drain = links.outbox.clone();
-    let outcome = Supervisor::new(config.agents, events_tx, events_rx, sig_rx, links).run();
+    let outcome = Supervisor::new(
+        config.agents,
+        (events_tx, events_rx),
+        sig_rx,
+        links,
+        Box::new(spawner),
+        Box::new(SystemClock),
+    )
+    .run();
     // The last answers (cancelled tasks, final statuses) leave before we do.
     if !drain.drain(Duration::from_secs(3)) {
         log::warn!("some final messages may not have been delivered");

@@ -1,10 +1,16 @@
-//! Errors of the runtime: spawning and signalling agent processes.
+//! Errors of the runtime: spawning and signalling agent processes, and
+//! starting the daemon.
 //!
 //! A child that crashes is not an error here: it is an event for the
 //! supervisor. These are the failures of mister-smith's own actions.
 
 use std::io;
+use std::path::PathBuf;
 
+use crate::transport::TransportError;
+
+/// Starting one agent's process went wrong. The agent is restarted by its
+/// policy; the daemon carries on.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("agent {agent}: cannot start {program:?}: {source}")]
@@ -20,6 +26,11 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The daemon could not start (or run) at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
     #[error("cannot register signal handlers: {source}")]
     Signals {
         #[source]
@@ -31,4 +42,15 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot {what} {}: {source}", path.display())]
+    RunDir {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another daemon with id {daemon_id} is running (run directory {} is locked)", run_dir.display())]
+    AlreadyRunning { daemon_id: String, run_dir: PathBuf },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }

@@ -22,22 +22,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
 
 use crate::config::HealthCommand;
-use crate::runtime::process_manager::signal_group;
-use crate::runtime::supervisor::Event;
-
-/// A health check's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Healthy,
-    Unhealthy(String),
-}
+use crate::message::router::AgentIx;
+use crate::runtime::events::{Event, Verdict};
+use crate::runtime::process::describe_exit;
+use crate::sys;
 
 /// Requests from the supervisor.
 #[derive(Debug)]
 pub enum HealthCmd {
     /// Start checking agent `agent`, run `run`, whose process is `pid`.
     Watch {
-        agent: usize,
+        agent: AgentIx,
         run: u64,
         id: String,
         pid: u32,
@@ -46,7 +41,7 @@ pub enum HealthCmd {
         timeout: Duration,
     },
     /// Stop checking agent `agent`.
-    Unwatch { agent: usize },
+    Unwatch { agent: AgentIx },
 }
 
 struct Watched {
@@ -64,9 +59,9 @@ const MAX_CHECK_OUTPUT: usize = 300;
 
 /// The monitor's loop. Returns when the supervisor drops its sender.
 pub fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, u64, Verdict)>();
-    let mut watched: HashMap<usize, Watched> = HashMap::new();
-    let mut due: BTreeMap<(Instant, usize), u64> = BTreeMap::new();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(AgentIx, u64, Verdict)>();
+    let mut watched: HashMap<AgentIx, Watched> = HashMap::new();
+    let mut due: BTreeMap<(Instant, AgentIx), u64> = BTreeMap::new();
     loop {
         let timer = match due.keys().next() {
             Some(&(when, _)) => at(when),
@@ -192,17 +187,17 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
     // after its group is killed, so the group id cannot have been reused.
     let (tx, rx) = crossbeam_channel::bounded(1);
     let waiter = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-        let _ = tx.send(crate::runtime::process_manager::wait_exited_nowait(gid));
+        let _ = tx.send(sys::wait_exited_nowait(gid));
     });
     if waiter.is_err() {
-        let _ = signal_group(gid, libc::SIGKILL);
+        let _ = sys::killpg(gid, libc::SIGKILL);
         let _ = child.wait();
         return Verdict::Unhealthy("cannot wait for the check".into());
     }
     let status = rx.recv_timeout(timeout).ok();
     // Whatever the check left in its group goes, and on timeout the check
     // itself; then the pipes close.
-    let _ = signal_group(gid, libc::SIGKILL);
+    let _ = sys::killpg(gid, libc::SIGKILL);
     let _ = child.wait();
     let mut output = String::new();
     // A process that left the group may hold a pipe open: do not wait on it
@@ -218,7 +213,7 @@ pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> 
         None => Verdict::Unhealthy(format!("timed out after {} ms", timeout.as_millis())),
         Some(Ok(s)) if s.success() => Verdict::Healthy,
         Some(Ok(s)) => {
-            let how = crate::runtime::supervisor::describe_exit(&Ok(s));
+            let how = describe_exit(&Ok(s));
             if output.is_empty() {
                 Verdict::Unhealthy(format!("check {how}"))
             } else {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::{select_biased, tick, Receiver};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::process_manager::signal_group;
+use crate::sys;
 
 /// How often `/proc` is scanned for escaped descendants.
 pub const SCAN_EVERY: Duration = Duration::from_secs(2);
@@ -98,9 +98,7 @@ fn now_ticks() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (up * hz) as u64
+    (up * sys::clock_ticks_per_second()) as u64
 }
 
 /// Every live process: pid → (ppid, pgid, start).
@@ -151,13 +149,10 @@ fn kill_escaped(p: &Proc) -> bool {
     if !alive(p) {
         return false;
     }
-    let _ = signal_group(p.pid, libc::SIGKILL);
-    // Not a group leader after all: the process alone.
-    // SAFETY: kill has no memory-safety preconditions; the start time was
-    // checked just above, so the pid is the recorded process.
-    unsafe {
-        libc::kill(p.pid as libc::pid_t, libc::SIGKILL);
-    }
+    let _ = sys::killpg(p.pid, libc::SIGKILL);
+    // Not a group leader after all: the process alone (the start time was
+    // checked just above, so the pid is the recorded process).
+    let _ = sys::kill(p.pid, libc::SIGKILL);
     true
 }
 
@@ -201,7 +196,7 @@ pub fn sweep(dir: &Path) -> usize {
                 members.len(),
                 leader.pid
             );
-            let _ = signal_group(leader.pid, libc::SIGKILL);
+            let _ = sys::killpg(leader.pid, libc::SIGKILL);
             swept += 1;
         }
     }
@@ -323,45 +318,37 @@ fn write(path: &Path, state: &mut State) {
 }
 
 /// The run directory: `$XDG_RUNTIME_DIR/mister-smith/<daemon_id>`, else
-/// `mister-smith-<uid>/<daemon_id>` in the temp directory. Created 0700.
-pub fn run_dir(daemon_id: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+/// `mister-smith-<uid>/<daemon_id>` in the temp directory.
+pub fn run_dir(daemon_id: &str) -> PathBuf {
     let base = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("mister-smith"),
-        // SAFETY: getuid has no preconditions and cannot fail.
-        _ => std::env::temp_dir().join(format!("mister-smith-{}", unsafe { libc::getuid() })),
+        _ => std::env::temp_dir().join(format!("mister-smith-{}", sys::uid())),
     };
-    let dir = base.join(daemon_id);
+    base.join(daemon_id)
+}
+
+/// Creates `dir` (and its parents) with mode 0700.
+pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
-    Ok(dir)
+        .create(dir)
 }
 
 /// An exclusive lock on the run directory, held for the daemon's life: two
 /// daemons with one run directory would sweep each other's agents.
+#[derive(Debug)]
 pub struct RunLock(#[allow(dead_code)] fs::File);
 
+/// Takes the run directory's lock; `Ok(None)` when another daemon holds it.
 pub fn lock(dir: &Path) -> std::io::Result<Option<RunLock>> {
-    use std::os::unix::io::AsRawFd;
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("lock"))?;
-    // SAFETY: the fd is open for the duration of the call.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(Some(RunLock(f)))
-    } else {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(e)
-        }
-    }
+    Ok(sys::try_lock_exclusive(&f)?.then_some(RunLock(f)))
 }
 
 #[cfg(test)]

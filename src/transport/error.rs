@@ -1,4 +1,5 @@
-//! Errors of the transports.
+//! Errors of the transports. Each says what failed; which exit code it
+//! means is decided in one place, `SystemError::exit_code`.
 
 use std::io;
 use std::path::PathBuf;
@@ -19,8 +20,27 @@ pub enum TransportError {
     },
     #[error("another daemon is already serving {}", path.display())]
     LocalInUse { path: PathBuf },
+    #[error("refusing {}: it is served by uid {uid:?}, not by us", path.display())]
+    LocalForeign { path: PathBuf, uid: Option<u32> },
+    #[error("the daemon at {} did not answer within {ms} ms", path.display())]
+    LocalTimeout { path: PathBuf, ms: u128 },
+    /// NATS cannot be reached (or does not speak NATS).
     #[error("cannot connect to NATS at {url}: {source}")]
     NatsConnect {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    /// NATS refused our credentials, or a credentials file cannot be used.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    NatsAuth {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    /// TLS could not be set up: certificates, keys, or the handshake.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    NatsTls {
         url: String,
         #[source]
         source: io::Error,
@@ -33,26 +53,4 @@ pub enum TransportError {
     Closed,
     #[error("connection: {0}")]
     Io(#[source] io::Error),
-    #[error("{0}")]
-    Protocol(String),
-}
-
-impl TransportError {
-    /// Whether this is a credentials or configuration problem (exit 78)
-    /// rather than an unavailable peer (exit 69).
-    pub fn is_config(&self) -> bool {
-        match self {
-            TransportError::NatsConnect { source, .. } => {
-                let msg = source.to_string().to_lowercase();
-                source.kind() == io::ErrorKind::PermissionDenied
-                    || msg.contains("authorization")
-                    || msg.contains("authentication")
-                    || msg.contains("certificate")
-                    || msg.contains("tls")
-                    || msg.contains("credentials")
-            }
-            TransportError::LocalListen { .. } => true,
-            _ => false,
-        }
-    }
 }

@@ -1,4 +1,5 @@
-//! The NATS liveness probe.
+//! The daemon's view of its NATS connection, and the probe that keeps it
+//! honest.
 //!
 //! The crate pings the server only after two minutes without writes, so a
 //! half-open connection can go unnoticed for minutes. The daemon therefore
@@ -6,17 +7,55 @@
 //! wait, and reports a connection that does not answer as reconnecting.
 
 // The blocking `nats` crate is deprecated upstream in favour of async-nats;
-// the design fixes it (no async runtime), and it stays behind this module.
+// the design fixes it (no async runtime), and it stays behind this layer.
 #![allow(deprecated)]
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::transport::nats_transport::NatsState;
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use crate::message::schemas::LinkState;
 
 const EVERY: Duration = Duration::from_secs(10);
 const WITHIN: Duration = Duration::from_secs(5);
+
+/// The link state, shared between the connection's callbacks, the probe
+/// and the supervisor's reports.
+#[derive(Debug)]
+pub struct NatsState(AtomicU8);
+
+impl Default for NatsState {
+    fn default() -> Self {
+        NatsState(AtomicU8::new(Self::code(LinkState::Off)))
+    }
+}
+
+impl NatsState {
+    const ALL: [LinkState; 4] = [
+        LinkState::Off,
+        LinkState::Connected,
+        LinkState::Reconnecting,
+        LinkState::Closed,
+    ];
+
+    fn code(s: LinkState) -> u8 {
+        Self::ALL.iter().position(|&x| x == s).unwrap_or(0) as u8
+    }
+
+    pub fn set(&self, s: LinkState) {
+        self.0.store(Self::code(s), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> LinkState {
+        Self::ALL
+            .get(usize::from(self.0.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(LinkState::Closed)
+    }
+}
 
 /// Starts the probe thread for `conn`.
 pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
@@ -27,30 +66,30 @@ pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
             let tick = crossbeam_channel::tick(EVERY);
             // At most one ping at a time: while disconnected a ping blocks
             // until the reconnection, and must not be joined by more.
-            let mut pending: Option<(crossbeam_channel::Receiver<bool>, std::time::Instant)> = None;
+            let mut pending: Option<(Receiver<bool>, Instant)> = None;
             for _ in tick.iter() {
-                if state.describe() == "closed" {
+                if state.get() == LinkState::Closed {
                     return;
                 }
                 if let Some((rx, since)) = &pending {
                     match rx.try_recv() {
-                        Ok(true) => state.set_connected(),
-                        Ok(false) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                            state.set_reconnecting()
+                        Ok(true) => state.set(LinkState::Connected),
+                        Ok(false) | Err(TryRecvError::Disconnected) => {
+                            state.set(LinkState::Reconnecting)
                         }
-                        Err(crossbeam_channel::TryRecvError::Empty) => {
+                        Err(TryRecvError::Empty) => {
                             if since.elapsed() >= WITHIN {
                                 log::warn!(
                                     "NATS did not answer a ping within {} ms",
                                     WITHIN.as_millis()
                                 );
-                                state.set_reconnecting();
+                                state.set(LinkState::Reconnecting);
                             }
                             continue;
                         }
                     }
                 }
-                pending = ping(&conn).map(|rx| (rx, std::time::Instant::now()));
+                pending = ping(&conn).map(|rx| (rx, Instant::now()));
             }
         });
     if let Err(e) = spawned {
@@ -60,7 +99,7 @@ pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
 
 /// Starts one PING/PONG on its own thread (the crate's flush may block past
 /// any timeout while disconnected); its answer arrives on the receiver.
-fn ping(conn: &nats::Connection) -> Option<crossbeam_channel::Receiver<bool>> {
+fn ping(conn: &nats::Connection) -> Option<Receiver<bool>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let c = conn.clone();
     thread::Builder::new()
@@ -71,4 +110,19 @@ fn ping(conn: &nats::Connection) -> Option<crossbeam_channel::Receiver<bool>> {
         })
         .ok()?;
     Some(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_holds_every_link_state() {
+        let s = NatsState::default();
+        assert_eq!(s.get(), LinkState::Off);
+        for st in NatsState::ALL {
+            s.set(st);
+            assert_eq!(s.get(), st);
+        }
+    }
 }

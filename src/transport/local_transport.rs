@@ -16,7 +16,7 @@
 //! Only the daemon's own user (and root) may connect: the socket is created
 //! with mode 0600 and every peer's credentials are checked as well.
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,9 +28,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::runtime::process_manager::{read_line_capped, LineRead};
+use crate::sys;
 use crate::transport::hub::{HubCmd, WriterMsg, LOCAL_INBOX_PREFIX};
-use crate::transport::{Incoming, Transport, TransportError};
+use crate::transport::lines::{read_lines, Flow, LineRead};
+use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
 /// At most this many local clients at once (each costs two threads).
 const MAX_CONNECTIONS: usize = 256;
@@ -60,9 +61,6 @@ struct Frame<'a> {
     message: Option<String>,
 }
 
-/// What the daemon does with a published message: `(subject, reply, data)`.
-pub type Inbound = Arc<dyn Fn(&str, Option<&str>, &[u8]) + Send + Sync>;
-
 /// The default socket path: `$XDG_RUNTIME_DIR/mister-smith.sock`, else
 /// `mister-smith-<uid>.sock` in the system temp directory.
 pub fn default_socket_path() -> PathBuf {
@@ -91,7 +89,7 @@ impl Drop for LocalServer {
 pub fn serve(
     path: &Path,
     hub: Sender<HubCmd>,
-    inbound: Inbound,
+    inbound: Handler,
     max_frame: usize,
     live: Arc<AtomicUsize>,
 ) -> Result<LocalServer, TransportError> {
@@ -138,13 +136,37 @@ pub fn serve(
 fn accept_loop(
     listener: &UnixListener,
     hub: &Sender<HubCmd>,
-    inbound: &Inbound,
+    inbound: &Handler,
     max_frame: usize,
     live: &Arc<AtomicUsize>,
 ) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(10);
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(s) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                // Out of fds (or memory): the connection stays in the
+                // backlog and accept fails again at once. Nothing signals
+                // that an fd came free, so wait a little, longer each time,
+                // instead of spinning.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    log::warn!(
+                        "cannot accept a local connection: {e}; retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                continue;
+            }
+        };
         match sys::peer_uid(&stream) {
             Some(uid) if uid == sys::uid() || uid == 0 => {}
             other => {
@@ -180,7 +202,7 @@ fn serve_client(
     conn: u64,
     stream: UnixStream,
     hub: &Sender<HubCmd>,
-    inbound: &Inbound,
+    inbound: &Handler,
     max_frame: usize,
 ) {
     let Ok(write_half) = stream.try_clone() else {
@@ -211,8 +233,6 @@ fn serve_client(
     if writer.is_err() {
         return;
     }
-    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
-    let mut buf = Vec::new();
     let err = |message: String| {
         let f = Frame {
             op: "err".into(),
@@ -223,32 +243,27 @@ fn serve_client(
         line.push(b'\n');
         let _ = tx.try_send(WriterMsg::Frame(line));
     };
-    loop {
+    let _ = read_lines(&stream, max_frame, &mut |read, buf| {
         // Backpressure: let the client catch up on its answers first.
         while tx.len() >= HIGH_WATER {
             if drained_rx.recv_timeout(Duration::from_secs(1)).is_err() && tx.is_empty() {
                 break;
             }
         }
-        buf.clear();
-        match read_line_capped(&mut reader, &mut buf, max_frame) {
-            Ok(LineRead::Eof) | Err(_) => break,
-            Ok(LineRead::TooLong(n)) => {
-                err(format!(
-                    "frame of {n} bytes is larger than the limit of {max_frame}"
-                ));
-                continue;
-            }
-            Ok(LineRead::Line) => {}
+        if let LineRead::TooLong(n) = read {
+            err(format!(
+                "frame of {n} bytes is larger than the limit of {max_frame}"
+            ));
+            return Flow::Continue;
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return Flow::Continue;
         }
-        let frame = match serde_json::from_slice::<Frame>(&buf) {
+        let frame = match serde_json::from_slice::<Frame>(buf) {
             Ok(f) => f,
             Err(e) => {
                 err(format!("bad frame: {e}"));
-                continue;
+                return Flow::Continue;
             }
         };
         match (frame.op.as_str(), frame.sid, frame.subject, frame.envelope) {
@@ -273,7 +288,8 @@ fn serve_client(
             }
             (op, ..) => err(format!("bad frame: op {op:?} without the fields it needs")),
         }
-    }
+        Flow::Continue
+    });
     let _ = hub.send(HubCmd::Closed { conn });
 }
 
@@ -297,11 +313,11 @@ impl LocalClient {
         // user (or root): someone else could have put a socket there first.
         match sys::peer_uid(&stream) {
             Some(uid) if uid == sys::uid() || uid == 0 => {}
-            other => {
-                return Err(TransportError::Protocol(format!(
-                    "refusing {}: it is served by uid {other:?}, not by us",
-                    path.display()
-                )))
+            uid => {
+                return Err(TransportError::LocalForeign {
+                    path: path.to_path_buf(),
+                    uid,
+                })
             }
         }
         let read_half = stream.try_clone().map_err(TransportError::Io)?;
@@ -334,19 +350,12 @@ impl LocalClient {
 }
 
 fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match read_line_capped(&mut reader, &mut buf, usize::MAX) {
-            Ok(LineRead::Line) => {}
-            _ => return,
-        }
-        let frame = match serde_json::from_slice::<Frame>(&buf) {
+    let _ = read_lines(stream, usize::MAX, &mut |_, buf| {
+        let frame = match serde_json::from_slice::<Frame>(buf) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("daemon sent a bad frame: {e}");
-                continue;
+                return Flow::Continue;
             }
         };
         match (frame.op.as_str(), frame.subject, frame.envelope) {
@@ -358,7 +367,7 @@ fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) 
                     lost: false,
                 };
                 if tx.send(msg).is_err() {
-                    return;
+                    return Flow::Break(());
                 }
             }
             ("pong", _, _) => {
@@ -367,7 +376,8 @@ fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) 
             ("err", _, _) => log::warn!("daemon: {}", frame.message.unwrap_or_default()),
             (op, _, _) => log::warn!("daemon sent an unknown frame {op:?}"),
         }
-    }
+        Flow::Continue
+    });
 }
 
 impl Transport for LocalClient {
@@ -407,11 +417,10 @@ impl Transport for LocalClient {
         match self.pongs.recv_timeout(timeout) {
             Ok(()) => Ok(()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                Err(TransportError::Protocol(format!(
-                    "the daemon at {} did not answer within {} ms",
-                    self.path.display(),
-                    timeout.as_millis()
-                )))
+                Err(TransportError::LocalTimeout {
+                    path: self.path.clone(),
+                    ms: timeout.as_millis(),
+                })
             }
             Err(_) => Err(TransportError::Closed),
         }
@@ -431,64 +440,11 @@ impl Transport for LocalClient {
         &self.inbox
     }
 
+    fn kind(&self) -> TransportKind {
+        TransportKind::Socket
+    }
+
     fn describe(&self) -> String {
         format!("socket {}", self.path.display())
-    }
-}
-
-/// Socket calls std does not offer.
-mod sys {
-    use std::io;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::io::AsRawFd;
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::Path;
-
-    pub(super) fn uid() -> u32 {
-        // SAFETY: getuid has no preconditions and cannot fail.
-        unsafe { libc::getuid() }
-    }
-
-    /// Binds a listening socket that only its owner can use. The umask is
-    /// narrowed around `bind` so the file never exists with wider
-    /// permissions; nothing else in the daemon creates files meanwhile.
-    pub(super) fn bind_private(path: &Path) -> io::Result<UnixListener> {
-        if path.as_os_str().as_bytes().len() >= 108 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "socket path is longer than 107 bytes",
-            ));
-        }
-        // SAFETY: umask has no preconditions and cannot fail.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(listener)
-    }
-
-    /// The uid of the process at the other end.
-    pub(super) fn peer_uid(stream: &UnixStream) -> Option<u32> {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: `cred` and `len` are valid for writes of the sizes given;
-        // the fd is open for the duration of the call.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(cred.uid)
     }
 }

@@ -7,9 +7,15 @@
 //! local Unix socket makes the daemon itself a small broker for one host,
 //! which also keeps `status` and `health` working while NATS is down.
 //!
-//! On the daemon side every outgoing message goes through the [`hub`]: it
-//! delivers to local subscribers and hands a copy to the NATS publisher.
+//! On the daemon side every outgoing message goes through the [`hub`]'s
+//! `Outbox`: to the NATS publishers, and to local subscribers while any are
+//! connected. Incoming messages go to one [`Handler`], whichever transport
+//! they came on.
+//!
+//! This layer knows envelopes and subjects (`message`), never what the
+//! daemon does with them (`runtime`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
@@ -17,10 +23,25 @@ use crossbeam_channel::RecvTimeoutError;
 pub mod error;
 pub mod health_check;
 pub mod hub;
+pub mod lines;
 pub mod local_transport;
 pub mod nats_transport;
 
 pub use error::TransportError;
+
+/// What the daemon does with a message that arrives on either transport:
+/// `(subject, reply subject, data)`. It runs on the transport's receiving
+/// thread and must not block.
+pub type Handler = Arc<dyn Fn(&str, Option<&str>, &[u8]) + Send + Sync>;
+
+/// Which transport a client is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// A NATS server: possibly many daemons behind one subject.
+    Nats,
+    /// The local socket of one daemon.
+    Socket,
+}
 
 /// A message delivered to a client.
 #[derive(Debug, Clone)]
@@ -52,6 +73,8 @@ pub trait Transport: Send {
     fn recv(&self, deadline: Option<Instant>) -> Result<Incoming, RecvTimeoutError>;
     /// A subject prefix no other client uses, for reply subjects.
     fn inbox(&self) -> &str;
+    /// Which transport this is.
+    fn kind(&self) -> TransportKind;
     /// "nats://host:4222" or "socket /run/user/0/mister-smith.sock", for
     /// messages.
     fn describe(&self) -> String;

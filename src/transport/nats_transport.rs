@@ -1,95 +1,50 @@
 //! The NATS transport, on the blocking `nats` crate (0.26).
 //!
-//! The crate's defaults are wrong for us in three measured ways (see
-//! shared/reference/nats.md): the first connect sleeps a random 0–1 s, every
-//! connect parses the system CA store, and a request pays a 5 ms flush gate.
+//! The crate's defaults are wrong for us in three measured ways: the first
+//! connect sleeps a random 0–1 s, every connect parses the system CA store
+//! (about 6 ms), and a request pays the 5 ms its flusher waits between
+//! flushes (about 10 ms per request/reply, against 0.3 ms for a publish and
+//! an explicit flush on both sides).
 //! Here the first attempt has no delay, plain `nats://` URLs skip the CA
 //! store, and every publish whose latency matters is followed by an explicit
 //! flush — on a thread of its own with a bounded wait, because the crate's
 //! `flush_timeout` ignores its timeout once the connection drops.
 
 // The blocking `nats` crate is deprecated upstream in favour of async-nats;
-// the design fixes it (no async runtime), and it stays behind this module.
+// the design fixes it (no async runtime), and it stays behind this layer.
 #![allow(deprecated)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
+use crate::config::NatsAuth;
+use crate::message::router::Sub;
+use crate::message::schemas::LinkState;
+use crate::transport::health_check::{spawn_probe, NatsState};
 use crate::transport::hub::{NatsOut, NatsRx};
-use crate::transport::local_transport::Inbound;
-use crate::transport::{Incoming, Transport, TransportError};
+use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
-/// How to reach and log in to NATS.
-#[derive(Clone, Default)]
+/// How to reach and log in to NATS. Secrets in `auth` never reach a log
+/// line, even through `{:?}`.
+#[derive(Debug, Clone, Default)]
 pub struct NatsSettings {
     pub url: String,
-    pub creds: Option<PathBuf>,
-    pub token: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-// Tokens and passwords never reach a log line.
-impl std::fmt::Debug for NatsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSettings")
-            .field("url", &self.url)
-            .field("creds", &self.creds)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls_ca", &self.tls_ca)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .finish()
-    }
-}
-
-/// The daemon's view of its NATS connection, for `health`.
-#[derive(Debug, Default)]
-pub struct NatsState(AtomicU8);
-
-const OFF: u8 = 0;
-const CONNECTED: u8 = 1;
-const RECONNECTING: u8 = 2;
-const CLOSED: u8 = 3;
-
-impl NatsState {
-    pub fn set_connected(&self) {
-        self.0.store(CONNECTED, Ordering::Relaxed);
-    }
-    pub fn set_off(&self) {
-        self.0.store(OFF, Ordering::Relaxed);
-    }
-    pub fn set_reconnecting(&self) {
-        self.0.store(RECONNECTING, Ordering::Relaxed);
-    }
-    pub fn describe(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
-            OFF => "off",
-            CONNECTED => "connected",
-            RECONNECTING => "reconnecting",
-            _ => "closed",
-        }
-    }
+    pub auth: NatsAuth,
 }
 
 /// `nats::Options` for `s`. `daemon` connections reconnect forever.
 fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
-    let mut o = if let Some(c) = &s.creds {
+    let a = &s.auth;
+    let mut o = if let Some(c) = &a.creds {
         nats::Options::with_credentials(c)
-    } else if let Some(t) = &s.token {
-        nats::Options::with_token(t)
-    } else if let Some(u) = &s.user {
-        nats::Options::with_user_pass(u, s.password.as_deref().unwrap_or(""))
+    } else if let Some(t) = &a.token {
+        nats::Options::with_token(t.expose())
+    } else if let Some(u) = &a.user {
+        nats::Options::with_user_pass(u, a.password.as_ref().map_or("", |p| p.expose()))
     } else {
         nats::Options::new()
     };
@@ -108,19 +63,19 @@ fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
             Duration::from_millis(25u64.saturating_mul(1 << n.min(6)).min(250))
         }
     });
-    if let Some(ca) = &s.tls_ca {
+    if let Some(ca) = &a.tls_ca {
         o = o.add_root_certificate(ca);
-    } else if s.url.starts_with("nats://") && s.tls_cert.is_none() {
+    } else if s.url.starts_with("nats://") && a.tls_cert.is_none() {
         // Loading the system CA store costs ~6 ms per connect and a plain
         // nats:// connection needs none: give the crate an empty list
         // instead (it reads native certificates only when the list is
         // empty).
         o = o.add_root_certificate("/dev/null");
     }
-    if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
         o = o.client_cert(cert, key);
     }
-    if s.url.starts_with("tls://") || s.tls_ca.is_some() || s.tls_cert.is_some() {
+    if s.url.starts_with("tls://") || a.tls_ca.is_some() || a.tls_cert.is_some() {
         o = o.tls_required(true);
     }
     if daemon {
@@ -134,15 +89,38 @@ fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
     o
 }
 
-fn connect_error(url: &str, source: std::io::Error) -> TransportError {
-    TransportError::NatsConnect {
-        url: url.to_string(),
-        source,
+/// A failed connect, by what the user must fix. The crate reports every
+/// connect failure as an `io::Error` whose kind and text are the only clue
+/// (the server's `-ERR 'Authorization Violation'` arrives as "unexpected
+/// line while connecting"), so they are read here, once, where the error
+/// arises, and nowhere else.
+fn connect_error(s: &NatsSettings, source: std::io::Error) -> TransportError {
+    let url = s.url.clone();
+    let text = source.to_string().to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if source.kind() == std::io::ErrorKind::PermissionDenied
+        || has(&[
+            "authorization",
+            "authentication",
+            "credentials",
+            "nkey",
+            "jwt",
+        ])
+    {
+        TransportError::NatsAuth { url, source }
+    } else if has(&["tls", "certificate", "certs", "key"]) {
+        TransportError::NatsTls { url, source }
+    } else if s.auth.creds.is_some() && source.kind() == std::io::ErrorKind::NotFound {
+        // A credentials file that is not there.
+        TransportError::NatsAuth { url, source }
+    } else if (s.auth.tls_ca.is_some() || s.auth.tls_cert.is_some())
+        && source.kind() == std::io::ErrorKind::NotFound
+    {
+        TransportError::NatsTls { url, source }
+    } else {
+        TransportError::NatsConnect { url, source }
     }
 }
-
-/// Subscriptions the daemon makes: `(subject, queue group)`.
-pub type DaemonSubs = Vec<(String, Option<String>)>;
 
 /// How many messages may wait for the NATS publishers.
 pub const OUT_QUEUE: usize = 65_536;
@@ -152,12 +130,12 @@ pub const OUT_QUEUE: usize = 65_536;
 /// take what arrives on `out_rx`.
 pub fn start_daemon(
     settings: NatsSettings,
-    subs: DaemonSubs,
-    inbound: Inbound,
+    subs: Vec<Sub>,
+    inbound: Handler,
     state: Arc<NatsState>,
     out_rx: NatsRx,
 ) -> Result<(), TransportError> {
-    state.set_reconnecting();
+    state.set(LinkState::Reconnecting);
     thread::Builder::new()
         .name("nats".into())
         .stack_size(256 * 1024)
@@ -168,8 +146,8 @@ pub fn start_daemon(
 
 fn daemon_connect(
     settings: &NatsSettings,
-    subs: &DaemonSubs,
-    inbound: &Inbound,
+    subs: &[Sub],
+    inbound: &Handler,
     state: &Arc<NatsState>,
     out_rx: NatsRx,
 ) {
@@ -178,15 +156,15 @@ fn daemon_connect(
         let (s1, s2, s3) = (state.clone(), state.clone(), state.clone());
         let opts = options(settings, true)
             .disconnect_callback(move || {
-                s1.set_reconnecting();
+                s1.set(LinkState::Reconnecting);
                 log::warn!("NATS disconnected; reconnecting");
             })
             .reconnect_callback(move || {
-                s2.set_connected();
+                s2.set(LinkState::Connected);
                 log::info!("NATS reconnected");
             })
             .close_callback(move || {
-                s3.0.store(CLOSED, Ordering::Relaxed);
+                s3.set(LinkState::Closed);
                 log::error!("NATS connection closed");
             });
         match opts.connect(settings.url.as_str()) {
@@ -205,7 +183,7 @@ fn daemon_connect(
         }
     };
     let mut subscriptions = Vec::new();
-    for (subject, queue) in subs {
+    for Sub { subject, queue } in subs {
         let sub = match queue {
             Some(q) => conn.queue_subscribe(subject, q),
             None => conn.subscribe(subject),
@@ -223,13 +201,13 @@ fn daemon_connect(
     if let Err(e) = conn.flush_timeout(Duration::from_secs(5)) {
         log::warn!("NATS: subscriptions not confirmed: {e}");
     }
-    state.set_connected();
+    state.set(LinkState::Connected);
     log::info!(
         "NATS connected to {} ({} subscriptions)",
         settings.url,
         subscriptions.len()
     );
-    crate::transport::health_check::spawn_probe(conn.clone(), state.clone());
+    spawn_probe(conn.clone(), state.clone());
 
     let turn = Arc::new(Mutex::new(out_rx));
     for n in 0..PUBLISHERS {
@@ -287,7 +265,7 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
                 next = rx.try_recv();
             }
         }
-        if state.describe() == "connected" {
+        if state.get() == LinkState::Connected {
             if let Err(e) = conn.flush_timeout(Duration::from_secs(2)) {
                 log::debug!("NATS: flush: {e}");
             }
@@ -297,7 +275,7 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
 }
 
 /// Hands every message of every subscription to `inbound`.
-fn receive_loop(subs: &[nats::Subscription], inbound: &Inbound) {
+fn receive_loop(subs: &[nats::Subscription], inbound: &Handler) {
     if subs.is_empty() {
         return;
     }
@@ -378,15 +356,15 @@ impl NatsClient {
             })
             .map_err(TransportError::Io)?;
         let conn = match conn_rx.recv_timeout(CONNECT_TIMEOUT) {
-            Ok(r) => r.map_err(|e| connect_error(&settings.url, e))?,
+            Ok(r) => r.map_err(|e| connect_error(settings, e))?,
             Err(_) => {
-                return Err(connect_error(
-                    &settings.url,
-                    std::io::Error::new(
+                return Err(TransportError::NatsConnect {
+                    url: settings.url.clone(),
+                    source: std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no answer within {} ms", CONNECT_TIMEOUT.as_millis()),
                     ),
-                ))
+                })
             }
         };
         Ok(NatsClient {
@@ -496,6 +474,10 @@ impl Transport for NatsClient {
 
     fn inbox(&self) -> &str {
         &self.inbox
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Nats
     }
 
     fn describe(&self) -> String {

@@ -22,9 +22,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+
+use super::{pipe, reap, ExitWatch};
 
 /// The child's own stack until it execs (glibc's posix_spawn uses 32 KB
 /// plus the argv), and a guard page below it.
@@ -124,40 +124,15 @@ fn find_program(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathB
     }))
 }
 
-/// A started child: its pid and our ends of its standard streams.
+/// A started child: its pid, our ends of its standard streams, and what
+/// tells us it exited.
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: u32,
     pub stdin: Option<File>,
     pub stdout: File,
     pub stderr: File,
-}
-
-/// Waits for child `pid` to end and reaps it.
-pub fn wait(pid: u32) -> io::Result<ExitStatus> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is valid for writes; waiting has no other
-        // preconditions.
-        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-        if r >= 0 {
-            return Ok(ExitStatus::from_raw(status));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is valid for writes of two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just opened both fds and nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    pub exit: ExitWatch,
 }
 
 /// `fd` moved to 3 or above (close-on-exec), so that putting the child's
@@ -380,18 +355,30 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
         )
     };
     if err != 0 {
-        let _ = wait(pid as u32);
+        let _ = reap(pid as u32);
         let e = io::Error::from_raw_os_error(err);
         return Err(match STAGES.get(stage as usize) {
             Some(s) if !s.is_empty() => io::Error::new(e.kind(), format!("{s}: {e}")),
             _ => e,
         });
     }
+    let pid = pid as u32;
+    // Without a way to see the exit, the child could not be supervised: it
+    // goes, and the spawn fails (out of fds, say) like any other.
+    let exit = match ExitWatch::new(pid) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = super::killpg(pid, libc::SIGKILL);
+            let _ = reap(pid);
+            return Err(io::Error::new(e.kind(), format!("watching the child: {e}")));
+        }
+    };
     Ok(Spawned {
-        pid: pid as u32,
+        pid,
         stdin: in_ours.map(File::from),
         stdout: File::from(out_r),
         stderr: File::from(err_r),
+        exit,
     })
 }
 
@@ -525,7 +512,7 @@ mod tests {
         child.stdout.read_to_string(&mut out).unwrap();
         let mut err = String::new();
         child.stderr.read_to_string(&mut err).unwrap();
-        assert!(wait(child.pid).unwrap().success());
+        assert!(reap(child.pid).unwrap().success());
         assert_eq!(out, "hello\n/tmp\nfrom stdin\n");
         assert_eq!(err, "oops\n");
     }
@@ -544,7 +531,7 @@ mod tests {
         let mut child = spawn(&plan).unwrap();
         let mut out = String::new();
         child.stdout.read_to_string(&mut out).unwrap();
-        wait(child.pid).unwrap();
+        reap(child.pid).unwrap();
         assert_eq!(out.trim(), child.pid.to_string());
     }
 

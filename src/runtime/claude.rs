@@ -1,0 +1,346 @@
+//! The one place that knows claude: the argv of its print mode, the
+//! stream-json lines we write to it (`initialize`, a user message,
+//! `interrupt`), how its stdout lines are told apart, and what a `result`
+//! event says about the task.
+//!
+//! What the real CLI does, as observed from claude 2.x in print mode:
+//! `claude -p --input-format stream-json --output-format stream-json
+//! --verbose` reads one JSON object per stdin line and writes one per stdout
+//! line. It answers control requests (`{"type":"control_request",...}`)
+//! with `control_response` lines, emits `system`, `assistant`, `user` and
+//! other events while it works, and ends every turn with exactly one
+//! `result` event, which is the truth about the turn (the exit code is not:
+//! a one-shot process may exit 0 after a failed turn, or never exit).
+//! Unknown event types appear in new versions and are progress.
+
+use std::borrow::Cow;
+
+use serde_json::{json, Value};
+
+use crate::config::{AgentSpec, Protocol};
+use crate::message::schemas::{RawEvent, TaskResult, TaskStatus};
+
+/// Variables the child must not inherit: they would make claude think it
+/// runs inside another claude session.
+pub const REMOVED_ENV: [&str; 2] = ["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"];
+
+/// The argv for an agent's process: the long-lived one of a stream-json
+/// agent, the plain one of a `none` agent, or (with `prompt`) one one-shot
+/// task. The prompt goes last, after `--`, because claude's list flags
+/// (`--allowedTools`, `--mcp-config`, ...) would swallow it anywhere else.
+pub fn argv(spec: &AgentSpec, prompt: Option<&str>) -> Vec<String> {
+    let mut argv = Vec::with_capacity(spec.args.len() + 8);
+    if let Some(prompt) = prompt {
+        argv.extend(["-p", "--output-format", "stream-json", "--verbose"].map(String::from));
+        argv.extend(spec.args.iter().cloned());
+        argv.push("--".into());
+        argv.push(prompt.into());
+        return argv;
+    }
+    if spec.protocol == Protocol::StreamJson {
+        argv.extend(
+            [
+                "-p",
+                "--input-format",
+                "stream-json",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ]
+            .map(String::from),
+        );
+    }
+    argv.extend(spec.args.iter().cloned());
+    argv
+}
+
+/// The `initialize` control request: the agent is ready once it answers.
+pub fn initialize_request(request_id: &str) -> Vec<u8> {
+    json!({
+        "type": "control_request",
+        "request_id": request_id,
+        "request": {"subtype": "initialize"},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `interrupt` control request: ends the running turn (with a
+/// `result`).
+pub fn interrupt_request(request_id: &str) -> Vec<u8> {
+    json!({
+        "type": "control_request",
+        "request_id": request_id,
+        "request": {"subtype": "interrupt"},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// One task, as the stdin line of a stream-json agent.
+pub fn user_message(prompt: &str) -> Vec<u8> {
+    json!({
+        "type": "user",
+        "message": {"role": "user", "content": prompt},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A stdout line of an agent, classified by its reader thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// An answer to one of our control requests.
+    ControlResponse {
+        request_id: String,
+        error: Option<String>,
+    },
+    /// The `result` event that ends a turn.
+    Result(Value),
+    /// Any other JSON event (progress), as the agent wrote it.
+    Event(RawEvent),
+    /// A line that is not a JSON object.
+    NotJson(String),
+    /// A line too long to keep; it still counts as output.
+    Dropped,
+}
+
+impl Line {
+    /// Parses one stdout line. Unknown event types are progress, as the
+    /// stream-json format asks (new types appear in new claude versions).
+    /// A progress event longer than `limit` bytes (a whole file in a tool
+    /// result, say) is replaced by a stub naming its type and size, so it
+    /// can still be published within `max_message_size`.
+    pub fn classify(raw: &[u8], limit: usize) -> Line {
+        // Only the type is read; a progress event stays text (checked to be
+        // JSON), since building a tree for each was most of the cost of
+        // passing it on.
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", default, borrow)]
+            kind: Option<Cow<'a, str>>,
+            #[serde(default, borrow)]
+            subtype: Option<Cow<'a, str>>,
+        }
+        let not_json = || {
+            let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+            Line::NotJson(text)
+        };
+        let head = match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice::<Head>(raw).ok(),
+            _ => None,
+        };
+        let Some(head) = head else {
+            return not_json();
+        };
+        match head.kind.as_deref() {
+            Some("result" | "control_response") => {}
+            kind if raw.len() > limit => {
+                // A huge event becomes a stub without its body ever being
+                // held as a JSON tree.
+                return Line::Event(RawEvent::from_value(&json!({
+                    "type": kind,
+                    "subtype": head.subtype,
+                    "truncated_by_mister_smith": true,
+                    "bytes": raw.len(),
+                })));
+            }
+            _ => {
+                return match RawEvent::from_text(raw) {
+                    Ok(ev) => Line::Event(ev),
+                    Err(_) => not_json(),
+                }
+            }
+        }
+        let v: Value = match serde_json::from_slice(raw) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return not_json(),
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("result") => Line::Result(v),
+            _ => {
+                let resp = v.get("response");
+                let field = |k| resp.and_then(|r| r.get(k)).and_then(Value::as_str);
+                let request_id = field("request_id").unwrap_or_default().to_string();
+                let error = match field("subtype") {
+                    Some("success") => None,
+                    _ => Some(
+                        field("error")
+                            .unwrap_or("control request failed")
+                            .to_string(),
+                    ),
+                };
+                Line::ControlResponse { request_id, error }
+            }
+        }
+    }
+}
+
+/// What a `result` event says about its task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnResult {
+    /// The turn failed: `is_error`, or a subtype other than `success`.
+    pub is_error: bool,
+    pub result: Option<String>,
+    pub errors: Vec<String>,
+    pub num_turns: Option<u64>,
+    pub total_cost_usd: Option<f64>,
+    pub usage: Option<Value>,
+    pub session_id: Option<String>,
+}
+
+impl TurnResult {
+    /// Reads a `result` event. A field of the wrong type counts as absent;
+    /// an event without `is_error` counts as failed.
+    pub fn parse(ev: &Value) -> TurnResult {
+        let is_error = ev.get("is_error").and_then(Value::as_bool).unwrap_or(true)
+            || ev.get("subtype").and_then(Value::as_str) != Some("success");
+        TurnResult {
+            is_error,
+            result: ev.get("result").and_then(Value::as_str).map(String::from),
+            errors: ev
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            num_turns: ev.get("num_turns").and_then(Value::as_u64),
+            total_cost_usd: ev.get("total_cost_usd").and_then(Value::as_f64),
+            usage: ev.get("usage").cloned(),
+            session_id: ev
+                .get("session_id")
+                .and_then(Value::as_str)
+                .map(String::from),
+        }
+    }
+
+    /// The `task_result` of task `task_id` on `agent_id` that this turn
+    /// ends; `timed_out` when its deadline passed first.
+    pub fn into_task_result(
+        self,
+        task_id: &str,
+        agent_id: &str,
+        duration_ms: u64,
+        timed_out: Option<String>,
+    ) -> TaskResult {
+        let mut errors = self.errors;
+        let status = if let Some(why) = timed_out {
+            errors.insert(0, why);
+            TaskStatus::Timeout
+        } else if self.is_error {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Completed
+        };
+        TaskResult {
+            task_id: task_id.to_string(),
+            agent_id: agent_id.to_string(),
+            status,
+            result: self.result,
+            errors: (!errors.is_empty()).then_some(errors),
+            duration_ms,
+            num_turns: self.num_turns,
+            total_cost_usd: self.total_cost_usd,
+            usage: self.usage,
+            session_id: self.session_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdout_lines_are_classified() {
+        let ok = br#"{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"pid":1}}}"#;
+        assert_eq!(
+            Line::classify(ok, 1000),
+            Line::ControlResponse {
+                request_id: "r1".into(),
+                error: None
+            }
+        );
+        let bad = br#"{"type":"control_response","response":{"subtype":"error","request_id":"r2","error":"Unsupported"}}"#;
+        assert_eq!(
+            Line::classify(bad, 1000),
+            Line::ControlResponse {
+                request_id: "r2".into(),
+                error: Some("Unsupported".into())
+            }
+        );
+        assert!(matches!(
+            Line::classify(br#"{"type":"result","subtype":"success"}"#, 10),
+            Line::Result(_)
+        ));
+        assert!(matches!(
+            Line::classify(br#"{"type":"brand_new_kind"}"#, 1000),
+            Line::Event(_)
+        ));
+        assert!(matches!(Line::classify(b"[1,2]", 1000), Line::NotJson(_)));
+        assert!(matches!(
+            Line::classify(b"{\"type\":", 1000),
+            Line::NotJson(_)
+        ));
+        assert_eq!(
+            Line::classify(br#"{"type":"user","message":"a long tool result"}"#, 20),
+            Line::Event(RawEvent::from_value(
+                &json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
+            ))
+        );
+    }
+
+    #[test]
+    fn a_result_event_decides_the_status() {
+        let ok = json!({"type":"result","subtype":"success","is_error":false,"result":"4",
+            "num_turns":1,"total_cost_usd":0.01,"session_id":"s","usage":{"input_tokens":3}});
+        let r = TurnResult::parse(&ok).into_task_result("t", "a", 5, None);
+        assert_eq!(r.status, TaskStatus::Completed);
+        assert_eq!(r.result.as_deref(), Some("4"));
+        assert_eq!((r.num_turns, r.total_cost_usd), (Some(1), Some(0.01)));
+        assert_eq!(r.session_id.as_deref(), Some("s"));
+        assert_eq!(r.errors, None);
+
+        let failed = json!({"type":"result","subtype":"error_max_turns","is_error":false,
+            "errors":["max turns"]});
+        let r = TurnResult::parse(&failed).into_task_result("t", "a", 5, None);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.errors, Some(vec!["max turns".to_string()]));
+
+        // No is_error at all: not proof of success.
+        let bare = json!({"type":"result","subtype":"success"});
+        assert!(TurnResult::parse(&bare).is_error);
+
+        let late = TurnResult::parse(&ok).into_task_result("t", "a", 5, Some("late".into()));
+        assert_eq!(late.status, TaskStatus::Timeout);
+        assert_eq!(late.errors, Some(vec!["late".to_string()]));
+    }
+
+    #[test]
+    fn the_prompt_goes_last_after_a_double_dash() {
+        let mut spec = AgentSpec::new("a", "claude");
+        spec.args = vec!["--allowedTools".into(), "Read".into()];
+        assert_eq!(
+            argv(&spec, Some("-p not a flag")),
+            [
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--allowedTools",
+                "Read",
+                "--",
+                "-p not a flag"
+            ]
+        );
+        assert_eq!(
+            argv(&spec, None)[..3],
+            ["-p", "--input-format", "stream-json"]
+        );
+        spec.protocol = Protocol::None;
+        assert_eq!(argv(&spec, None), ["--allowedTools", "Read"]);
+    }
+}

@@ -1,0 +1,32 @@
+//! The dispatcher thread: drives the queue of `message::dispatcher` with
+//! its commands and the clock, and nothing else. It owns the queue; it
+//! shares nothing but channels.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{at, never, select_biased, Receiver};
+
+use crate::message::dispatcher::{DispatchCmd, DispatchSink, Dispatcher};
+
+/// The thread's loop: returns once every sender is gone. `queued` mirrors
+/// the queue's length for status reports.
+pub fn run(
+    inbox: &Receiver<DispatchCmd>,
+    mut dispatcher: Dispatcher,
+    queued: &Arc<AtomicUsize>,
+    sink: &dyn DispatchSink,
+) {
+    loop {
+        let timer = dispatcher.next_deadline().map_or_else(never, at);
+        select_biased! {
+            recv(inbox) -> cmd => {
+                let Ok(cmd) = cmd else { return };
+                dispatcher.handle(cmd, sink);
+            },
+            recv(timer) -> _ => dispatcher.expire(Instant::now(), sink),
+        }
+        queued.store(dispatcher.queued(), Ordering::Relaxed);
+    }
+}

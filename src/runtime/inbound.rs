@@ -1,0 +1,405 @@
+//! What happens to each message that reaches the daemon, on whichever
+//! transport: decoded, validated, and routed — tasks to the dispatcher,
+//! control requests and reports to the supervisor — and the answers the
+//! dispatcher gives on tasks' behalf.
+//!
+//! This runs on the transports' receiving threads (over NATS, the one
+//! thread that takes every task), so it never waits for anyone: a request
+//! that needs the supervisor is handed over with its reply subject, and the
+//! supervisor answers it itself. Events (progress, results, statuses,
+//! alerts, ours or another daemon's) are not requests and are ignored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::message::dispatcher::{DispatchCmd, DispatchSink, Refusal, Target, Task};
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::error::MessageError;
+use crate::message::router::{
+    agent_subject, alert, answer_to, parse_subject, AgentIx, Dest, Origin, RoutingTable,
+};
+use crate::message::schemas::{
+    check_subject, AgentCommand, AlertCode, CommandType, RawEvent, Severity, TaskAssignment,
+    TaskProgress, TaskResult, TaskStatus,
+};
+use crate::runtime::events::{Command, Event, ReportKind};
+use crate::transport::hub::Outbox;
+
+/// Handles every message that reaches the daemon.
+#[derive(Clone)]
+pub struct Inbound {
+    pub table: Arc<RoutingTable>,
+    pub dispatch: Sender<DispatchCmd>,
+    pub events: Sender<Event>,
+    pub outbox: Outbox,
+    pub max_size: usize,
+    pub default_timeout: Duration,
+}
+
+impl Inbound {
+    pub fn handle(&self, subject: &str, reply: Option<&str>, data: &[u8]) {
+        // A reply subject is published to as is: it must be a literal,
+        // well-formed subject (the local socket passes what a client wrote).
+        let reply = match reply {
+            Some(r) if check_subject(r).is_err() => {
+                log::warn!("ignoring a malformed reply subject on {subject}");
+                None
+            }
+            r => r,
+        };
+        let Some(dest) = parse_subject(subject, &self.table.daemon_id) else {
+            log::debug!("ignoring a message on {subject}");
+            return;
+        };
+        // Our own events come back to us only through other daemons' or
+        // clients' eyes; skip the decode for types that are never requests.
+        if !matches!(dest, Dest::System { .. })
+            && matches!(
+                dest.message_type(),
+                MessageType::TaskProgress
+                    | MessageType::TaskResult
+                    | MessageType::SystemAlert
+                    | MessageType::AgentRegistration
+            )
+        {
+            return;
+        }
+        let env = match Envelope::decode(data, self.max_size) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("refused a message on {subject}: {e}");
+                if let Some(r) = reply {
+                    let refusal = alert(
+                        Severity::Error,
+                        AlertCode::BadRequest,
+                        e.to_string(),
+                        None,
+                        None,
+                    );
+                    self.outbox.reply(r, &refusal);
+                }
+                return;
+            }
+        };
+        let origin = Origin::of(&env, reply);
+        let result = match (&dest, &env.payload) {
+            (Dest::System { op }, _) => self.system(op, &env, &origin),
+            (_, Payload::TaskAssignment(_)) | (_, Payload::AgentCommand(_))
+                if env.message_type() != dest.message_type() =>
+            {
+                Err(MessageError::field(
+                    "message_type",
+                    format!(
+                        "{} does not match the subject {subject}",
+                        env.message_type()
+                    ),
+                ))
+            }
+            (_, Payload::TaskAssignment(t)) => self.task(&dest, &env, t, &origin),
+            (Dest::Agent { id, .. }, Payload::AgentCommand(c)) => {
+                self.control(id, c.command_type, c, &env, &origin)
+            }
+            (Dest::Agent { id, .. }, Payload::AgentStatus(_)) => {
+                self.report(Some(id), ReportKind::AgentStatus, origin.clone())
+            }
+            (Dest::Agent { id, .. }, Payload::SystemHealthCheck(_)) => {
+                self.report(Some(id), ReportKind::Health, origin.clone())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            let code = match e {
+                MessageError::NoRoute { .. } => AlertCode::NoRoute,
+                _ => AlertCode::BadRequest,
+            };
+            log::warn!("refused a message on {subject}: {e}");
+            if let Some(r) = &origin.reply_to {
+                let task_id = match &env.payload {
+                    Payload::TaskAssignment(t) => Some(t.task_id.as_str()),
+                    _ => None,
+                };
+                let refusal = alert(Severity::Error, code, e.to_string(), None, task_id);
+                self.outbox.reply(r, &answer_to(refusal, &origin));
+            }
+        }
+    }
+
+    fn find(&self, id: &str) -> Result<AgentIx, MessageError> {
+        self.table
+            .find(id)
+            .ok_or_else(|| MessageError::NoRoute { target: id.into() })
+    }
+
+    fn task(
+        &self,
+        dest: &Dest,
+        env: &Envelope,
+        t: &TaskAssignment,
+        origin: &Origin,
+    ) -> Result<(), MessageError> {
+        let no_type = |agent_type: &str| MessageError::NoRoute {
+            target: format!("of type {agent_type}"),
+        };
+        let targets: Vec<Target> = match dest {
+            Dest::Agent { id, .. } => {
+                let i = self.find(id)?;
+                if !self.table.route(i).protocol.takes_tasks() {
+                    return Err(MessageError::field(
+                        "target_agent_id",
+                        format!("agent {id} is a plain process (protocol none) and takes no tasks"),
+                    ));
+                }
+                vec![Target::Agent(i)]
+            }
+            Dest::Any { agent_type, .. } => {
+                self.table
+                    .of_type(agent_type)
+                    .ok_or_else(|| no_type(agent_type))?;
+                vec![Target::Type(agent_type.clone())]
+            }
+            Dest::All { agent_type, .. } => self
+                .table
+                .of_type(agent_type)
+                .ok_or_else(|| no_type(agent_type))?
+                .iter()
+                .map(|&i| Target::Agent(i))
+                .collect(),
+            Dest::System { .. } => return Ok(()),
+        };
+        let timeout = env
+            .timeout_ms
+            .map_or(self.default_timeout, Duration::from_millis);
+        let now = Instant::now();
+        let tasks = targets
+            .into_iter()
+            .map(|target| Task {
+                task_id: t.task_id.clone(),
+                prompt: t.prompt.clone(),
+                context: t.context.clone(),
+                priority: env.priority,
+                timeout,
+                deadline: now + timeout,
+                target,
+                origin: origin.clone(),
+                submitted: now,
+                seq: 0,
+            })
+            .collect();
+        let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
+        Ok(())
+    }
+
+    fn control(
+        &self,
+        id: &str,
+        op: CommandType,
+        c: &AgentCommand,
+        env: &Envelope,
+        origin: &Origin,
+    ) -> Result<(), MessageError> {
+        if op == CommandType::Shutdown {
+            let _ = self.events.send(Event::Command(Command::Shutdown));
+            if let Some(r) = &origin.reply_to {
+                let e = alert(
+                    Severity::Info,
+                    AlertCode::ShuttingDown,
+                    format!("daemon {} is shutting down", self.table.daemon_id),
+                    None,
+                    None,
+                );
+                self.outbox.reply(r, &answer_to(e, origin));
+            }
+            return Ok(());
+        }
+        let agent = self.find(id)?;
+        if op == CommandType::Execute {
+            let prompt = c
+                .prompt
+                .clone()
+                .filter(|p| !p.trim().is_empty())
+                .ok_or_else(|| MessageError::field("payload.prompt", "execute needs a prompt"))?;
+            let t = TaskAssignment {
+                task_id: c
+                    .task_id
+                    .clone()
+                    .unwrap_or_else(|| Uuid::new_v4().to_string()),
+                prompt,
+                context: None,
+            };
+            let dest = Dest::Agent {
+                id: id.into(),
+                message_type: MessageType::TaskAssignment,
+            };
+            return self.task(&dest, env, &t, origin);
+        }
+        let cmd = Command::Control {
+            agent,
+            op,
+            origin: origin.clone(),
+        };
+        let _ = self.events.send(Event::Command(cmd));
+        Ok(())
+    }
+
+    /// Asks the supervisor for a report on `agent` (or every agent), which
+    /// it sends to the origin's reply subject. Without one there is nobody
+    /// to answer.
+    fn report(
+        &self,
+        agent: Option<&str>,
+        kind: ReportKind,
+        origin: Origin,
+    ) -> Result<(), MessageError> {
+        if origin.reply_to.is_none() {
+            return Ok(());
+        }
+        let agent = agent.map(|id| self.find(id)).transpose()?;
+        let cmd = Command::Report {
+            agent,
+            kind,
+            origin,
+        };
+        let _ = self.events.send(Event::Command(cmd));
+        Ok(())
+    }
+
+    fn system(&self, op: &str, env: &Envelope, origin: &Origin) -> Result<(), MessageError> {
+        match (op, &env.payload) {
+            ("status" | "health", Payload::SystemHealthCheck(h)) => {
+                self.report(h.agent_id.as_deref(), ReportKind::Health, origin.clone())
+            }
+            ("status" | "health", _) => self.report(None, ReportKind::Health, origin.clone()),
+            ("agent_command", Payload::AgentCommand(c)) => {
+                let id = c.agent_id.clone().or_else(|| env.target_agent_id.clone());
+                match (c.command_type, id) {
+                    (CommandType::Shutdown, _) => {
+                        self.control("", CommandType::Shutdown, c, env, origin)
+                    }
+                    (op, Some(id)) => self.control(&id, op, c, env, origin),
+                    (_, None) => Err(MessageError::field("payload.agent_id", "is required")),
+                }
+            }
+            ("agent_command", _) => Err(MessageError::field(
+                "message_type",
+                "agent_command expected",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Answers tasks on behalf of the dispatcher (acceptance, refusal, expiry,
+/// cancellation) and hands its assignments to the supervisor.
+pub struct DaemonSink {
+    pub table: Arc<RoutingTable>,
+    pub events: Sender<Event>,
+    pub outbox: Outbox,
+}
+
+impl DaemonSink {
+    fn agent_id(&self, t: &Task) -> String {
+        match &t.target {
+            Target::Agent(i) => self.table.route(*i).id.clone(),
+            Target::Type(_) => "any".into(),
+        }
+    }
+
+    fn subject(&self, t: &Task, mt: MessageType) -> String {
+        match &t.target {
+            Target::Agent(i) => self.table.subject(*i, mt),
+            Target::Type(ty) => agent_subject(ty, "any", mt),
+        }
+    }
+
+    fn finish(&self, t: &Task, status: TaskStatus, why: String) {
+        let result = TaskResult {
+            task_id: t.task_id.clone(),
+            agent_id: self.agent_id(t),
+            status,
+            result: None,
+            errors: Some(vec![why]),
+            duration_ms: t.submitted.elapsed().as_millis() as u64,
+            num_turns: None,
+            total_cost_usd: None,
+            usage: None,
+            session_id: None,
+        };
+        let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
+        self.outbox.publish_and_reply(
+            &self.subject(t, MessageType::TaskResult),
+            t.origin.reply_to.as_deref(),
+            &env,
+        );
+    }
+}
+
+impl DispatchSink for DaemonSink {
+    fn assign(&self, agent: AgentIx, task: Task) {
+        let _ = self.events.send(Event::Assign(agent, Box::new(task)));
+    }
+
+    fn accepted(&self, t: &Task, position: usize) {
+        if let Some(r) = &t.origin.reply_to {
+            let progress = TaskProgress {
+                task_id: t.task_id.clone(),
+                agent_id: self.agent_id(t),
+                event: RawEvent::from_value(&json!({
+                    "type": "system",
+                    "subtype": "queued",
+                    "position": position,
+                    "timeout_ms": t.timeout.as_millis() as u64,
+                })),
+            };
+            self.outbox.reply(
+                r,
+                &answer_to(Envelope::new(Payload::TaskProgress(progress)), &t.origin),
+            );
+        }
+    }
+
+    fn refused(&self, t: &Task, why: Refusal) {
+        let (code, message) = match why {
+            Refusal::Full { capacity } => (
+                AlertCode::QueueFull,
+                format!("the queue is full ({capacity} tasks); retry later"),
+            ),
+            Refusal::ShuttingDown => (
+                AlertCode::ShuttingDown,
+                "the daemon is shutting down; retry later".to_string(),
+            ),
+        };
+        log::warn!("task {} refused: {message}", t.task_id);
+        if let Some(r) = &t.origin.reply_to {
+            let id = self.agent_id(t);
+            let refusal = alert(Severity::Error, code, message, Some(&id), Some(&t.task_id));
+            self.outbox.reply(r, &answer_to(refusal, &t.origin));
+        }
+    }
+
+    fn expired(&self, t: &Task) {
+        self.finish(
+            t,
+            TaskStatus::Timeout,
+            format!(
+                "timed out after {} ms waiting in the queue",
+                t.timeout.as_millis()
+            ),
+        );
+    }
+
+    fn cancelled(&self, t: &Task) {
+        self.finish(
+            t,
+            TaskStatus::Cancelled,
+            "the daemon shut down before the task started".into(),
+        );
+    }
+
+    fn closed(&self) {
+        let _ = self.events.send(Event::DispatcherClosed);
+    }
+}

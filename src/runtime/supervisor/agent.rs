@@ -1,0 +1,128 @@
+//! One row of the supervisor's agent table, and the small types it holds.
+
+use std::time::Instant;
+
+use crate::config::AgentSpec;
+use crate::message::dispatcher::Task;
+use crate::message::schemas::{AgentState, ReasonCode};
+use crate::runtime::backoff::RestartBook;
+use crate::runtime::process::ChildHandle;
+
+/// Why we are taking an agent's process down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Takedown {
+    /// Stop for good (`stop`, shutdown): ends in `terminated`.
+    Stop,
+    /// Stop, then start again at once (`restart`).
+    Restart,
+    /// A failure we detected (hung, unhealthy, no handshake): the exit goes
+    /// through the restart policy as a failure.
+    Failure(ReasonCode),
+}
+
+/// Why an agent is in its state: a code for programs, words for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reason {
+    pub(super) code: ReasonCode,
+    pub(super) text: String,
+}
+
+impl Reason {
+    pub(super) fn new(code: ReasonCode, text: impl Into<String>) -> Reason {
+        Reason {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// The reason in its usual words.
+    pub(super) fn of(code: ReasonCode) -> Reason {
+        Reason::new(code, words(code))
+    }
+}
+
+/// The usual words for a reason, in logs, `status` and task errors.
+pub(super) fn words(code: ReasonCode) -> &'static str {
+    match code {
+        ReasonCode::StoppedByOperator => "stopped by an operator",
+        ReasonCode::RestartBudgetSpent => "restart budget spent",
+        ReasonCode::NotRestarted => "exited; its policy does not restart it",
+        ReasonCode::Restarting => "restarting",
+        ReasonCode::Exited => "exited",
+        ReasonCode::SpawnFailed => "cannot start",
+        ReasonCode::Hung => "hung",
+        ReasonCode::Unhealthy => "unhealthy",
+        ReasonCode::StartupTimeout => "startup timeout",
+        ReasonCode::InitializeRefused => "initialize refused",
+        ReasonCode::TaskDidNotStop => "task timed out and did not stop",
+    }
+}
+
+/// A task an agent is working on.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub(super) task: Task,
+    pub(super) started: Instant,
+    pub(super) timed_out: bool,
+}
+
+/// One agent: its spec, its state, its process (if any) and its counters.
+#[derive(Debug)]
+pub(super) struct Agent {
+    pub(super) spec: AgentSpec,
+    pub(super) state: AgentState,
+    /// Run number of the current (or last) process; starts at 0.
+    pub(super) run: u64,
+    pub(super) child: Option<Box<dyn ChildHandle>>,
+    /// When the current process was taken in.
+    pub(super) child_since: Instant,
+    pub(super) takedown: Option<Takedown>,
+    pub(super) book: RestartBook,
+    pub(super) restarts: u32,
+    /// The request id of the pending `initialize` handshake.
+    pub(super) init_request: Option<String>,
+    pub(super) last_output: Instant,
+    pub(super) health_failures: u32,
+    /// The state to return to on resume.
+    pub(super) paused_from: Option<AgentState>,
+    pub(super) task: Option<Running>,
+    /// A one-shot process has printed its result and should exit.
+    pub(super) result_seen: bool,
+    pub(super) tasks_done: u64,
+    pub(super) tasks_failed: u64,
+    pub(super) cost_usd: f64,
+    /// Since when the agent has been up (not terminated or in error).
+    pub(super) up_since: Option<Instant>,
+    /// Why the agent is in its state, when that is not obvious.
+    pub(super) reason: Option<Reason>,
+    /// Bumped whenever the watchdog is armed; an older watchdog timer is
+    /// stale.
+    pub(super) watchdog: u64,
+}
+
+impl Agent {
+    pub(super) fn new(spec: AgentSpec, now: Instant) -> Self {
+        Agent {
+            spec,
+            state: AgentState::Terminated,
+            run: 0,
+            child: None,
+            child_since: now,
+            takedown: None,
+            book: RestartBook::default(),
+            restarts: 0,
+            init_request: None,
+            last_output: now,
+            health_failures: 0,
+            paused_from: None,
+            task: None,
+            result_seen: false,
+            tasks_done: 0,
+            tasks_failed: 0,
+            cost_usd: 0.0,
+            up_since: None,
+            reason: None,
+            watchdog: 0,
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! Starting and stopping agents, their exits, the restart policy, health
+//! verdicts and the control commands (`start`, `stop`, `restart`, `pause`,
+//! `resume`).
+
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::agent::{words, Reason, Takedown};
+use super::timers::Timer;
+use super::{Supervisor, STDIN_GRACE};
+use crate::config::Protocol;
+use crate::message::dispatcher::DispatchCmd;
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{alert, AgentIx};
+use crate::message::schemas::{
+    AgentState, AlertCode, CommandType, ReasonCode, Severity, TaskStatus,
+};
+use crate::runtime::backoff::Decision;
+use crate::runtime::claude;
+use crate::runtime::error::ProcessError;
+use crate::runtime::events::{Event, Verdict};
+use crate::runtime::health_monitor::HealthCmd;
+use crate::runtime::lifecycle::transition;
+use crate::runtime::process::{describe_exit, ChildHandle, ChildSink, SpawnRequest};
+use crate::runtime::tracker::TrackCmd;
+
+impl Supervisor {
+    /// Moves agent `i` to `to`, logging and publishing the transition; an
+    /// illegal one is logged and refused.
+    pub(super) fn set_state(&mut self, i: AgentIx, to: AgentState) -> bool {
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        let from = match transition(&mut a.state, to) {
+            Ok(from) => from,
+            Err(e) => {
+                log::warn!("agent {}: {e} refused", a.spec.id);
+                return false;
+            }
+        };
+        // Idle and busy swap on every task, which has its own started and
+        // completed lines: at info they would double the log (and its
+        // writes on the task's path).
+        let level = match (from, to) {
+            (AgentState::Idle, AgentState::Busy) | (AgentState::Busy, AgentState::Idle) => {
+                log::Level::Debug
+            }
+            _ => log::Level::Info,
+        };
+        match &a.child {
+            Some(c) => log::log!(
+                level,
+                "agent {}: {from} -> {to} (pid {})",
+                a.spec.id,
+                c.pid()
+            ),
+            None => log::log!(level, "agent {}: {from} -> {to}", a.spec.id),
+        }
+        match to {
+            AgentState::Initializing => a.up_since = Some(now),
+            AgentState::Terminated | AgentState::Error => a.up_since = None,
+            _ => {}
+        }
+        if a.spec.protocol.takes_tasks() {
+            if to == AgentState::Idle {
+                let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
+            } else if from == AgentState::Idle && to != AgentState::Busy {
+                // Busy only ever follows the dispatcher's own assignment, so
+                // it knows already; waking its thread in the task's first
+                // microseconds would cost the agent a CPU on a small host.
+                let _ = self.links.dispatch.send(DispatchCmd::NotReady(i));
+            }
+        }
+        self.publish_status(i, from);
+        true
+    }
+
+    /// Starts agent `i`: spawns its long-lived process, or for one-shot
+    /// agents (a process per task) just marks it ready.
+    pub(super) fn start(&mut self, i: AgentIx) {
+        self.start_with(i, false);
+    }
+
+    /// Like [`Supervisor::start`], but on the spawner's pool: the cold
+    /// start's many execs then overlap.
+    pub(super) fn start_pooled(&mut self, i: AgentIx) {
+        self.start_with(i, true);
+    }
+
+    fn start_with(&mut self, i: AgentIx, pooled: bool) {
+        if self.agents[i.0].child.is_some() || !self.set_state(i, AgentState::Initializing) {
+            return;
+        }
+        let a = &mut self.agents[i.0];
+        a.run += 1;
+        a.takedown = None;
+        a.health_failures = 0;
+        a.paused_from = None;
+        a.reason = None;
+        if a.spec.protocol == Protocol::Oneshot {
+            self.set_state(i, AgentState::Idle);
+            return;
+        }
+        let run = a.run;
+        let req = SpawnRequest {
+            spec: a.spec.clone(),
+            prompt: None,
+            max_message_size: self.links.max_message_size,
+        };
+        let sink = self.child_sink(i, run);
+        if pooled {
+            let tx = self.events_tx.clone();
+            self.pending_spawns += 1;
+            self.spawner.spawn_later(
+                req,
+                sink,
+                Box::new(move |result| {
+                    let _ = tx.send(Event::Spawned {
+                        agent: i,
+                        run,
+                        result,
+                    });
+                }),
+            );
+            return;
+        }
+        let result = self.spawner.spawn(req, sink);
+        self.attach(i, run, result);
+    }
+
+    /// Where the reports of agent `i`'s run `run` go: the event channel,
+    /// tagged.
+    pub(super) fn child_sink(&self, agent: AgentIx, run: u64) -> ChildSink {
+        let tx = self.events_tx.clone();
+        Box::new(move |msg| {
+            let _ = tx.send(Event::Child { agent, run, msg });
+        })
+    }
+
+    /// Takes a freshly spawned process (or the failure to spawn it) into
+    /// agent `i`'s run `run`.
+    pub(super) fn attach(
+        &mut self,
+        i: AgentIx,
+        run: u64,
+        result: Result<Box<dyn ChildHandle>, ProcessError>,
+    ) {
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        match result {
+            Ok(child) => {
+                a.last_output = now;
+                a.child_since = now;
+                let pid = child.pid();
+                let _ = self.links.tracker.send(TrackCmd::Up {
+                    id: a.spec.id.clone(),
+                    pgid: pid,
+                });
+                if a.spec.protocol == Protocol::StreamJson {
+                    let id = format!("init-{}-{run}", a.spec.id);
+                    child.write_line(claude::initialize_request(&id));
+                    a.init_request = Some(id);
+                    a.child = Some(child);
+                    let t = a.spec.startup_timeout;
+                    log::debug!("agent {}: started pid {pid}, sent initialize", a.spec.id);
+                    self.schedule(t, Timer::Startup { agent: i, run });
+                } else {
+                    a.child = Some(child);
+                    self.set_state(i, AgentState::Idle);
+                    self.watch_health(i);
+                }
+            }
+            Err(e) => {
+                log::error!("{e}");
+                a.reason = Some(Reason::new(ReasonCode::SpawnFailed, e.to_string()));
+                self.set_state(i, AgentState::Error);
+                self.after_exit(i, true, Duration::ZERO, Vec::new());
+            }
+        }
+    }
+
+    pub(super) fn watch_health(&self, i: AgentIx) {
+        let a = &self.agents[i.0];
+        if let (Some(cmd), Some(c)) = (&a.spec.health.command, &a.child) {
+            let _ = self.links.health.send(HealthCmd::Watch {
+                agent: i,
+                run: a.run,
+                id: a.spec.id.clone(),
+                pid: c.pid(),
+                command: cmd.clone(),
+                interval: a.spec.health.interval,
+                timeout: a.spec.health.timeout,
+            });
+        }
+    }
+
+    /// Takes agent `i` down because of a failure we detected: `error`, then
+    /// SIGKILL to the group; its exit goes through the restart policy.
+    pub(super) fn fail(&mut self, i: AgentIx, why: ReasonCode) {
+        if self.agents[i.0].child.is_none() {
+            return;
+        }
+        if matches!(
+            self.agents[i.0].takedown,
+            Some(Takedown::Stop | Takedown::Restart)
+        ) {
+            // Already on its way down at someone's request: finish it, but
+            // keep the request (a stop must not turn into a restart).
+            self.signal(i, libc::SIGKILL);
+            return;
+        }
+        if self.agents[i.0].state != AgentState::Error {
+            self.set_state(i, AgentState::Error);
+        }
+        let a = &mut self.agents[i.0];
+        if a.reason.is_none() {
+            a.reason = Some(Reason::of(why));
+        }
+        a.takedown = Some(Takedown::Failure(why));
+        // A stopped process dies of SIGKILL too; no SIGCONT needed.
+        self.signal(i, libc::SIGKILL);
+    }
+
+    /// Begins stopping agent `i`: close stdin, SIGTERM, SIGKILL at
+    /// `stop_timeout_ms`.
+    pub(super) fn stop(&mut self, i: AgentIx, why: Takedown) {
+        if self.agents[i.0].child.is_none() {
+            self.stop_without_process(i, why);
+            return;
+        }
+        let a = &mut self.agents[i.0];
+        match (a.takedown, why) {
+            // A stop overrides anything; nothing else overrides a takedown
+            // already under way.
+            (Some(_), Takedown::Stop) | (None, _) => a.takedown = Some(why),
+            (Some(_), _) => return,
+        }
+        if a.state != AgentState::Stopping {
+            self.set_state(i, AgentState::Stopping);
+        }
+        let a = &mut self.agents[i.0];
+        let run = a.run;
+        let timeout = a.spec.stop_timeout;
+        let was_paused = a.paused_from.take().is_some();
+        let had_stdin = a.child.as_ref().is_some_and(|c| c.has_stdin());
+        if let Some(c) = a.child.as_mut() {
+            c.close_stdin();
+        }
+        if had_stdin && !was_paused && a.task.is_none() {
+            // An idle stream-json agent exits by itself on end of input.
+            let grace = STDIN_GRACE.min(timeout / 4);
+            self.schedule(grace, Timer::Term { agent: i, run });
+        } else {
+            self.send_term(i);
+        }
+        self.schedule(timeout, Timer::Kill { agent: i, run });
+    }
+
+    /// `stop` for an agent with no process: a pending restart is cancelled
+    /// and the agent is down for good (or, for `restart`, started again).
+    fn stop_without_process(&mut self, i: AgentIx, why: Takedown) {
+        self.timers.cancel(|t| *t == Timer::Restart(i));
+        let state = self.agents[i.0].state;
+        if why == Takedown::Restart {
+            self.agents[i.0].book.reset();
+            if state == AgentState::Idle {
+                // A one-shot agent between tasks has nothing to restart.
+                return;
+            }
+            if state == AgentState::Error {
+                self.set_state(i, AgentState::Terminated);
+            }
+            self.start(i);
+            return;
+        }
+        if state == AgentState::Terminated {
+            return;
+        }
+        if state != AgentState::Error {
+            self.set_state(i, AgentState::Stopping);
+        }
+        self.set_state(i, AgentState::Terminated);
+    }
+
+    pub(super) fn send_term(&mut self, i: AgentIx) {
+        self.signal(i, libc::SIGTERM);
+        // A stopped process only acts on SIGTERM once continued.
+        self.signal(i, libc::SIGCONT);
+    }
+
+    pub(super) fn signal(&self, i: AgentIx, sig: i32) {
+        let a = &self.agents[i.0];
+        if let Some(c) = &a.child {
+            if let Err(e) = c.signal_group(sig) {
+                log::error!("agent {}: cannot signal group {}: {e}", a.spec.id, c.pid());
+            }
+        }
+    }
+
+    /// Agent `i`'s process exited (and its pipes are drained).
+    pub(super) fn on_exit(&mut self, i: AgentIx, status: io::Result<ExitStatus>) {
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        let Some(child) = a.child.take() else { return };
+        let uptime = now.saturating_duration_since(a.child_since);
+        let _ = self.links.health.send(HealthCmd::Unwatch { agent: i });
+        let _ = self.links.tracker.send(TrackCmd::Down {
+            id: a.spec.id.clone(),
+        });
+        a.init_request = None;
+        a.paused_from = None;
+        a.result_seen = false;
+        let how = describe_exit(&status);
+        let clean = matches!(&status, Ok(s) if s.success());
+        let tail = child.stderr_lines();
+        // The io thread reaps the child once the handle is gone.
+        drop(child);
+        let takedown = a.takedown.take();
+        if let Some(r) = a.task.take() {
+            // The task did not get its result: answer it from what we know.
+            let (status, why) = match takedown {
+                _ if r.timed_out => (
+                    TaskStatus::Timeout,
+                    format!("timed out after {} ms", r.task.timeout.as_millis()),
+                ),
+                Some(Takedown::Stop) | Some(Takedown::Restart) => (
+                    TaskStatus::Cancelled,
+                    format!("the agent was stopped ({how})"),
+                ),
+                Some(Takedown::Failure(why)) => (
+                    TaskStatus::Failed,
+                    format!("the agent was taken down: {}", words(why)),
+                ),
+                None => (
+                    TaskStatus::Failed,
+                    format!("the agent {how} before its result"),
+                ),
+            };
+            if status == TaskStatus::Failed {
+                a.tasks_failed += 1;
+            }
+            log::warn!(
+                "agent {}: task {} {}: {why}",
+                a.spec.id,
+                r.task.task_id,
+                super::tasks::status_word(status)
+            );
+            let mut errors = vec![why];
+            errors.extend(tail.iter().rev().take(5).rev().cloned());
+            self.answer_with(i, &r.task, status, errors, r.started);
+        }
+        let a = &mut self.agents[i.0];
+        match takedown {
+            Some(Takedown::Stop) => {
+                log::info!("agent {}: {how}", a.spec.id);
+                if a.state == AgentState::Error {
+                    self.set_state(i, AgentState::Stopping);
+                }
+                self.set_state(i, AgentState::Terminated);
+            }
+            Some(Takedown::Restart) => {
+                log::info!("agent {}: {how}; starting it again", a.spec.id);
+                self.set_state(i, AgentState::Terminated);
+                if self.shutdown.is_none() {
+                    self.agents[i.0].restarts += 1;
+                    self.start(i);
+                }
+            }
+            Some(Takedown::Failure(why)) => {
+                log::warn!("agent {}: {how} (taken down: {})", a.spec.id, words(why));
+                self.after_exit(i, true, uptime, tail);
+            }
+            None if a.spec.protocol == Protocol::Oneshot && a.state == AgentState::Busy => {
+                // A one-shot task process ending is the normal case.
+                log::debug!("agent {}: task process {how}", a.spec.id);
+                self.set_state(i, AgentState::Idle);
+            }
+            None => {
+                if clean {
+                    log::warn!("agent {}: {how}", a.spec.id);
+                } else if tail.is_empty() {
+                    log::warn!("agent {}: {how}; stderr was empty", a.spec.id);
+                } else {
+                    log::warn!(
+                        "agent {}: {how}; last stderr: {}",
+                        a.spec.id,
+                        tail.last().map_or("", String::as_str)
+                    );
+                }
+                a.reason = Some(Reason::new(ReasonCode::Exited, how));
+                if a.state != AgentState::Error {
+                    self.set_state(i, AgentState::Error);
+                }
+                self.after_exit(i, !clean, uptime, tail);
+            }
+        }
+    }
+
+    /// Applies the restart policy to agent `i`, now in `error` with no
+    /// process.
+    pub(super) fn after_exit(
+        &mut self,
+        i: AgentIx,
+        failed: bool,
+        uptime: Duration,
+        tail: Vec<String>,
+    ) {
+        if self.shutdown.is_some() {
+            self.set_state(i, AgentState::Terminated);
+            return;
+        }
+        let jitter = self.jitter.next_unit();
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        let decision = a.book.decide(&a.spec.restart, failed, uptime, now, jitter);
+        let policy = a.spec.restart.policy.as_str();
+        match decision {
+            Decision::Restart { delay, attempt } => {
+                a.restarts += 1;
+                log::info!(
+                    "agent {}: restarting in {} ms (policy {policy}, attempt {attempt})",
+                    a.spec.id,
+                    delay.as_millis(),
+                );
+                a.reason = Some(Reason::new(
+                    ReasonCode::Restarting,
+                    format!("restarting (attempt {attempt})"),
+                ));
+                if delay.is_zero() {
+                    self.start(i);
+                } else {
+                    self.schedule(delay, Timer::Restart(i));
+                }
+            }
+            Decision::Stay => {
+                log::info!("agent {}: not restarted (policy {policy})", a.spec.id);
+                a.reason = Some(Reason::new(
+                    ReasonCode::NotRestarted,
+                    format!("exited; policy {policy} does not restart it"),
+                ));
+                self.set_state(i, AgentState::Terminated);
+            }
+            Decision::GiveUp { restarts } => {
+                let message = format!(
+                    "restart budget spent ({restarts} restarts within {} ms): terminated",
+                    a.spec.restart.window.as_millis()
+                );
+                log::error!("ALERT agent {}: {message}", a.spec.id);
+                a.reason = Some(Reason::of(ReasonCode::RestartBudgetSpent));
+                let mut env = alert(
+                    Severity::Critical,
+                    AlertCode::RestartBudgetSpent,
+                    message,
+                    Some(&a.spec.id),
+                    None,
+                );
+                if let Payload::SystemAlert(al) = &mut env.payload {
+                    al.stderr = Some(tail);
+                }
+                env.source_agent_id = Some(a.spec.id.clone());
+                self.publish(i, MessageType::SystemAlert, &env);
+                self.set_state(i, AgentState::Terminated);
+            }
+        }
+    }
+
+    /// A health check's verdict on agent `i`.
+    pub(super) fn on_health(&mut self, i: AgentIx, verdict: Verdict) {
+        let a = &mut self.agents[i.0];
+        if !a.state.is_healthy() {
+            return;
+        }
+        match verdict {
+            Verdict::Healthy => {
+                if a.health_failures > 0 {
+                    log::info!("agent {}: health check passes again", a.spec.id);
+                }
+                a.health_failures = 0;
+            }
+            Verdict::Unhealthy(why) => {
+                a.health_failures += 1;
+                let (n, max) = (a.health_failures, a.spec.health.failure_threshold);
+                log::warn!(
+                    "agent {}: health check failed ({n}/{max}): {why}",
+                    a.spec.id
+                );
+                if n >= max {
+                    a.reason = Some(Reason::new(
+                        ReasonCode::Unhealthy,
+                        format!("unhealthy: {why}"),
+                    ));
+                    self.fail(i, ReasonCode::Unhealthy);
+                }
+            }
+        }
+    }
+
+    /// A control command on agent `i`.
+    pub(super) fn control(&mut self, i: AgentIx, op: CommandType) -> Result<(), String> {
+        let state = self.agents[i.0].state;
+        let id = self.agents[i.0].spec.id.clone();
+        match op {
+            CommandType::Start => match state {
+                AgentState::Terminated | AgentState::Error => {
+                    self.timers.cancel(|t| *t == Timer::Restart(i));
+                    self.agents[i.0].book.reset();
+                    if state == AgentState::Error && self.agents[i.0].child.is_none() {
+                        self.set_state(i, AgentState::Terminated);
+                    }
+                    self.start(i);
+                    Ok(())
+                }
+                AgentState::Stopping => Err(format!(
+                    "agent {id} is stopping; start it once it is terminated"
+                )),
+                _ => Ok(()),
+            },
+            CommandType::Stop => {
+                self.agents[i.0].reason = Some(Reason::of(ReasonCode::StoppedByOperator));
+                self.stop(i, Takedown::Stop);
+                Ok(())
+            }
+            CommandType::Restart => {
+                self.agents[i.0].reason = None;
+                self.stop(i, Takedown::Restart);
+                Ok(())
+            }
+            CommandType::Pause => match state {
+                AgentState::Paused => Ok(()),
+                AgentState::Idle | AgentState::Busy if self.agents[i.0].child.is_some() => {
+                    self.signal(i, libc::SIGSTOP);
+                    self.agents[i.0].paused_from = Some(state);
+                    self.set_state(i, AgentState::Paused);
+                    Ok(())
+                }
+                s => Err(format!(
+                    "agent {id} is {s}{}: nothing to pause",
+                    if s == AgentState::Idle {
+                        " with no process"
+                    } else {
+                        ""
+                    }
+                )),
+            },
+            CommandType::Resume => match state {
+                AgentState::Paused => {
+                    let now = self.now();
+                    let a = &mut self.agents[i.0];
+                    let to = a.paused_from.take().unwrap_or(AgentState::Idle);
+                    // Time spent stopped is not silence.
+                    a.last_output = now;
+                    self.signal(i, libc::SIGCONT);
+                    self.set_state(i, to);
+                    if to == AgentState::Busy {
+                        self.arm_watchdog(i);
+                    }
+                    Ok(())
+                }
+                AgentState::Idle | AgentState::Busy => Ok(()),
+                s => Err(format!("agent {id} is {s}, not paused")),
+            },
+            CommandType::Execute | CommandType::Shutdown => {
+                Err(format!("{} is handled before the supervisor", op.as_str()))
+            }
+        }
+    }
+
+    /// Publishes `env` on agent `i`'s subject for its type.
+    pub(super) fn publish(&self, i: AgentIx, t: MessageType, env: &Envelope) {
+        self.links
+            .outbox
+            .publish(&self.links.table.subject(i, t), env);
+    }
+}

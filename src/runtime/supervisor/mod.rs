@@ -1,0 +1,413 @@
+//! The supervisor: the one thread that owns the agent table.
+//!
+//! It loops on a single `select_biased!` over signals, events (child output
+//! and exits, health verdicts, commands, task assignments) and the earliest
+//! pending timer. Its concerns are split by file: [`lifecycle`] (starting,
+//! stopping, exits and the restart policy), [`tasks`] (running tasks and
+//! answering them), [`reports`] (statuses for transitions and requests),
+//! [`timers`] (the timer map and the clock) and [`agent`] (the table's
+//! rows). Processes are reached only through the `Spawner` and
+//! `ChildHandle` seam, and time only through a `Clock`, so the whole state
+//! machine is unit-tested without a process or a sleep ([`tests`]).
+//!
+//! Every event carries the agent's index and the run number of the process
+//! that produced it; events from an earlier run of the same agent are
+//! dropped, so a late line or exit can never be taken for the current one.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
+
+use crate::config::AgentSpec;
+use crate::message::dispatcher::DispatchCmd;
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{AgentIx, RoutingTable};
+use crate::message::schemas::{AgentRegistration, AgentState, ReasonCode};
+use crate::runtime::backoff::Jitter;
+use crate::runtime::events::{Event, ReportKind};
+use crate::runtime::health_monitor::HealthCmd;
+use crate::runtime::process::{signal_name, ChildMsg, Spawner};
+use crate::runtime::tracker::TrackCmd;
+use crate::transport::health_check::NatsState;
+use crate::transport::hub::Outbox;
+
+use self::agent::{Agent, Takedown};
+use self::timers::{Clock, Timer, Timers};
+
+mod agent;
+mod lifecycle;
+mod reports;
+mod tasks;
+#[cfg(test)]
+mod tests;
+pub mod timers;
+
+/// After closing a stream-json agent's stdin, how long it gets to exit by
+/// itself before SIGTERM (at most; never more than a quarter of its
+/// `stop_timeout_ms`).
+const STDIN_GRACE: Duration = Duration::from_millis(500);
+
+/// How long an agent gets to end a timed-out task after `interrupt` (or a
+/// one-shot process after SIGTERM) before it is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a one-shot process may linger after printing its `result`
+/// before it is stopped (claude sometimes never exits after it).
+const LINGER_AFTER_RESULT: Duration = Duration::from_secs(2);
+
+/// How the daemon's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped gracefully.
+    Graceful,
+    /// A second signal forced the stop; 128 + this signal.
+    Forced(i32),
+}
+
+/// What the supervisor talks to besides its children.
+pub struct Links {
+    pub table: Arc<RoutingTable>,
+    pub outbox: Outbox,
+    pub dispatch: Sender<DispatchCmd>,
+    pub health: Sender<HealthCmd>,
+    pub tracker: Sender<TrackCmd>,
+    pub nats: Arc<NatsState>,
+    pub queued: Arc<AtomicUsize>,
+    pub queue_capacity: usize,
+    pub max_message_size: usize,
+}
+
+pub struct Supervisor {
+    agents: Vec<Agent>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    signals: Receiver<i32>,
+    links: Links,
+    spawner: Box<dyn Spawner>,
+    clock: Box<dyn Clock>,
+    timers: Timers,
+    jitter: Jitter,
+    shutdown: Option<Outcome>,
+    /// Until the dispatcher says it has closed, assignments may still come.
+    dispatcher_open: bool,
+    started: Instant,
+    /// Starts handed to the spawner pool and not answered yet.
+    pending_spawns: usize,
+}
+
+impl Supervisor {
+    /// A supervisor for `specs` (in the routing table's order). Nothing
+    /// starts until [`Supervisor::run`] (or, in tests, `start_all`).
+    pub fn new(
+        specs: Vec<AgentSpec>,
+        events: (Sender<Event>, Receiver<Event>),
+        signals: Receiver<i32>,
+        links: Links,
+        spawner: Box<dyn Spawner>,
+        clock: Box<dyn Clock>,
+    ) -> Self {
+        let now = clock.now();
+        Supervisor {
+            agents: specs.into_iter().map(|s| Agent::new(s, now)).collect(),
+            events_tx: events.0,
+            events: events.1,
+            signals,
+            links,
+            spawner,
+            clock,
+            timers: Timers::default(),
+            jitter: Jitter::seeded(),
+            shutdown: None,
+            dispatcher_open: true,
+            started: now,
+            pending_spawns: 0,
+        }
+    }
+
+    /// Starts every agent and supervises them until a signal (or a
+    /// `shutdown` command) stops the daemon and every process is gone.
+    pub fn run(mut self) -> Outcome {
+        self.start_all();
+        log::info!("supervising {} agents", self.agents.len());
+        loop {
+            if let Some(outcome) = self.finished() {
+                log::info!("all agents stopped");
+                return outcome;
+            }
+            let timer = self.timers.next().map_or_else(never, at);
+            select_biased! {
+                recv(self.signals) -> sig => match sig {
+                    Ok(sig) => self.on_signal(sig),
+                    // The signal thread is gone: nothing can stop us
+                    // gracefully any more, so stop now.
+                    Err(_) => self.on_signal(libc::SIGTERM),
+                },
+                recv(self.events) -> ev => {
+                    // We hold a sender ourselves, so the channel never
+                    // disconnects while we run.
+                    if let Ok(ev) = ev {
+                        self.on_event(ev);
+                    }
+                },
+                recv(timer) -> _ => self.fire_timers(),
+            }
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn indexes(&self) -> impl Iterator<Item = AgentIx> {
+        (0..self.agents.len()).map(AgentIx)
+    }
+
+    /// Announces every agent and starts them all at once (the spawner pool
+    /// execs them side by side).
+    fn start_all(&mut self) {
+        for i in self.indexes().collect::<Vec<_>>() {
+            let a = &self.agents[i.0];
+            let reg = Envelope::new(Payload::AgentRegistration(AgentRegistration {
+                agent_id: a.spec.id.clone(),
+                agent_type: a.spec.agent_type.clone(),
+                daemon_id: self.links.table.daemon_id.clone(),
+                protocol: a.spec.protocol.as_str().into(),
+            }));
+            self.links.outbox.publish(
+                &self.links.table.subject(i, MessageType::AgentRegistration),
+                &reg,
+            );
+            self.start_pooled(i);
+        }
+    }
+
+    /// The outcome, once shutting down is complete: no process left, no
+    /// spawn outstanding, and nothing more to come from the dispatcher.
+    fn finished(&mut self) -> Option<Outcome> {
+        let outcome = self.shutdown?;
+        let idle = self.pending_spawns == 0 && self.agents.iter().all(|a| a.child.is_none());
+        if !idle || self.dispatcher_open {
+            return None;
+        }
+        // Assignments still in the channel (after a dispatcher that never
+        // said it closed) get their answer too.
+        while let Ok(ev) = self.events.try_recv() {
+            if let Event::Assign(i, task) = ev {
+                self.assign(i, *task);
+            }
+        }
+        Some(outcome)
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        let name = signal_name(sig);
+        match self.shutdown {
+            None => self.begin_shutdown(&name),
+            Some(Outcome::Graceful) => {
+                log::warn!("{name} again: killing every agent now");
+                self.shutdown = Some(Outcome::Forced(sig));
+                self.kill_all();
+            }
+            Some(Outcome::Forced(_)) => self.kill_all(),
+        }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        self.shutdown = Some(Outcome::Graceful);
+        let live = self.agents.iter().filter(|a| a.child.is_some()).count();
+        let wait = self
+            .agents
+            .iter()
+            .map(|a| a.spec.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        log::info!(
+            "{why}: stopping {live} agents (up to {} ms; send it again to kill them now)",
+            wait.as_millis()
+        );
+        // The dispatcher answers what it holds `cancelled` and then says it
+        // has closed; assignments it made before that are answered
+        // `cancelled` as they arrive. Nobody waits for anybody.
+        if self.links.dispatch.send(DispatchCmd::Shutdown).is_err() {
+            self.dispatcher_open = false;
+        }
+        self.timers.cancel(|t| matches!(t, Timer::Restart(_)));
+        for i in self.indexes().collect::<Vec<_>>() {
+            self.stop(i, Takedown::Stop);
+        }
+        // Past every stop timeout, whatever is left is killed; this only
+        // matters if a Kill timer could not do it.
+        let now = self.now();
+        self.timers
+            .after(now, wait + Duration::from_secs(1), Timer::ShutdownDeadline);
+    }
+
+    fn kill_all(&mut self) {
+        for a in &self.agents {
+            if let Some(c) = &a.child {
+                let _ = c.signal_group(libc::SIGKILL);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Child { agent, run, msg } => {
+                if self.is_current(agent, run) {
+                    match msg {
+                        ChildMsg::Line(line) => self.on_line(agent, line),
+                        ChildMsg::Exited(status) => self.on_exit(agent, status),
+                    }
+                }
+            }
+            Event::Health {
+                agent,
+                run,
+                verdict,
+            } => {
+                if self.is_current(agent, run) {
+                    self.on_health(agent, verdict);
+                }
+            }
+            Event::Command(cmd) => self.on_command(cmd),
+            Event::Assign(i, task) => self.assign(i, *task),
+            Event::Spawned { agent, run, result } => {
+                self.pending_spawns = self.pending_spawns.saturating_sub(1);
+                let a = &self.agents[agent.0];
+                let wanted = a.run == run
+                    && a.state == AgentState::Initializing
+                    && a.child.is_none()
+                    && self.shutdown.is_none();
+                match result {
+                    Ok(child) if !wanted => {
+                        // Stopped (or shut down) while it was being spawned.
+                        let _ = child.signal_group(libc::SIGKILL);
+                    }
+                    _ if !wanted => {}
+                    result => self.attach(agent, run, result),
+                }
+            }
+            Event::DispatcherClosed => self.dispatcher_open = false,
+        }
+    }
+
+    fn is_current(&self, agent: AgentIx, run: u64) -> bool {
+        self.agents
+            .get(agent.0)
+            .is_some_and(|a| a.run == run && a.child.is_some())
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now();
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.on_timer(timer);
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, timer: Timer) {
+        let now = self.now();
+        self.timers.after(now, after, timer);
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Restart(i) => {
+                if self.shutdown.is_none() && self.agents[i.0].state == AgentState::Error {
+                    self.start(i);
+                }
+            }
+            Timer::Term { agent, run } => {
+                if self.is_current(agent, run) {
+                    self.send_term(agent);
+                }
+            }
+            Timer::Kill { agent, run } => {
+                if self.is_current(agent, run) {
+                    let a = &self.agents[agent.0];
+                    log::warn!(
+                        "agent {}: still running {} ms after the stop began: SIGKILL",
+                        a.spec.id,
+                        a.spec.stop_timeout.as_millis()
+                    );
+                    self.signal(agent, libc::SIGKILL);
+                }
+            }
+            Timer::Startup { agent, run } => {
+                let a = &self.agents[agent.0];
+                if self.is_current(agent, run) && a.state == AgentState::Initializing {
+                    log::error!(
+                        "agent {}: no answer to initialize within {} ms",
+                        a.spec.id,
+                        a.spec.startup_timeout.as_millis()
+                    );
+                    self.fail(agent, ReasonCode::StartupTimeout);
+                }
+            }
+            Timer::Watchdog { agent, generation } => self.check_watchdog(agent, generation),
+            Timer::Deadline { agent, seq } => {
+                if self.running_seq(agent) == Some(seq) {
+                    self.task_timed_out(agent);
+                }
+            }
+            Timer::InterruptGrace { agent, seq } => {
+                if self.running_seq(agent) == Some(seq) {
+                    log::warn!(
+                        "agent {}: timed-out task did not stop within {} ms: killing",
+                        self.agents[agent.0].spec.id,
+                        INTERRUPT_GRACE.as_millis()
+                    );
+                    self.fail(agent, ReasonCode::TaskDidNotStop);
+                }
+            }
+            Timer::Linger { agent, run } => {
+                if self.is_current(agent, run) && self.agents[agent.0].result_seen {
+                    log::warn!(
+                        "agent {}: still running {} ms after its result: stopping it",
+                        self.agents[agent.0].spec.id,
+                        LINGER_AFTER_RESULT.as_millis()
+                    );
+                    self.send_term(agent);
+                    let t = self.agents[agent.0].spec.stop_timeout;
+                    self.schedule(t, Timer::Kill { agent, run });
+                }
+            }
+            Timer::ShutdownDeadline => {
+                if self.agents.iter().any(|a| a.child.is_some()) {
+                    log::warn!("shutdown deadline passed: killing what is left");
+                    self.kill_all();
+                }
+                if self.dispatcher_open {
+                    log::warn!("the dispatcher did not close in time");
+                    self.dispatcher_open = false;
+                }
+            }
+        }
+    }
+
+    /// What a report request asks for, answered on its reply subject.
+    fn on_command(&mut self, cmd: crate::runtime::events::Command) {
+        use crate::runtime::events::Command;
+        match cmd {
+            Command::Shutdown => {
+                if self.shutdown.is_none() {
+                    self.begin_shutdown("shutdown requested");
+                }
+            }
+            Command::Report {
+                agent,
+                kind,
+                origin,
+            } => self.answer_report(agent, kind == ReportKind::AgentStatus, &origin),
+            Command::Control { agent, op, origin } => {
+                let r = if self.shutdown.is_some() {
+                    Err("the daemon is shutting down".to_string())
+                } else {
+                    self.control(agent, op)
+                };
+                self.answer_control(agent, r, &origin);
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What the supervisor says about agents: an `agent_status` on every
+//! transition, and answers to status, health and control requests, sent
+//! straight to the request's reply subject.
+
+use super::Supervisor;
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{alert, answer_to, AgentIx, Origin};
+use crate::message::schemas::{
+    AgentState, AgentStatus, AlertCode, HealthReport, Severity, SystemHealthCheck,
+};
+
+impl Supervisor {
+    /// The status of agent `i`, as published on a transition (`previous`
+    /// set) or reported on request. Only a report reads memory and CPU from
+    /// `/proc`: a transition is on the restart path and must stay cheap.
+    pub(super) fn status(&self, i: AgentIx, previous: Option<AgentState>) -> AgentStatus {
+        let a = &self.agents[i.0];
+        let now = self.now();
+        AgentStatus {
+            agent_id: a.spec.id.clone(),
+            status: Some(a.state),
+            previous_status: previous,
+            uptime_seconds: a.up_since.map_or(0.0, |t| {
+                (now.saturating_duration_since(t).as_millis() as f64) / 1000.0
+            }),
+            pid: a.child.as_ref().map(|c| c.pid()),
+            restarts: a.restarts,
+            resource_usage: match (&a.child, previous) {
+                (Some(c), None) => c.resource_usage(),
+                _ => None,
+            },
+            agent_type: Some(a.spec.agent_type.clone()),
+            daemon_id: Some(self.links.table.daemon_id.clone()),
+            tasks_completed: a.tasks_done,
+            tasks_failed: a.tasks_failed,
+            total_cost_usd: a.cost_usd,
+            reason: a.reason.as_ref().map(|r| r.text.clone()),
+            reason_code: a.reason.as_ref().map(|r| r.code),
+        }
+    }
+
+    /// Publishes agent `i`'s move from `from` on its `agent_status` subject.
+    pub(super) fn publish_status(&self, i: AgentIx, from: AgentState) {
+        let status = self.status(i, Some(from));
+        self.publish(
+            i,
+            MessageType::AgentStatus,
+            &Envelope::new(Payload::AgentStatus(status)),
+        );
+    }
+
+    /// This daemon's report on agent `agent`, or on all of them.
+    pub(super) fn report(&self, agent: Option<AgentIx>) -> HealthReport {
+        let agents = match agent {
+            Some(i) => vec![self.status(i, None)],
+            None => self.indexes().map(|i| self.status(i, None)).collect(),
+        };
+        HealthReport {
+            daemon_id: self.links.table.daemon_id.clone(),
+            uptime_seconds: (self
+                .now()
+                .saturating_duration_since(self.started)
+                .as_millis() as f64)
+                / 1000.0,
+            nats: self.links.nats.get(),
+            queued: self.links.queued.load(std::sync::atomic::Ordering::Relaxed),
+            queue_capacity: self.links.queue_capacity,
+            agents,
+        }
+    }
+
+    /// Answers a report request: one agent's `agent_status` when
+    /// `one_status`, else a `system_health_check` carrying the report.
+    pub(super) fn answer_report(&self, agent: Option<AgentIx>, one_status: bool, origin: &Origin) {
+        let Some(reply) = &origin.reply_to else {
+            return;
+        };
+        let report = self.report(agent);
+        let env = if one_status {
+            let Some(status) = report.agents.into_iter().next() else {
+                return;
+            };
+            Envelope::new(Payload::AgentStatus(status))
+        } else {
+            Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck {
+                agent_id: agent.map(|i| self.agents[i.0].spec.id.clone()),
+                report: Some(report),
+            }))
+        };
+        self.links.outbox.reply(reply, &answer_to(env, origin));
+    }
+
+    /// Answers a control request: the agent's status after it, or why it
+    /// was refused.
+    pub(super) fn answer_control(
+        &self,
+        agent: AgentIx,
+        result: Result<(), String>,
+        origin: &Origin,
+    ) {
+        let Some(reply) = &origin.reply_to else {
+            return;
+        };
+        let env = match result {
+            Ok(()) => Envelope::new(Payload::AgentStatus(self.status(agent, None))),
+            Err(why) => alert(
+                Severity::Error,
+                AlertCode::Refused,
+                why,
+                Some(&self.agents[agent.0].spec.id),
+                None,
+            ),
+        };
+        self.links.outbox.reply(reply, &answer_to(env, origin));
+    }
+}

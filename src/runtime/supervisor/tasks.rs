@@ -1,0 +1,385 @@
+//! Tasks on agents: starting one, passing its progress on, its deadline and
+//! the output watchdog, and answering it with its result (or with what we
+//! know when it got none).
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::agent::{Reason, Running};
+use super::timers::Timer;
+use super::{Supervisor, INTERRUPT_GRACE, LINGER_AFTER_RESULT};
+use crate::config::Protocol;
+use crate::message::dispatcher::{DispatchCmd, Task};
+use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::router::{answer_to, AgentIx};
+use crate::message::schemas::{
+    AgentState, CommandType, ReasonCode, TaskProgress, TaskResult, TaskStatus,
+};
+use crate::runtime::claude::{self, Line, TurnResult};
+use crate::runtime::process::SpawnRequest;
+use crate::runtime::tracker::TrackCmd;
+
+/// How much a result may take of `max_message_size`, leaving room for the
+/// rest of the envelope.
+const RESULT_ROOM: usize = 16 * 1024;
+
+/// How a task ended, in a log line.
+pub(super) fn status_word(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Completed => "completed",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Cancelled => "cancelled",
+        TaskStatus::Timeout => "timed out",
+    }
+}
+
+impl Supervisor {
+    /// Starts `task` on agent `i`, or hands it back to the dispatcher if the
+    /// agent is no longer idle.
+    pub(super) fn assign(&mut self, i: AgentIx, task: Task) {
+        if self.shutdown.is_some() {
+            self.answer_unstarted(
+                i,
+                &task,
+                TaskStatus::Cancelled,
+                "the daemon is shutting down".into(),
+            );
+            return;
+        }
+        if self.agents[i.0].state != AgentState::Idle {
+            let _ = self
+                .links
+                .dispatch
+                .send(DispatchCmd::Requeue(Box::new(task)));
+            return;
+        }
+        let seq = task.seq;
+        let deadline = task.deadline;
+        match self.agents[i.0].spec.protocol {
+            Protocol::StreamJson => {
+                let sent = self.agents[i.0]
+                    .child
+                    .as_ref()
+                    .is_some_and(|c| c.write_line(claude::user_message(&task.prompt)));
+                if !sent {
+                    let _ = self
+                        .links
+                        .dispatch
+                        .send(DispatchCmd::Requeue(Box::new(task)));
+                    return;
+                }
+            }
+            Protocol::Oneshot => {
+                let a = &mut self.agents[i.0];
+                a.run += 1;
+                a.result_seen = false;
+                let run = a.run;
+                let req = SpawnRequest {
+                    spec: a.spec.clone(),
+                    prompt: Some(task.prompt.clone()),
+                    max_message_size: self.links.max_message_size,
+                };
+                let sink = self.child_sink(i, run);
+                match self.spawner.spawn(req, sink) {
+                    Ok(child) => {
+                        let now = self.now();
+                        let a = &mut self.agents[i.0];
+                        let _ = self.links.tracker.send(TrackCmd::Up {
+                            id: a.spec.id.clone(),
+                            pgid: child.pid(),
+                        });
+                        a.child = Some(child);
+                        a.child_since = now;
+                    }
+                    Err(e) => {
+                        log::error!("{e}");
+                        let why = e.to_string();
+                        let a = &mut self.agents[i.0];
+                        a.reason = Some(Reason::new(ReasonCode::SpawnFailed, why.clone()));
+                        a.tasks_failed += 1;
+                        self.answer_unstarted(i, &task, TaskStatus::Failed, why);
+                        self.set_state(i, AgentState::Error);
+                        self.after_exit(i, true, std::time::Duration::ZERO, Vec::new());
+                        return;
+                    }
+                }
+            }
+            Protocol::None => {
+                self.answer_unstarted(
+                    i,
+                    &task,
+                    TaskStatus::Failed,
+                    "this agent takes no tasks".into(),
+                );
+                return;
+            }
+        }
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        log::info!(
+            "agent {}: task {} started (priority {})",
+            a.spec.id,
+            task.task_id,
+            task.priority
+        );
+        a.last_output = now;
+        a.task = Some(Running {
+            task,
+            started: now,
+            timed_out: false,
+        });
+        self.set_state(i, AgentState::Busy);
+        self.arm_watchdog(i);
+        self.timers.at(deadline, Timer::Deadline { agent: i, seq });
+    }
+
+    pub(super) fn arm_watchdog(&mut self, i: AgentIx) {
+        let a = &mut self.agents[i.0];
+        a.watchdog += 1;
+        let (t, generation) = (a.spec.health.idle_timeout, a.watchdog);
+        self.schedule(
+            t,
+            Timer::Watchdog {
+                agent: i,
+                generation,
+            },
+        );
+    }
+
+    /// The watchdog of `generation` fired: a busy agent silent for
+    /// `idle_timeout_ms` is hung; one that spoke meanwhile is checked again
+    /// when that much silence could have passed.
+    pub(super) fn check_watchdog(&mut self, i: AgentIx, generation: u64) {
+        let now = self.now();
+        let a = &self.agents[i.0];
+        if a.watchdog != generation || a.child.is_none() || a.state != AgentState::Busy {
+            return;
+        }
+        let silent = now.saturating_duration_since(a.last_output);
+        if silent >= a.spec.health.idle_timeout {
+            log::error!(
+                "agent {}: busy and silent for {} ms: hung",
+                a.spec.id,
+                silent.as_millis()
+            );
+            self.fail(i, ReasonCode::Hung);
+        } else {
+            let left = a.spec.health.idle_timeout - silent;
+            self.schedule(
+                left,
+                Timer::Watchdog {
+                    agent: i,
+                    generation,
+                },
+            );
+        }
+    }
+
+    pub(super) fn running_seq(&self, i: AgentIx) -> Option<u64> {
+        self.agents[i.0].task.as_ref().map(|r| r.task.seq)
+    }
+
+    /// A running task reached its deadline: interrupt it (stream-json) or
+    /// stop its process (one-shot); kill if that does not end it.
+    pub(super) fn task_timed_out(&mut self, i: AgentIx) {
+        let Some(r) = self.agents[i.0].task.as_mut() else {
+            return;
+        };
+        if r.timed_out {
+            return;
+        }
+        r.timed_out = true;
+        let seq = r.task.seq;
+        if self.agents[i.0].state == AgentState::Paused {
+            // A stopped process can neither answer nor exit: resume it.
+            let _ = self.control(i, CommandType::Resume);
+        }
+        let a = &self.agents[i.0];
+        let Some(r) = a.task.as_ref() else { return };
+        log::warn!(
+            "agent {}: task {} timed out after {} ms: interrupting",
+            a.spec.id,
+            r.task.task_id,
+            r.task.timeout.as_millis()
+        );
+        match a.spec.protocol {
+            Protocol::StreamJson => {
+                let req = claude::interrupt_request(&format!("interrupt-{}-{seq}", a.spec.id));
+                if let Some(c) = &a.child {
+                    c.write_line(req);
+                }
+            }
+            _ => self.send_term(i),
+        }
+        self.schedule(INTERRUPT_GRACE, Timer::InterruptGrace { agent: i, seq });
+    }
+
+    /// A stdout line of agent `i`'s current process.
+    pub(super) fn on_line(&mut self, i: AgentIx, line: Line) {
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        a.last_output = now;
+        match line {
+            Line::ControlResponse { request_id, error } => {
+                if a.init_request.as_deref() != Some(request_id.as_str()) {
+                    log::debug!("agent {}: control response {request_id}", a.spec.id);
+                    return;
+                }
+                a.init_request = None;
+                match error {
+                    None => {
+                        if self.set_state(i, AgentState::Idle) {
+                            self.watch_health(i);
+                        }
+                    }
+                    Some(e) => {
+                        log::error!("agent {}: initialize refused: {e}", a.spec.id);
+                        a.reason = Some(Reason::new(
+                            ReasonCode::InitializeRefused,
+                            format!("initialize refused: {e}"),
+                        ));
+                        self.fail(i, ReasonCode::InitializeRefused);
+                    }
+                }
+            }
+            Line::Result(ev) => self.on_result(i, &ev),
+            Line::Event(ev) => {
+                if let Some(r) = &a.task {
+                    let progress = TaskProgress {
+                        task_id: r.task.task_id.clone(),
+                        agent_id: a.spec.id.clone(),
+                        event: ev,
+                    };
+                    let mut env = answer_to(
+                        Envelope::new(Payload::TaskProgress(progress)),
+                        &r.task.origin,
+                    );
+                    env.source_agent_id = Some(a.spec.id.clone());
+                    self.links.outbox.publish_and_reply(
+                        &self.links.table.subject(i, MessageType::TaskProgress),
+                        r.task.origin.reply_to.as_deref(),
+                        &env,
+                    );
+                }
+            }
+            Line::Dropped => {}
+            Line::NotJson(text) => {
+                log::warn!("agent {}: stdout line is not JSON: {text}", a.spec.id);
+            }
+        }
+    }
+
+    /// The `result` event that ends agent `i`'s turn.
+    fn on_result(&mut self, i: AgentIx, ev: &Value) {
+        let now = self.now();
+        let a = &mut self.agents[i.0];
+        let Some(r) = a.task.take() else {
+            log::warn!("agent {}: result with no task running", a.spec.id);
+            return;
+        };
+        let timed_out = r
+            .timed_out
+            .then(|| format!("timed out after {} ms", r.task.timeout.as_millis()));
+        let duration_ms = now.saturating_duration_since(r.started).as_millis() as u64;
+        let result = TurnResult::parse(ev).into_task_result(
+            &r.task.task_id,
+            &a.spec.id,
+            duration_ms,
+            timed_out,
+        );
+        let status = result.status;
+        a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
+        if status == TaskStatus::Completed {
+            a.tasks_done += 1;
+        } else {
+            a.tasks_failed += 1;
+        }
+        self.publish_result(i, &r.task, result);
+        let a = &mut self.agents[i.0];
+        log::info!(
+            "agent {}: task {} {}",
+            a.spec.id,
+            r.task.task_id,
+            status_word(status)
+        );
+        match a.spec.protocol {
+            Protocol::Oneshot => {
+                // The task is answered; the agent is free once its process
+                // has gone, which it should do by itself.
+                a.result_seen = true;
+                let run = a.run;
+                self.schedule(LINGER_AFTER_RESULT, Timer::Linger { agent: i, run });
+            }
+            _ => {
+                if a.state == AgentState::Busy {
+                    self.set_state(i, AgentState::Idle);
+                } else if a.state == AgentState::Paused {
+                    a.paused_from = Some(AgentState::Idle);
+                }
+            }
+        }
+    }
+
+    /// Publishes a task's result on the agent's subject and to the sender.
+    fn publish_result(&self, i: AgentIx, task: &Task, mut result: TaskResult) {
+        // A result too large to publish keeps its head and says so.
+        let limit = self.links.max_message_size.saturating_sub(RESULT_ROOM);
+        if let Some(text) = result.result.as_mut() {
+            if text.len() > limit {
+                let total = text.len();
+                let mut cut = limit;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                result.errors.get_or_insert_with(Vec::new).push(format!(
+                    "result truncated from {total} to {cut} bytes to fit max_message_size"
+                ));
+            }
+        }
+        let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
+        env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
+        self.links.outbox.publish_and_reply(
+            &self.links.table.subject(i, MessageType::TaskResult),
+            task.origin.reply_to.as_deref(),
+            &env,
+        );
+    }
+
+    /// Answers a task that never ran.
+    pub(super) fn answer_unstarted(
+        &self,
+        i: AgentIx,
+        task: &Task,
+        status: TaskStatus,
+        why: String,
+    ) {
+        self.answer_with(i, task, status, vec![why], task.submitted);
+    }
+
+    /// Answers a task with no result of its own (it never ran, or its agent
+    /// died under it).
+    pub(super) fn answer_with(
+        &self,
+        i: AgentIx,
+        task: &Task,
+        status: TaskStatus,
+        errors: Vec<String>,
+        since: Instant,
+    ) {
+        let result = TaskResult {
+            task_id: task.task_id.clone(),
+            agent_id: self.agents[i.0].spec.id.clone(),
+            status,
+            result: None,
+            errors: Some(errors),
+            duration_ms: self.now().saturating_duration_since(since).as_millis() as u64,
+            num_turns: None,
+            total_cost_usd: None,
+            usage: None,
+            session_id: None,
+        };
+        self.publish_result(i, task, result);
+    }
+}

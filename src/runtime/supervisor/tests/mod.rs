@@ -1,0 +1,7 @@
+//! The supervisor's state machine, driven by hand: no process is started
+//! and nothing sleeps. [`harness`] is the fake world; the tests are by
+//! concern.
+
+mod harness;
+mod lifecycle;
+mod tasks;
