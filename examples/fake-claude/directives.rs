@@ -1,0 +1,77 @@
+//! Per-task settings: the env knobs, overridden by `[[fake:…]]` directives in the prompt.
+
+use std::time::Duration;
+
+use crate::knobs::{CrashMode, Hang, Knobs, ResultKind};
+
+/// Per-task settings: env knobs overridden by `[[fake:…]]` directives in the prompt.
+pub(crate) struct TaskCfg {
+    pub(crate) turns: u32,
+    pub(crate) delay: Duration,
+    pub(crate) hang: Option<Hang>,
+    pub(crate) crash: Option<CrashMode>,
+    pub(crate) stderr_bytes: u64,
+    pub(crate) big: u64,
+    pub(crate) result: ResultKind,
+    pub(crate) retries: u32,
+}
+
+/// `[[fake:NAME]]` / `[[fake:NAME=VALUE]]` occurrences, in order.
+fn directives(prompt: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut rest = prompt;
+    while let Some(start) = rest.find("[[fake:") {
+        let after = &rest[start + 7..];
+        let Some(end) = after.find("]]") else { break };
+        let body = after[..end].trim();
+        match body.split_once('=') {
+            Some((k, v)) => out.push((k.trim().to_ascii_lowercase(), Some(v.trim().to_owned()))),
+            None => out.push((body.to_ascii_lowercase(), None)),
+        }
+        rest = &after[end + 2..];
+    }
+    out
+}
+
+impl TaskCfg {
+    pub(crate) fn new(k: &Knobs, prompt: &str) -> TaskCfg {
+        let mut cfg = TaskCfg {
+            turns: k.turns,
+            delay: Duration::from_millis(k.line_delay_ms),
+            hang: k
+                .hang
+                .filter(|h| matches!(h, Hang::BeforeResult | Hang::AfterResult)),
+            crash: None,
+            stderr_bytes: 0,
+            big: k.big_line_bytes,
+            result: k.result,
+            retries: k.api_retries,
+        };
+        for (name, value) in directives(prompt) {
+            let v = value.as_deref();
+            let num = || v.and_then(|s| s.parse::<u64>().ok());
+            match name.as_str() {
+                "crash" => cfg.crash = Some(v.and_then(CrashMode::parse).unwrap_or(k.crash_mode)),
+                "hang" => {
+                    cfg.hang = Some(v.and_then(Hang::parse).unwrap_or(Hang::BeforeResult));
+                }
+                "delay" => cfg.delay = num().map_or(cfg.delay, Duration::from_millis),
+                "turns" => {
+                    cfg.turns = num()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(cfg.turns)
+                }
+                "stderr" => cfg.stderr_bytes = num().unwrap_or(cfg.stderr_bytes),
+                "big" => cfg.big = num().unwrap_or(cfg.big),
+                "result" => cfg.result = v.and_then(ResultKind::parse).unwrap_or(cfg.result),
+                "retries" => {
+                    cfg.retries = num()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(cfg.retries)
+                }
+                _ => {}
+            }
+        }
+        cfg
+    }
+}

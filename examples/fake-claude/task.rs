@@ -1,0 +1,336 @@
+//! Running one task: the event sequence (replay, init, API retries, tool round trips, final
+//! text, result), line delays, interrupts, hangs and crashes, in the selected output format.
+
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cli::Format;
+use crate::directives::TaskCfg;
+use crate::json::{api_id, arr, new_uuid, null, obj, J};
+use crate::knobs::{Hang, ResultKind};
+use crate::output::{emit, emit_str, hang_forever, record};
+use crate::session::{text_of_result, usage, Session, Usage};
+use crate::session_store::session_path;
+use crate::side_effects::stderr_noise;
+use crate::signals::{ABORT_TASK, CURRENT_TASK};
+
+const NOT_LOGGED_IN: &str = "Not logged in · Please run /login";
+
+/// How a task ended.
+pub(crate) struct Outcome {
+    pub(crate) is_error: bool,
+    /// `hang=after_result`: the process must never exit on its own afterwards.
+    pub(crate) never_exit: bool,
+}
+
+/// Writes one task's lines: applies the line delay, honours interrupts and the output format.
+struct TaskWriter {
+    n: u64,
+    delay: Duration,
+    format: Format,
+}
+
+impl TaskWriter {
+    fn aborted(&self) -> bool {
+        ABORT_TASK.load(Ordering::SeqCst) == self.n
+    }
+
+    /// Sleeps the line delay in small slices; true if the task was interrupted.
+    fn wait(&self) -> bool {
+        let deadline = Instant::now() + self.delay;
+        loop {
+            if self.aborted() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            thread::sleep((deadline - now).min(Duration::from_millis(10)));
+        }
+    }
+
+    /// Emits an event line (stream-json output only). Returns false if the task was interrupted.
+    fn event(&self, j: &J) -> bool {
+        if self.wait() {
+            return false;
+        }
+        if self.format == Format::StreamJson {
+            emit(j);
+        }
+        true
+    }
+}
+
+impl Session {
+    /// Runs one task and prints its events according to the output format.
+    pub(crate) fn run_task(&mut self, prompt: &str, replay: Option<J>) -> Outcome {
+        self.tasks_started += 1;
+        let n = self.tasks_started;
+        CURRENT_TASK.store(n, Ordering::SeqCst);
+        record(obj! {"event": "task_start", "n": n, "prompt": prompt});
+        let outcome = self.task_body(n, prompt, replay);
+        CURRENT_TASK.store(0, Ordering::SeqCst);
+        outcome
+    }
+
+    fn task_body(&mut self, n: u64, prompt: &str, replay: Option<J>) -> Outcome {
+        let started = Instant::now();
+        let cfg = TaskCfg::new(&self.knobs, prompt);
+        if cfg.hang == Some(Hang::Forever) || cfg.hang == Some(Hang::Startup) {
+            hang_forever();
+        }
+        if self.knobs.crash_after.is_some_and(|after| n == after + 1) {
+            self.crash(n, self.knobs.crash_mode, &self.init_line());
+        }
+        if let Some(dir) = self.persist_dir.take() {
+            if let Some(path) = session_path(&dir, &self.session_id) {
+                let _ = fs::create_dir_all(&dir);
+                let _ = fs::write(path, &self.cwd);
+            }
+        }
+
+        let w = TaskWriter {
+            n,
+            delay: cfg.delay,
+            format: self.format,
+        };
+        let final_text = format!("done: {prompt}");
+        let mut calls: u32 = 0;
+        let mut crash_pending = cfg.crash;
+        let mut retries_pending = true;
+
+        // Everything before the result line; `Err(())` = interrupted.
+        let body = (|| -> Result<(), ()> {
+            let ok = |b: bool| if b { Ok(()) } else { Err(()) };
+            if let Some(r) = &replay {
+                ok(w.event(r))?;
+            }
+            ok(w.event(&self.init_line()))?;
+            if cfg.stderr_bytes > 0 {
+                stderr_noise(cfg.stderr_bytes);
+            }
+            let mut retries = |w: &TaskWriter| -> Result<(), ()> {
+                if std::mem::take(&mut retries_pending) {
+                    for attempt in 1..=cfg.retries {
+                        let delay = (500u64 << (attempt - 1).min(6)).min(32_000);
+                        ok(w.event(&obj! {
+                            "type": "system",
+                            "subtype": "api_retry",
+                            "attempt": attempt,
+                            "max_retries": 10,
+                            "retry_delay_ms": delay,
+                            "error_status": 529,
+                            "error": "overloaded",
+                            "session_id": self.session_id.as_str(),
+                            "uuid": new_uuid(),
+                        }))?;
+                    }
+                }
+                Ok(())
+            };
+
+            if cfg.result == ResultKind::ApiError {
+                retries(&w)?;
+                let line = obj! {
+                    "type": "assistant",
+                    "message": obj! {
+                        "id": new_uuid(),
+                        "container": null(),
+                        "model": "<synthetic>",
+                        "role": "assistant",
+                        "stop_reason": "stop_sequence",
+                        "stop_sequence": "",
+                        "type": "message",
+                        "usage": Usage::default().to_j(),
+                        "content": arr![obj! {"type": "text", "text": NOT_LOGGED_IN}],
+                    },
+                    "parent_tool_use_id": null(),
+                    "session_id": self.session_id.as_str(),
+                    "uuid": new_uuid(),
+                    "error": "authentication_failed",
+                };
+                ok(w.event(&line))?;
+                calls = 1;
+                if let Some(mode) = crash_pending.take() {
+                    self.crash(n, mode, &self.init_line());
+                }
+                return Ok(());
+            }
+
+            // Tool round trips actually printed: `--max-turns` cuts them short.
+            let rounds = self.max_turns.map_or(cfg.turns, |cap| cfg.turns.min(cap));
+            for i in 1..=rounds {
+                retries(&w)?;
+                let tool_id = api_id("toolu");
+                let tool_use = obj! {
+                    "type": "tool_use",
+                    "id": tool_id.as_str(),
+                    "name": "Bash",
+                    "input": obj! {"command": "true", "description": format!("fake step {i}")},
+                };
+                calls += 1;
+                ok(w.event(&self.assistant_line(
+                    &self.model,
+                    arr![tool_use],
+                    "tool_use",
+                    usage(1, 0).to_j(),
+                )))?;
+                let content = if i == 1 && cfg.big > 0 {
+                    "x".repeat(usize::try_from(cfg.big).unwrap_or(usize::MAX))
+                } else {
+                    String::new()
+                };
+                let tool_result = obj! {
+                    "type": "user",
+                    "message": obj! {
+                        "role": "user",
+                        "content": arr![obj! {
+                            "type": "tool_result",
+                            "tool_use_id": tool_id.as_str(),
+                            "content": content,
+                            "is_error": false,
+                        }],
+                    },
+                    "parent_tool_use_id": null(),
+                    "session_id": self.session_id.as_str(),
+                    "uuid": new_uuid(),
+                };
+                if let Some(mode) = crash_pending.take() {
+                    self.crash(n, mode, &tool_result);
+                }
+                ok(w.event(&tool_result))?;
+            }
+            let capped = self.max_turns.is_some_and(|cap| cfg.turns + 1 > cap);
+            if cfg.result == ResultKind::Success && !capped {
+                retries(&w)?;
+                if self.include_partial {
+                    ok(w.event(&self.partial_line(&final_text)))?;
+                }
+                calls += 1;
+                let line = self.assistant_line(
+                    &self.model,
+                    arr![obj! {"type": "text", "text": final_text.as_str()}],
+                    "end_turn",
+                    usage(1, prompt.len()).to_j(),
+                );
+                ok(w.event(&line))?;
+                if let Some(mode) = crash_pending.take() {
+                    self.crash(n, mode, &self.init_line());
+                }
+            }
+            Ok(())
+        })();
+
+        let cost = f64::from(calls.max(1) * 12) / 10_000.0;
+        let (result, is_error, subtype) = if body.is_err() {
+            let line = self.result_line(
+                "error_during_execution",
+                true,
+                started,
+                calls,
+                Err(vec!["Interrupted by user".to_owned()]),
+                None,
+                "aborted_streaming",
+                usage(calls, prompt.len()),
+                cost,
+            );
+            (line, true, "error_during_execution")
+        } else {
+            let capped_at = match (cfg.result, self.max_turns) {
+                (_, Some(cap)) if cfg.turns + 1 > cap => Some(cap),
+                (ResultKind::MaxTurns, cap) => Some(cap.unwrap_or(cfg.turns).min(cfg.turns)),
+                _ => None,
+            };
+            match (cfg.result, capped_at) {
+                (ResultKind::ApiError, _) => (
+                    self.result_line(
+                        "success",
+                        true,
+                        started,
+                        1,
+                        Ok(NOT_LOGGED_IN),
+                        Some("stop_sequence"),
+                        "completed",
+                        Usage::default(),
+                        0.0,
+                    ),
+                    true,
+                    "success",
+                ),
+                (_, Some(cap)) => (
+                    self.result_line(
+                        "error_max_turns",
+                        true,
+                        started,
+                        cap + 1,
+                        Err(vec![format!("Reached maximum number of turns ({cap})")]),
+                        Some("tool_use"),
+                        "max_turns",
+                        usage(calls, prompt.len()),
+                        cost,
+                    ),
+                    true,
+                    "error_max_turns",
+                ),
+                (ResultKind::DuringExecution, None) => (
+                    self.result_line(
+                        "error_during_execution",
+                        true,
+                        started,
+                        calls,
+                        Err(vec![
+                            "fake-claude: simulated error during execution".to_owned()
+                        ]),
+                        None,
+                        "model_error",
+                        usage(calls, prompt.len()),
+                        cost,
+                    ),
+                    true,
+                    "error_during_execution",
+                ),
+                _ => (
+                    self.result_line(
+                        "success",
+                        false,
+                        started,
+                        calls,
+                        Ok(&final_text),
+                        Some("end_turn"),
+                        "completed",
+                        usage(calls, prompt.len()),
+                        cost,
+                    ),
+                    false,
+                    "success",
+                ),
+            }
+        };
+
+        if body.is_ok() {
+            if cfg.hang == Some(Hang::BeforeResult) {
+                hang_forever();
+            }
+            // The result line gets the line delay too (an interrupt here is too late to matter).
+            let _ = w.wait();
+        }
+        match self.format {
+            Format::StreamJson | Format::Json => emit(&result),
+            Format::Text => {
+                let text = match &result {
+                    J::Obj(fields) => text_of_result(fields),
+                    _ => String::new(),
+                };
+                emit_str(&text);
+            }
+        }
+        record(obj! {"event": "result", "n": n, "is_error": is_error, "subtype": subtype});
+        Outcome {
+            is_error,
+            never_exit: cfg.hang == Some(Hang::AfterResult),
+        }
+    }
+}
