@@ -25,7 +25,11 @@ fn rust_files(dir: &str) -> Vec<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p.strip_prefix(root()).expect("under the root").to_path_buf());
+                out.push(
+                    p.strip_prefix(root())
+                        .expect("under the root")
+                        .to_path_buf(),
+                );
             }
         }
     }
@@ -313,7 +317,11 @@ fn layers_import_downwards_and_files_form_no_cycle() {
                 continue;
             }
             if layer(d) > layer(file) {
-                problems.push(format!("{} imports {} (upwards)", file.display(), d.display()));
+                problems.push(format!(
+                    "{} imports {} (upwards)",
+                    file.display(),
+                    d.display()
+                ));
             }
             let ds = d.to_string_lossy();
             let fs = file.to_string_lossy();
@@ -322,7 +330,10 @@ fn layers_import_downwards_and_files_form_no_cycle() {
                 problems.push(format!("{} imports {}: message is a leaf", fs, ds));
             }
             if (fs.starts_with("src/config/") || fs.starts_with("src/sys/")) && !shared {
-                problems.push(format!("{} imports {}: config and sys are shared leaves", fs, ds));
+                problems.push(format!(
+                    "{} imports {}: config and sys are shared leaves",
+                    fs, ds
+                ));
             }
         }
         graph.insert(file.clone(), deps);
@@ -334,9 +345,12 @@ fn layers_import_downwards_and_files_form_no_cycle() {
         while let Some((f, path)) = stack.pop() {
             for d in graph.get(&f).into_iter().flatten() {
                 if d == start {
-                    let names: Vec<String> =
-                        path.iter().map(|p| p.display().to_string()).collect();
-                    problems.push(format!("import cycle: {} -> {}", names.join(" -> "), start.display()));
+                    let names: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
+                    problems.push(format!(
+                        "import cycle: {} -> {}",
+                        names.join(" -> "),
+                        start.display()
+                    ));
                 } else if seen.insert(d.clone()) {
                     let mut p = path.clone();
                     p.push(d.clone());
@@ -404,7 +418,12 @@ fn nothing_points_outside_the_repository() {
         .flat_map(|d| rust_files(d))
         .filter(|f| !f.ends_with("tests/tidy.rs"))
         .collect();
-    for extra in ["README.md", "man/mister-smith.1", "docs/PERFORMANCE.md", ".ci/run"] {
+    for extra in [
+        "README.md",
+        "man/mister-smith.1",
+        "docs/PERFORMANCE.md",
+        ".ci/run",
+    ] {
         if root().join(extra).exists() {
             files.push(PathBuf::from(extra));
         }
