@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use mister_smith::message::dispatcher::{Origin, Queue, Target, Task};
+use mister_smith::message::dispatcher::{Queue, Target, Task};
+use mister_smith::message::router::{AgentIx, Origin};
 
 use crate::table::Row;
 
@@ -16,7 +17,7 @@ pub(crate) fn dispatcher(n: usize) -> Vec<Row> {
         priority: 5,
         timeout: Duration::from_secs(3600),
         deadline: now + Duration::from_secs(3600),
-        target: Target::Agent(0),
+        target: Target::Agent(AgentIx(0)),
         origin: Origin::default(),
         submitted: now,
         seq: 0,
@@ -31,7 +32,7 @@ pub(crate) fn dispatcher(n: usize) -> Vec<Row> {
             let mut t = template.clone();
             t.priority = priorities[i % priorities.len()];
             t.target = if agents == 1 || i % 2 == 0 {
-                Target::Agent(i % agents)
+                Target::Agent(AgentIx(i % agents))
             } else {
                 Target::Type("claude".into())
             };
@@ -44,7 +45,7 @@ pub(crate) fn dispatcher(n: usize) -> Vec<Row> {
         let mut agent = 0;
         for i in 0..n {
             let _ = q.push(make(i));
-            while q.pop_for(agent, "claude").is_none() {
+            while q.pop_for(AgentIx(agent), "claude").is_none() {
                 agent = (agent + 1) % agents;
             }
             agent = (agent + 1) % agents;

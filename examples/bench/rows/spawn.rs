@@ -15,7 +15,7 @@ use crate::table::{median, p99, Row};
 /// clone path, std's `Command` forced to fork by a `pre_exec` hook (what
 /// PDEATHSIG needed before), and std's `posix_spawn` path (no PDEATHSIG).
 pub(crate) fn spawn_cost(n: usize) -> Vec<Row> {
-    use mister_smith::runtime::spawn;
+    use mister_smith::sys::spawn;
     use std::os::unix::process::CommandExt;
     // Look like a daemon: some heap in use, some threads.
     let ballast = vec![1u8; 4 << 20];
@@ -37,7 +37,7 @@ pub(crate) fn spawn_cost(n: usize) -> Vec<Row> {
         let t = Instant::now();
         let child = spawn::spawn(&plan).expect("spawn");
         let took = t.elapsed().as_secs_f64() * 1000.0;
-        let _ = spawn::wait(child.pid);
+        let _ = mister_smith::sys::reap(child.pid);
         took
     };
     let std_spawn = |fork: bool| {
