@@ -346,3 +346,91 @@ fn limits_become_rlimits_of_the_child() {
     assert_eq!(text.trim(), format!("64 100 {}", 512 * 1024));
     d.stop();
 }
+
+/// A daemon out of file descriptors: a spawn fails at whichever step runs
+/// out (the pipes, or the pidfd that watches the child) as that agent's own
+/// failure, and the daemon stays up and answers. It must never panic: with
+/// `panic = "abort"` a panic takes the whole daemon and every agent down.
+/// The limit climbs one fd at a time, so every step of a spawn is the one
+/// that fails at some limit, up to the first that has room for it all.
+#[test]
+fn a_daemon_out_of_file_descriptors_fails_spawns_and_stays_up() {
+    let fake = fake_claude();
+    let config = json!({"agents": [
+        {"id": "a", "command": fake, "restart": {"policy": "never"}}
+    ]});
+    let mut outcomes: Vec<(u64, String)> = Vec::new();
+    for nofile in 4..=48 {
+        let mut d = Daemon::start_with_nofile(TempDir::new("nofile"), &config, nofile);
+        let Some(line) = d.next_line(
+            |l| l.contains("agent a: initializing -> idle") || l.contains("cannot start"),
+            T,
+        ) else {
+            // Too few fds for the daemon itself (its signal pipe, its lock,
+            // its socket): it must say so and exit, below every limit at
+            // which it runs.
+            let status = d.wait_exit(T);
+            let log = d.log();
+            assert!(!status.success(), "limit {nofile}: {log:#?}");
+            assert!(outcomes.is_empty(), "limit {nofile}: {log:#?}");
+            assert!(
+                log.iter().any(|l| l.starts_with("mister-smith: error: ")),
+                "limit {nofile}: {log:#?}"
+            );
+            continue;
+        };
+        let started = line.contains("-> idle");
+        if !started {
+            d.wait_for("agent a: error -> terminated", T);
+        }
+        let (status, out, err) = d.cli(&["status", "--json"]);
+        assert!(status.success(), "limit {nofile}: status: {err}");
+        let agents: Value = serde_json::from_str(&out).expect("status JSON");
+        let a = &agents[0];
+        if started {
+            assert_eq!(a["status"], "idle", "limit {nofile}: {a}");
+        } else {
+            assert_eq!(a["status"], "terminated", "limit {nofile}: {a}");
+            assert_eq!(a["reason_code"], "not_restarted", "limit {nofile}: {a}");
+            let reason = a["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("Too many open files"), "{reason}");
+            assert!(
+                reason.ends_with("policy never does not restart it"),
+                "{reason}"
+            );
+        }
+        let log = d.stop();
+        assert!(
+            !log.iter().any(|l| l.contains("panicked")),
+            "limit {nofile}: {log:#?}"
+        );
+        outcomes.push((nofile, line));
+        if outcomes
+            .iter()
+            .rev()
+            .take(3)
+            .all(|(_, l)| l.contains("-> idle"))
+        {
+            break;
+        }
+    }
+    // Failures at the low limits, then starts, never the other way round.
+    let first_start = outcomes
+        .iter()
+        .position(|(_, l)| l.contains("-> idle"))
+        .expect("some limit has room for a spawn");
+    assert!(first_start > 0, "even {} fds were enough", outcomes[0].0);
+    assert!(
+        outcomes[first_start..]
+            .iter()
+            .all(|(_, l)| l.contains("-> idle")),
+        "{outcomes:#?}"
+    );
+    // One fd short of enough, the pipes are there and the pidfd is not:
+    // that spawn fails as a spawn, with the child killed and reaped.
+    let (limit, last_failure) = &outcomes[first_start - 1];
+    assert!(
+        last_failure.contains("watching the child: Too many open files"),
+        "at {limit} fds: {last_failure}"
+    );
+}

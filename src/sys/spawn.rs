@@ -343,7 +343,6 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
     let clone_error = (pid < 0).then(io::Error::last_os_error);
     // SAFETY: `old` is the mask saved above.
     unsafe { sigprocmask_raw(&old, std::ptr::null_mut()) };
-    drop(child_fds);
     if let Some(e) = clone_error {
         return Err(e);
     }
@@ -364,7 +363,10 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
     }
     let pid = pid as u32;
     // Without a way to see the exit, the child could not be supervised: it
-    // goes, and the spawn fails (out of fds, say) like any other.
+    // goes, and the spawn fails (out of fds, say) like any other. Taken
+    // while the child's ends of its pipes are still open here, so a spawn
+    // needs all of its fds at once and fails in one place when they run
+    // out (the daemon's tests drive this path by lowering RLIMIT_NOFILE).
     let exit = match ExitWatch::new(pid) {
         Ok(w) => w,
         Err(e) => {
@@ -373,6 +375,7 @@ pub fn spawn(plan: &Plan) -> io::Result<Spawned> {
             return Err(io::Error::new(e.kind(), format!("watching the child: {e}")));
         }
     };
+    drop(child_fds);
     Ok(Spawned {
         pid,
         stdin: in_ours.map(File::from),

@@ -125,16 +125,22 @@ pub fn serve(
     let server = LocalServer {
         path: path.to_path_buf(),
     };
+    // An fd held in reserve: when the daemon runs out of fds (agents
+    // spawning in a crash loop, a low RLIMIT_NOFILE), giving it up lets a
+    // `status` or `health` in to say so. A daemon that cannot even hold it
+    // could never answer: better not to start.
+    let spare = std::fs::File::open("/dev/null").map_err(listen_err)?;
     thread::Builder::new()
         .name("local-accept".into())
         .stack_size(128 * 1024)
-        .spawn(move || accept_loop(&listener, &hub, &inbound, max_frame, &live))
+        .spawn(move || accept_loop(&listener, spare, &hub, &inbound, max_frame, &live))
         .map_err(listen_err)?;
     Ok(server)
 }
 
 fn accept_loop(
     listener: &UnixListener,
+    spare: std::fs::File,
     hub: &Sender<HubCmd>,
     inbound: &Handler,
     max_frame: usize,
@@ -142,6 +148,7 @@ fn accept_loop(
 ) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut backoff = Duration::from_millis(10);
+    let mut spare = Some(spare);
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => {
@@ -149,24 +156,33 @@ fn accept_loop(
                 s
             }
             Err(e) => {
-                // Out of fds (or memory): the connection stays in the
-                // backlog and accept fails again at once. Nothing signals
-                // that an fd came free, so wait a little, longer each time,
-                // instead of spinning.
-                if matches!(
+                if !matches!(
                     e.raw_os_error(),
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 ) {
-                    log::warn!(
-                        "cannot accept a local connection: {e}; retrying in {} ms",
-                        backoff.as_millis()
-                    );
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
                 }
+                if spare.take().is_some() {
+                    log::warn!(
+                        "out of file descriptors: using the reserved one to accept a local client"
+                    );
+                    continue;
+                }
+                // The connection stays in the backlog and accept fails again
+                // at once. Nothing signals that an fd came free, so wait a
+                // little, longer each time, instead of spinning.
+                log::warn!(
+                    "cannot accept a local connection: {e}; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
+        if spare.is_none() {
+            spare = std::fs::File::open("/dev/null").ok();
+        }
         match sys::peer_uid(&stream) {
             Some(uid) if uid == sys::uid() || uid == 0 => {}
             other => {
@@ -205,16 +221,17 @@ fn serve_client(
     inbound: &Handler,
     max_frame: usize,
 ) {
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
+    // One fd for both directions (the writer thread shares the stream
+    // rather than a dup of it): a daemon short of fds still serves clients.
+    let stream = Arc::new(stream);
+    let write_half = stream.clone();
     let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(CLIENT_QUEUE);
     let (drained_tx, drained_rx) = crossbeam_channel::bounded::<()>(1);
     let writer = thread::Builder::new()
         .name(format!("local-w:{conn}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut w = write_half;
+            let mut w: &UnixStream = &write_half;
             for msg in &rx {
                 match msg {
                     WriterMsg::Frame(frame) => {
@@ -243,7 +260,7 @@ fn serve_client(
         line.push(b'\n');
         let _ = tx.try_send(WriterMsg::Frame(line));
     };
-    let _ = read_lines(&stream, max_frame, &mut |read, buf| {
+    let _ = read_lines(&*stream, max_frame, &mut |read, buf| {
         // Backpressure: let the client catch up on its answers first.
         while tx.len() >= HIGH_WATER {
             if drained_rx.recv_timeout(Duration::from_secs(1)).is_err() && tx.is_empty() {

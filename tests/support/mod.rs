@@ -171,8 +171,37 @@ impl Daemon {
     /// Starts the daemon on an existing config file (its relative paths
     /// resolve against the file's own directory).
     pub fn start_file(dir: impl Into<Arc<TempDir>>, path: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_file_limited(dir, path, env, None)
+    }
+
+    /// Starts the daemon with its soft and hard `RLIMIT_NOFILE` lowered to
+    /// `nofile` (by the shell's `ulimit`, which then execs the daemon in
+    /// its place).
+    pub fn start_with_nofile(
+        dir: impl Into<Arc<TempDir>>,
+        config: &serde_json::Value,
+        nofile: u64,
+    ) -> Daemon {
         let dir: Arc<TempDir> = dir.into();
-        let mut cmd = Command::new(BIN);
+        let path = dir.config(config);
+        Daemon::start_file_limited(dir, &path, &[], Some(nofile))
+    }
+
+    fn start_file_limited(
+        dir: impl Into<Arc<TempDir>>,
+        path: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
+        let dir: Arc<TempDir> = dir.into();
+        let mut cmd = match nofile {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+        };
         cmd.arg("--config")
             .arg(path)
             .arg("--socket")
@@ -262,12 +291,21 @@ impl Daemon {
         what: &str,
         within: Duration,
     ) -> String {
+        match self.next_line(pred, within) {
+            Some(l) => l,
+            None => self.fail(&format!("no log line {what:?} within {within:?}")),
+        }
+    }
+
+    /// The next log line for which `pred` holds, or `None` once the daemon
+    /// has closed its stderr (exited) or `within` has passed.
+    pub fn next_line(&self, pred: impl Fn(&str) -> bool, within: Duration) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
             match self.lines.recv_deadline(deadline) {
-                Ok(l) if pred(&l) => return l,
+                Ok(l) if pred(&l) => return Some(l),
                 Ok(_) => {}
-                Err(_) => self.fail(&format!("no log line {what:?} within {within:?}")),
+                Err(_) => return None,
             }
         }
     }

@@ -434,9 +434,10 @@ impl Supervisor {
             }
             Decision::Stay => {
                 log::info!("agent {}: not restarted (policy {policy})", a.spec.id);
+                let cause = a.reason.take().map_or_else(|| "exited".into(), |r| r.text);
                 a.reason = Some(Reason::new(
                     ReasonCode::NotRestarted,
-                    format!("exited; policy {policy} does not restart it"),
+                    format!("{cause}; policy {policy} does not restart it"),
                 ));
                 self.set_state(i, AgentState::Terminated);
             }
