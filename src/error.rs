@@ -14,20 +14,20 @@ use crate::runtime::error::RuntimeError;
 use crate::transport::TransportError;
 
 /// Exit codes (sysexits-style, a contract).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const TASK_FAILED: u8 = 1;
-    pub const USAGE: u8 = 64;
-    pub const DATA: u8 = 65;
-    pub const UNAVAILABLE: u8 = 69;
-    pub const INTERNAL: u8 = 70;
-    pub const IO: u8 = 74;
-    pub const TEMPORARY: u8 = 75;
-    pub const CONFIG: u8 = 78;
+pub(crate) mod exit {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const TASK_FAILED: u8 = 1;
+    pub(crate) const USAGE: u8 = 64;
+    pub(crate) const DATA: u8 = 65;
+    pub(crate) const UNAVAILABLE: u8 = 69;
+    pub(crate) const INTERNAL: u8 = 70;
+    pub(crate) const IO: u8 = 74;
+    pub(crate) const TEMPORARY: u8 = 75;
+    pub(crate) const CONFIG: u8 = 78;
 
     /// How bad an exit code is, to pick one for several outcomes: bad
     /// input beats unavailable beats temporary beats a failed task.
-    pub fn severity(code: u8) -> u8 {
+    pub(crate) fn severity(code: u8) -> u8 {
         match code {
             OK => 0,
             TASK_FAILED => 1,
@@ -39,7 +39,7 @@ pub mod exit {
     }
 
     /// The more severe of two exit codes.
-    pub fn worst(a: u8, b: u8) -> u8 {
+    pub(crate) fn worst(a: u8, b: u8) -> u8 {
         if severity(b) > severity(a) {
             b
         } else {
@@ -50,7 +50,7 @@ pub mod exit {
 
 /// `health`'s answer, in Nagios's terms and codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum HealthState {
+pub(crate) enum HealthState {
     Ok,
     Warning,
     Critical,
@@ -59,7 +59,7 @@ pub enum HealthState {
 }
 
 impl HealthState {
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             HealthState::Ok => "OK",
             HealthState::Warning => "WARNING",
@@ -68,7 +68,7 @@ impl HealthState {
         }
     }
 
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         match self {
             HealthState::Ok => 0,
             HealthState::Warning => 1,
@@ -79,7 +79,7 @@ impl HealthState {
 }
 
 /// The exit code of `send --wait` for a task that ended with `status`.
-pub fn task_exit_code(status: TaskStatus) -> u8 {
+pub(crate) fn task_exit_code(status: TaskStatus) -> u8 {
     match status {
         TaskStatus::Completed => exit::OK,
         TaskStatus::Failed => exit::TASK_FAILED,

@@ -6,11 +6,14 @@
 //! [`sys`] behind safe functions.
 
 #![deny(unsafe_code)]
+// The public surface is what the binary, the tests and the bench use;
+// everything else is the crate's own.
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod config;
-pub mod error;
+mod error;
 pub mod message;
 pub mod runtime;
 pub mod sys;
-pub mod transport;
+mod transport;

@@ -12,7 +12,7 @@ use crate::sys::alarm;
 /// What a command is doing, named in the line the bound writes.
 #[derive(Clone, Copy, Debug)]
 #[repr(u8)]
-pub enum Phase {
+pub(super) enum Phase {
     Connecting = 1,
     Publishing,
     Flushing,
@@ -30,13 +30,13 @@ const PHASE_NAMES: [&str; 5] = [
 ];
 
 /// Records what the command is doing now.
-pub fn phase(p: Phase) {
+pub(super) fn phase(p: Phase) {
     alarm::set_phase(p as u8);
 }
 
 /// Where the line goes.
 #[derive(Clone, Copy, Debug)]
-pub enum Stream {
+pub(super) enum Stream {
     Stdout,
     Stderr,
 }
@@ -44,7 +44,7 @@ pub enum Stream {
 /// Ends the process after `bound`, writing `line` (a newline is added) to
 /// `stream` and exiting with `code`. Call at most once per process; a
 /// second call leaves the first bound in place and returns false.
-pub fn arm(bound: Duration, stream: Stream, line: &str, code: u8) -> bool {
+pub(super) fn arm(bound: Duration, stream: Stream, line: &str, code: u8) -> bool {
     let fd = match stream {
         Stream::Stdout => libc::STDOUT_FILENO,
         Stream::Stderr => libc::STDERR_FILENO,

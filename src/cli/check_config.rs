@@ -19,7 +19,7 @@ use crate::error::SystemError;
 )]
 pub struct CheckConfigArgs {}
 
-pub fn run(cli: &Cli, _args: &CheckConfigArgs) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, _args: &CheckConfigArgs) -> Result<u8, SystemError> {
     let path = config::locate(cli.config.as_deref());
     let config = config::load(&path)?;
     let n = config.agents.len();

@@ -14,23 +14,23 @@ use crate::transport::nats_transport::NatsClient;
 use crate::transport::{Incoming, Transport, TransportError, TransportKind};
 
 /// How long to wait for a daemon to acknowledge a request.
-pub const ACK_WAIT: Duration = Duration::from_secs(5);
+pub(super) const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Over NATS several daemons may answer one request: after an answer, how
 /// long to wait for another before taking the ones in hand as all of them.
-pub const MORE_ANSWERS: Duration = Duration::from_millis(150);
+pub(super) const MORE_ANSWERS: Duration = Duration::from_millis(150);
 
 /// What a command's hard bound allows beyond its own wait, for connecting.
-pub const CONNECT_MARGIN: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Bounds a command that waits at most `within` for answers: past that and
 /// a margin for connecting, it ends with exit 75 (retry later).
-pub fn bound_command(within: Duration) {
+pub(super) fn bound_command(within: Duration) {
     bound_total(within + CONNECT_MARGIN);
 }
 
 /// Ends the command with exit 75 and one line once `limit` has passed.
-pub fn bound_total(limit: Duration) {
+pub(super) fn bound_total(limit: Duration) {
     bound::arm(
         limit,
         bound::Stream::Stderr,
@@ -42,7 +42,7 @@ pub fn bound_total(limit: Duration) {
     );
 }
 
-pub struct Client {
+pub(super) struct Client {
     pub transport: Box<dyn Transport>,
     pub config: Option<Config>,
     next: u64,
@@ -51,7 +51,7 @@ pub struct Client {
 
 /// Connects: an explicit `--socket` means the local socket; otherwise NATS
 /// when a URL is known; otherwise the local socket.
-pub fn connect(cli: &Cli) -> Result<Client, SystemError> {
+pub(super) fn connect(cli: &Cli) -> Result<Client, SystemError> {
     let config = cli.client_config()?;
     let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())) {
         (None, Some(settings)) => Box::new(NatsClient::connect(&settings)?),
@@ -67,7 +67,7 @@ pub fn connect(cli: &Cli) -> Result<Client, SystemError> {
 
 impl Client {
     /// The message limits: the config's, else the defaults.
-    pub fn limits(&self) -> MessageConfig {
+    pub(super) fn limits(&self) -> MessageConfig {
         self.config
             .as_ref()
             .map(|c| c.message.clone())
@@ -75,7 +75,7 @@ impl Client {
     }
 
     /// A fresh reply subject under this client's inbox.
-    pub fn reply_subject(&mut self) -> Result<String, SystemError> {
+    pub(super) fn reply_subject(&mut self) -> Result<String, SystemError> {
         if !self.subscribed {
             let pattern = format!("{}.>", self.transport.inbox());
             self.transport.subscribe(&pattern)?;
@@ -87,7 +87,11 @@ impl Client {
 
     /// Publishes `env` on `subject` with a fresh reply subject (also set as
     /// the envelope's `reply_to`), and returns that subject.
-    pub fn request(&mut self, subject: &str, env: &mut Envelope) -> Result<String, SystemError> {
+    pub(super) fn request(
+        &mut self,
+        subject: &str,
+        env: &mut Envelope,
+    ) -> Result<String, SystemError> {
         let reply = self.reply_subject()?;
         env.reply_to = Some(reply.clone());
         let bytes = env.encode();
@@ -103,13 +107,13 @@ impl Client {
     }
 
     /// Confirms that what was published reached the server or daemon.
-    pub fn flush(&self) -> Result<(), SystemError> {
+    pub(super) fn flush(&self) -> Result<(), SystemError> {
         self.transport.flush(ACK_WAIT)?;
         Ok(())
     }
 
     /// The next message, or `None` at `deadline`.
-    pub fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
+    pub(super) fn next_until(&self, deadline: Instant) -> Result<Option<Incoming>, SystemError> {
         match self.transport.recv(Some(deadline)) {
             Ok(m) if m.lost => Err(SystemError::ConnectionLost {
                 peer: self.describe(),
@@ -124,7 +128,7 @@ impl Client {
 
     /// Sends one request and collects answers: all that arrive until
     /// `deadline`, or until `quiet` passes without one after the first.
-    pub fn ask(
+    pub(super) fn ask(
         &mut self,
         subject: &str,
         env: &mut Envelope,
@@ -153,19 +157,19 @@ impl Client {
         Ok(out)
     }
 
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         self.transport.describe()
     }
 
     /// Whether this is NATS, where several daemons may answer one request.
-    pub fn kind(&self) -> TransportKind {
+    pub(super) fn kind(&self) -> TransportKind {
         self.transport.kind()
     }
 }
 
 /// Decodes an answer; a daemon never sends one we cannot read, so this is
 /// lenient about size.
-pub fn decode(m: &Incoming) -> Result<Envelope, SystemError> {
+pub(super) fn decode(m: &Incoming) -> Result<Envelope, SystemError> {
     Envelope::decode(&m.data, usize::MAX).map_err(|why| SystemError::UnreadableAnswer {
         subject: m.subject.clone(),
         why,
@@ -173,7 +177,7 @@ pub fn decode(m: &Incoming) -> Result<Envelope, SystemError> {
 }
 
 /// An answer that is a refusal, as an error.
-pub fn refusal(env: &Envelope) -> Option<SystemError> {
+pub(super) fn refusal(env: &Envelope) -> Option<SystemError> {
     match &env.payload {
         Payload::SystemAlert(a) if a.severity != Severity::Info => Some(SystemError::Refused {
             code: a.code.clone(),
@@ -184,7 +188,7 @@ pub fn refusal(env: &Envelope) -> Option<SystemError> {
 }
 
 /// Writes one line to stdout (a closed pipe ends the command quietly).
-pub fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), SystemError> {
+pub(super) fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), SystemError> {
     out.write_all(line)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())

@@ -61,7 +61,7 @@ pub struct ResumeArgs {
     pub id: String,
 }
 
-pub fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemError> {
     check_token(id).map_err(|why| SystemError::BadInput(format!("agent id {id:?} {why}")))?;
     client::bound_command(client::ACK_WAIT);
     let mut client = client::connect(cli)?;

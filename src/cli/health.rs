@@ -32,7 +32,7 @@ pub struct HealthArgs {
     pub timeout: u64,
 }
 
-pub fn run(cli: &Cli, args: &HealthArgs) -> u8 {
+pub(super) fn run(cli: &Cli, args: &HealthArgs) -> u8 {
     match check(cli, args) {
         Ok((state, line)) => {
             println!("{line}");
@@ -68,7 +68,7 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(HealthState, String), SystemEr
 }
 
 /// The Nagios state and line for a set of daemon reports.
-pub fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
+pub(super) fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let total = agents.len();
     let healthy = agents

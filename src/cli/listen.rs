@@ -31,7 +31,7 @@ pub struct ListenArgs {
     pub count: Option<u64>,
 }
 
-pub fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
     let bad = SystemError::BadInput;
     let agent = match &args.agent {
         Some(a) => {

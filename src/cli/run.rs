@@ -20,7 +20,7 @@ use crate::runtime::supervisor::Outcome;
 )]
 pub struct RunArgs {}
 
-pub fn run(cli: &Cli, _args: &RunArgs) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, _args: &RunArgs) -> Result<u8, SystemError> {
     let path = config::locate(cli.config.as_deref());
     let config = config::load(&path)?;
     let endpoints = Endpoints {

@@ -97,7 +97,7 @@ struct Pending {
     deadline: Instant,
 }
 
-pub fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     let (subject, target_id, target_type) = destination(args)?;
     let message_type = MessageType::parse(&args.r#type)
         .ok_or_else(|| bad(format!("--type {:?} is not a message type", args.r#type)))?;

@@ -34,7 +34,7 @@ pub struct StatusArgs {
 }
 
 /// Asks every reachable daemon (or the one running `agent`) for its report.
-pub fn reports(
+pub(super) fn reports(
     client: &mut Client,
     agent: Option<&str>,
     within: Duration,
@@ -83,7 +83,7 @@ pub fn reports(
     Ok(out)
 }
 
-pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
+pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
     if let Some(id) = &args.id {
         check_token(id).map_err(|why| SystemError::BadInput(format!("agent id {id:?} {why}")))?;
     }

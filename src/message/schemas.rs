@@ -474,7 +474,7 @@ mod tests {
 
     /// `serde_json::to_string` for any of the enums above.
     mod erased {
-        pub trait Ser {
+        pub(super) trait Ser {
             fn json(&self) -> String;
         }
         impl<T: serde::Serialize> Ser for T {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use crate::config::{PolicyKind, RestartPolicy};
 
 /// The most jitter added to an exponential delay, as a fraction of it.
-pub const JITTER: f64 = 0.1;
+pub(crate) const JITTER: f64 = 0.1;
 
 /// What to do about an agent whose process ended on its own.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start it again after this delay.
     Restart { delay: Duration, attempt: u32 },
     /// The policy does not restart this exit.
@@ -24,7 +24,7 @@ pub enum Decision {
 
 /// The restart history of one agent.
 #[derive(Debug, Default, Clone)]
-pub struct RestartBook {
+pub(crate) struct RestartBook {
     /// Restarts since the agent last stayed up for `reset_after`.
     consecutive: u32,
     /// When each recent restart was decided, oldest first.
@@ -35,7 +35,7 @@ impl RestartBook {
     /// Decides what follows an exit. `failed` is false only for a clean exit
     /// (status 0) that nobody forced; `uptime` is how long the run lasted;
     /// `jitter` is a number in `[0, 1)`.
-    pub fn decide(
+    pub(crate) fn decide(
         &mut self,
         policy: &RestartPolicy,
         failed: bool,
@@ -76,7 +76,7 @@ impl RestartBook {
     }
 
     /// Forgets the history (a start by hand gets a fresh budget).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = RestartBook::default();
     }
 }
@@ -87,7 +87,7 @@ impl RestartBook {
 /// multiplies it by `multiplier` per consecutive restart, adds up to 10 %
 /// jitter so a fleet that crashed together does not restart in lockstep, and
 /// caps the result at `max_delay`.
-pub fn delay_for(policy: &RestartPolicy, consecutive: u32, jitter: f64) -> Duration {
+pub(crate) fn delay_for(policy: &RestartPolicy, consecutive: u32, jitter: f64) -> Duration {
     let initial = policy.initial_delay.as_secs_f64();
     match policy.policy {
         PolicyKind::ExponentialBackoff => {
@@ -103,10 +103,10 @@ pub fn delay_for(policy: &RestartPolicy, consecutive: u32, jitter: f64) -> Durat
 
 /// A small xorshift generator for jitter: no dependency for one number.
 #[derive(Debug, Clone)]
-pub struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    pub fn seeded() -> Self {
+    pub(crate) fn seeded() -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -116,12 +116,12 @@ impl Jitter {
 
     /// A generator that always gives 0, for tests that read exact delays.
     #[cfg(test)]
-    pub fn zero() -> Self {
+    pub(crate) fn zero() -> Self {
         Jitter(0)
     }
 
     /// The next number in `[0, 1)`.
-    pub fn next_unit(&mut self) -> f64 {
+    pub(crate) fn next_unit(&mut self) -> f64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

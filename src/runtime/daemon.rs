@@ -29,7 +29,7 @@ use crate::transport::nats_transport::{self, NatsSettings};
 use crate::transport::{local_transport, Handler};
 
 /// Where the daemon listens.
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     pub socket: PathBuf,
     pub nats: Option<NatsSettings>,
 }
@@ -39,7 +39,7 @@ fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError
 }
 
 /// Runs the daemon in the foreground until a signal stops it.
-pub fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, RuntimeError> {
+pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, RuntimeError> {
     // Signal handlers are registered before any other thread exists
     // (signal-hook's documented limitation) and before any child is spawned.
     // SIGHUP and SIGQUIT stop the daemon like SIGTERM: a daemon that loses

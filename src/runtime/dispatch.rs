@@ -12,7 +12,7 @@ use crate::message::dispatcher::{DispatchCmd, DispatchSink, Dispatcher};
 
 /// The thread's loop: returns once every sender is gone. `queued` mirrors
 /// the queue's length for status reports.
-pub fn run(
+pub(crate) fn run(
     inbox: &Receiver<DispatchCmd>,
     mut dispatcher: Dispatcher,
     queued: &Arc<AtomicUsize>,

@@ -12,7 +12,7 @@ use crate::transport::TransportError;
 /// Starting one agent's process went wrong. The agent is restarted by its
 /// policy; the daemon carries on.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     #[error("agent {agent}: cannot start {program:?}: {source}")]
     Spawn {
         agent: String,

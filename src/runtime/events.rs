@@ -11,7 +11,7 @@ use crate::runtime::process::{ChildHandle, ChildMsg};
 /// An event for the supervisor. Events about a process carry the agent and
 /// the run number of the process; those of an earlier run are dropped.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// A child's stdout line or its exit.
     Child {
         agent: AgentIx,
@@ -40,7 +40,7 @@ pub enum Event {
 
 /// A health check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Healthy,
     Unhealthy(String),
 }
@@ -48,7 +48,7 @@ pub enum Verdict {
 /// A request from a transport. The supervisor answers it itself, on the
 /// request's reply subject, so no transport thread ever waits for it.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Start, stop, restart, pause or resume an agent; answered with its
     /// `agent_status`, or a `refused` alert.
     Control {
@@ -69,7 +69,7 @@ pub enum Command {
 
 /// The shape a report is answered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportKind {
+pub(crate) enum ReportKind {
     /// An `agent_status` envelope (of the one agent asked about).
     AgentStatus,
     /// A `system_health_check` envelope carrying the whole report.

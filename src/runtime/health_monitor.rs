@@ -29,7 +29,7 @@ use crate::sys;
 
 /// Requests from the supervisor.
 #[derive(Debug)]
-pub enum HealthCmd {
+pub(crate) enum HealthCmd {
     /// Start checking agent `agent`, run `run`, whose process is `pid`.
     Watch {
         agent: AgentIx,
@@ -58,7 +58,7 @@ struct Watched {
 const MAX_CHECK_OUTPUT: usize = 300;
 
 /// The monitor's loop. Returns when the supervisor drops its sender.
-pub fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
+pub(crate) fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(AgentIx, u64, Verdict)>();
     let mut watched: HashMap<AgentIx, Watched> = HashMap::new();
     let mut due: BTreeMap<(Instant, AgentIx), u64> = BTreeMap::new();
@@ -123,7 +123,7 @@ pub fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
 
 /// Runs one check: exit status 0 within `timeout` is healthy. The command
 /// runs in its own process group, which is killed on timeout.
-pub fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> Verdict {
+pub(crate) fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> Verdict {
     let mut cmd = match command {
         HealthCommand::Shell(s) => {
             let mut c = Command::new("/bin/sh");

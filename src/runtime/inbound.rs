@@ -31,7 +31,7 @@ use crate::transport::hub::Outbox;
 
 /// Handles every message that reaches the daemon.
 #[derive(Clone)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     pub table: Arc<RoutingTable>,
     pub dispatch: Sender<DispatchCmd>,
     pub events: Sender<Event>,
@@ -41,7 +41,7 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn handle(&self, subject: &str, reply: Option<&str>, data: &[u8]) {
+    pub(crate) fn handle(&self, subject: &str, reply: Option<&str>, data: &[u8]) {
         // A reply subject is published to as is: it must be a literal,
         // well-formed subject (the local socket passes what a client wrote).
         let reply = match reply {
@@ -294,7 +294,7 @@ impl Inbound {
 
 /// Answers tasks on behalf of the dispatcher (acceptance, refusal, expiry,
 /// cancellation) and hands its assignments to the supervisor.
-pub struct DaemonSink {
+pub(crate) struct DaemonSink {
     pub table: Arc<RoutingTable>,
     pub events: Sender<Event>,
     pub outbox: Outbox,

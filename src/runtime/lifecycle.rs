@@ -5,10 +5,10 @@
 //! before every change; an illegal request is logged and ignored, never
 //! panicked on.
 
-pub use crate::message::schemas::AgentState;
+pub(crate) use crate::message::schemas::AgentState;
 
 /// Whether `from → to` is a legal transition.
-pub fn can_become(from: AgentState, to: AgentState) -> bool {
+pub(crate) fn can_become(from: AgentState, to: AgentState) -> bool {
     use AgentState::*;
     match (from, to) {
         (Initializing, Idle) => true,
@@ -31,13 +31,16 @@ pub fn can_become(from: AgentState, to: AgentState) -> bool {
 /// A transition that the machine does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("illegal transition {from} -> {to}")]
-pub struct IllegalTransition {
+pub(crate) struct IllegalTransition {
     pub from: AgentState,
     pub to: AgentState,
 }
 
 /// Moves `state` to `to` when legal.
-pub fn transition(state: &mut AgentState, to: AgentState) -> Result<AgentState, IllegalTransition> {
+pub(crate) fn transition(
+    state: &mut AgentState,
+    to: AgentState,
+) -> Result<AgentState, IllegalTransition> {
     if can_become(*state, to) {
         let from = *state;
         *state = to;

@@ -5,15 +5,15 @@
 //! Imports point down only: `runtime` uses `transport`, `message`,
 //! `config` and `sys`, never `cli`.
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod claude;
-pub mod daemon;
-pub mod dispatch;
-pub mod error;
-pub mod events;
-pub mod health_monitor;
-pub mod inbound;
-pub mod lifecycle;
-pub mod process;
-pub mod supervisor;
-pub mod tracker;
+pub(crate) mod daemon;
+pub(crate) mod dispatch;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod health_monitor;
+pub(crate) mod inbound;
+pub(crate) mod lifecycle;
+pub(crate) mod process;
+pub(crate) mod supervisor;
+pub(crate) mod tracker;

@@ -25,14 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// How often `/proc` is scanned for escaped descendants.
-pub const SCAN_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const SCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a start or exit waits before it is written.
 const WRITE_DELAY: Duration = Duration::from_millis(100);
 
 /// Requests from the supervisor.
 #[derive(Debug)]
-pub enum TrackCmd {
+pub(crate) enum TrackCmd {
     /// Agent `id` runs in process group `pgid` (its leader's pid).
     Up { id: String, pgid: u32 },
     /// Agent `id`'s process has exited: kill its escaped descendants and
@@ -42,14 +42,14 @@ pub enum TrackCmd {
 
 /// One process, identified beyond pid reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Proc {
+pub(crate) struct Proc {
     pub pid: u32,
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
     pub start: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     pub daemon_pid: u32,
     /// The kernel's boot id: after a reboot every recorded pid is someone
     /// else's.
@@ -82,7 +82,7 @@ fn stat(pid: u32) -> Option<(u32, u32, u64)> {
 }
 
 /// Whether `p` is still the process that was recorded.
-pub fn alive(p: &Proc) -> bool {
+pub(crate) fn alive(p: &Proc) -> bool {
     stat(p.pid).is_some_and(|(_, _, start)| start == p.start)
 }
 
@@ -158,7 +158,7 @@ fn kill_escaped(p: &Proc) -> bool {
 
 /// Kills what a previous daemon left behind according to the state file in
 /// `dir`. Returns how many groups or processes were swept.
-pub fn sweep(dir: &Path) -> usize {
+pub(crate) fn sweep(dir: &Path) -> usize {
     let path = dir.join("state.json");
     let Ok(text) = fs::read(&path) else { return 0 };
     let Ok(state) = serde_json::from_slice::<State>(&text) else {
@@ -216,7 +216,7 @@ pub fn sweep(dir: &Path) -> usize {
 
 /// The tracker's loop: keeps `dir/state.json` current until the supervisor
 /// drops its sender.
-pub fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
+pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     let mut state = State {
         daemon_pid: std::process::id(),
         boot_id: boot_id(),
@@ -319,7 +319,7 @@ fn write(path: &Path, state: &mut State) {
 
 /// The run directory: `$XDG_RUNTIME_DIR/mister-smith/<daemon_id>`, else
 /// `mister-smith-<uid>/<daemon_id>` in the temp directory.
-pub fn run_dir(daemon_id: &str) -> PathBuf {
+pub(crate) fn run_dir(daemon_id: &str) -> PathBuf {
     let base = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("mister-smith"),
         _ => std::env::temp_dir().join(format!("mister-smith-{}", sys::uid())),
@@ -328,7 +328,7 @@ pub fn run_dir(daemon_id: &str) -> PathBuf {
 }
 
 /// Creates `dir` (and its parents) with mode 0700.
-pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_run_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -339,10 +339,10 @@ pub fn create_run_dir(dir: &Path) -> std::io::Result<()> {
 /// An exclusive lock on the run directory, held for the daemon's life: two
 /// daemons with one run directory would sweep each other's agents.
 #[derive(Debug)]
-pub struct RunLock(#[allow(dead_code)] fs::File);
+pub(crate) struct RunLock(#[allow(dead_code)] fs::File);
 
 /// Takes the run directory's lock; `Ok(None)` when another daemon holds it.
-pub fn lock(dir: &Path) -> std::io::Result<Option<RunLock>> {
+pub(crate) fn lock(dir: &Path) -> std::io::Result<Option<RunLock>> {
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

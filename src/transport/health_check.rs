@@ -25,7 +25,7 @@ const WITHIN: Duration = Duration::from_secs(5);
 /// The link state, shared between the connection's callbacks, the probe
 /// and the supervisor's reports.
 #[derive(Debug)]
-pub struct NatsState(AtomicU8);
+pub(crate) struct NatsState(AtomicU8);
 
 impl Default for NatsState {
     fn default() -> Self {
@@ -45,11 +45,11 @@ impl NatsState {
         Self::ALL.iter().position(|&x| x == s).unwrap_or(0) as u8
     }
 
-    pub fn set(&self, s: LinkState) {
+    pub(crate) fn set(&self, s: LinkState) {
         self.0.store(Self::code(s), Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> LinkState {
+    pub(crate) fn get(&self) -> LinkState {
         Self::ALL
             .get(usize::from(self.0.load(Ordering::Relaxed)))
             .copied()
@@ -58,7 +58,7 @@ impl NatsState {
 }
 
 /// Starts the probe thread for `conn`.
-pub fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
+pub(crate) fn spawn_probe(conn: nats::Connection, state: Arc<NatsState>) {
     let spawned = thread::Builder::new()
         .name("nats-probe".into())
         .stack_size(64 * 1024)

@@ -18,11 +18,11 @@ use crate::transport::subject_matches;
 
 /// Reply subjects of local clients start with this; they are never sent to
 /// NATS.
-pub const LOCAL_INBOX_PREFIX: &str = "_INBOX.local.";
+pub(crate) const LOCAL_INBOX_PREFIX: &str = "_INBOX.local.";
 
 /// Requests to the hub.
 #[derive(Debug)]
-pub enum HubCmd {
+pub(crate) enum HubCmd {
     Publish {
         subject: String,
         data: Arc<Vec<u8>>,
@@ -47,7 +47,7 @@ pub enum HubCmd {
 
 /// What a local client's writer thread is given.
 #[derive(Debug)]
-pub enum WriterMsg {
+pub(crate) enum WriterMsg {
     /// One line to write.
     Frame(Vec<u8>),
     /// Dropped once everything before it is written.
@@ -56,7 +56,7 @@ pub enum WriterMsg {
 
 /// What the hub hands the NATS publisher.
 #[derive(Debug)]
-pub enum NatsOut {
+pub(crate) enum NatsOut {
     Publish(String, Arc<Vec<u8>>),
     /// Dropped once everything before it is flushed to the server.
     Barrier(Sender<()>),
@@ -65,7 +65,7 @@ pub enum NatsOut {
 /// The NATS publishers' queue: unbounded underneath, so its memory grows
 /// with use rather than with its limit (a bounded channel of 65,536 slots
 /// costs 3 MB of RSS up front), and capped by a count.
-pub fn nats_queue(limit: usize) -> (NatsTx, NatsRx) {
+pub(crate) fn nats_queue(limit: usize) -> (NatsTx, NatsRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let queued = Arc::new(AtomicUsize::new(0));
     (
@@ -80,7 +80,7 @@ pub fn nats_queue(limit: usize) -> (NatsTx, NatsRx) {
 
 /// The sending end of [`nats_queue`].
 #[derive(Clone, Debug)]
-pub struct NatsTx {
+pub(crate) struct NatsTx {
     tx: Sender<NatsOut>,
     queued: Arc<AtomicUsize>,
     limit: usize,
@@ -103,21 +103,21 @@ impl NatsTx {
 
 /// The receiving end of [`nats_queue`].
 #[derive(Debug)]
-pub struct NatsRx {
+pub(crate) struct NatsRx {
     rx: Receiver<NatsOut>,
     queued: Arc<AtomicUsize>,
 }
 
 impl NatsRx {
     /// The next message, waiting for one; `None` once every sender is gone.
-    pub fn recv(&self) -> Option<NatsOut> {
+    pub(crate) fn recv(&self) -> Option<NatsOut> {
         let out = self.rx.recv().ok()?;
         self.queued.fetch_sub(1, Ordering::SeqCst);
         Some(out)
     }
 
     /// The next message if one is waiting.
-    pub fn try_recv(&self) -> Option<NatsOut> {
+    pub(crate) fn try_recv(&self) -> Option<NatsOut> {
         let out = self.rx.try_recv().ok()?;
         self.queued.fetch_sub(1, Ordering::SeqCst);
         Some(out)
@@ -129,7 +129,7 @@ impl NatsRx {
 /// client is connected. Each hand-off between threads is a wake-up, and a
 /// wake-up of an idle vCPU costs tens of microseconds here.
 #[derive(Clone, Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     hub: Sender<HubCmd>,
     nats: Option<NatsTx>,
     /// Local clients connected now (counted before a client can subscribe).
@@ -138,7 +138,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(hub: Sender<HubCmd>, nats: Option<NatsTx>, locals: Arc<AtomicUsize>) -> Outbox {
+    pub(crate) fn new(
+        hub: Sender<HubCmd>,
+        nats: Option<NatsTx>,
+        locals: Arc<AtomicUsize>,
+    ) -> Outbox {
         Outbox {
             hub,
             nats,
@@ -171,12 +175,12 @@ impl Outbox {
     }
 
     /// Publishes `env` on `subject`.
-    pub fn publish(&self, subject: &str, env: &Envelope) {
+    pub(crate) fn publish(&self, subject: &str, env: &Envelope) {
         self.send(subject, Arc::new(env.encode()));
     }
 
     /// Publishes `env` on `subject` and, when given, on `reply_to`.
-    pub fn publish_and_reply(&self, subject: &str, reply_to: Option<&str>, env: &Envelope) {
+    pub(crate) fn publish_and_reply(&self, subject: &str, reply_to: Option<&str>, env: &Envelope) {
         let data = Arc::new(env.encode());
         self.send(subject, data.clone());
         if let Some(r) = reply_to {
@@ -185,12 +189,12 @@ impl Outbox {
     }
 
     /// Sends `env` to `reply_to` only.
-    pub fn reply(&self, reply_to: &str, env: &Envelope) {
+    pub(crate) fn reply(&self, reply_to: &str, env: &Envelope) {
         self.publish(reply_to, env);
     }
 
     /// Waits (at most `within`) until everything published so far has left.
-    pub fn drain(&self, within: std::time::Duration) -> bool {
+    pub(crate) fn drain(&self, within: std::time::Duration) -> bool {
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         if self.hub.send(HubCmd::Barrier(tx.clone())).is_err() {
             return false;
@@ -218,7 +222,7 @@ struct Sub {
 }
 
 /// The hub's loop; returns when every sender is gone.
-pub fn run(inbox: &Receiver<HubCmd>) {
+pub(crate) fn run(inbox: &Receiver<HubCmd>) {
     let mut subs: HashMap<u64, Vec<Sub>> = HashMap::new();
     for cmd in inbox {
         match cmd {
@@ -278,7 +282,7 @@ pub fn run(inbox: &Receiver<HubCmd>) {
 }
 
 /// A `msg` frame of the local protocol: one JSON line.
-pub fn frame(sid: u64, subject: &str, envelope: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(sid: u64, subject: &str, envelope: &[u8]) -> Vec<u8> {
     let subject = serde_json::Value::String(subject.to_string()).to_string();
     let mut out = Vec::with_capacity(envelope.len() + subject.len() + 48);
     out.extend_from_slice(

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 
 /// What one line turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineRead {
+pub(crate) enum LineRead {
     /// A whole line (without its newline, or a trailing `\r`).
     Line,
     /// A line of this many bytes, longer than the cap: only its first `cap`
@@ -17,14 +17,14 @@ pub enum LineRead {
 
 /// A splitter fed chunks as they arrive.
 #[derive(Debug)]
-pub struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     cap: usize,
     total: usize,
 }
 
 impl Lines {
-    pub fn new(cap: usize) -> Lines {
+    pub(crate) fn new(cap: usize) -> Lines {
         Lines {
             buf: Vec::new(),
             cap,
@@ -57,7 +57,7 @@ impl Lines {
 
     /// Splits `data` (any chunk of the stream) and hands each completed line
     /// to `out`, which may stop the feed.
-    pub fn feed<B>(
+    pub(crate) fn feed<B>(
         &mut self,
         mut data: &[u8],
         out: &mut dyn FnMut(LineRead, &[u8]) -> Flow<B>,
@@ -75,7 +75,7 @@ impl Lines {
 
     /// At the end of the stream: a last line without a newline still
     /// counts.
-    pub fn finish<B>(&mut self, out: &mut dyn FnMut(LineRead, &[u8]) -> Flow<B>) -> Flow<B> {
+    pub(crate) fn finish<B>(&mut self, out: &mut dyn FnMut(LineRead, &[u8]) -> Flow<B>) -> Flow<B> {
         if self.total > 0 {
             self.emit(out)
         } else {
@@ -86,7 +86,7 @@ impl Lines {
 
 /// Whether a reader of lines goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow<B = ()> {
+pub(crate) enum Flow<B = ()> {
     Continue,
     Break(B),
 }
@@ -94,7 +94,7 @@ pub enum Flow<B = ()> {
 /// Reads `r` to its end (or an error), handing each line of at most `cap`
 /// bytes to `out` until it says stop. Returns how the reading ended: `Ok`
 /// at end of file or when `out` stopped, the read error otherwise.
-pub fn read_lines<R: Read>(
+pub(crate) fn read_lines<R: Read>(
     mut r: R,
     cap: usize,
     out: &mut dyn FnMut(LineRead, &[u8]) -> Flow,

@@ -63,7 +63,7 @@ struct Frame<'a> {
 
 /// The default socket path: `$XDG_RUNTIME_DIR/mister-smith.sock`, else
 /// `mister-smith-<uid>.sock` in the system temp directory.
-pub fn default_socket_path() -> PathBuf {
+pub(crate) fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("mister-smith.sock"),
         _ => std::env::temp_dir().join(format!("mister-smith-{}.sock", sys::uid())),
@@ -71,7 +71,7 @@ pub fn default_socket_path() -> PathBuf {
 }
 
 /// The daemon's listening socket; removes its file when dropped.
-pub struct LocalServer {
+pub(crate) struct LocalServer {
     path: PathBuf,
 }
 
@@ -86,7 +86,7 @@ impl Drop for LocalServer {
 /// while there are some).
 ///
 /// [`Outbox`]: crate::transport::hub::Outbox
-pub fn serve(
+pub(crate) fn serve(
     path: &Path,
     hub: Sender<HubCmd>,
     inbound: Handler,
@@ -311,7 +311,7 @@ fn serve_client(
 }
 
 /// The client end.
-pub struct LocalClient {
+pub(crate) struct LocalClient {
     path: PathBuf,
     writer: Mutex<UnixStream>,
     incoming: Receiver<Incoming>,
@@ -321,7 +321,7 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
-    pub fn connect(path: &Path) -> Result<LocalClient, TransportError> {
+    pub(crate) fn connect(path: &Path) -> Result<LocalClient, TransportError> {
         let stream = UnixStream::connect(path).map_err(|source| TransportError::LocalConnect {
             path: path.to_path_buf(),
             source,

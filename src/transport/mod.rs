@@ -20,23 +20,23 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-pub mod error;
-pub mod health_check;
-pub mod hub;
-pub mod lines;
-pub mod local_transport;
-pub mod nats_transport;
+pub(crate) mod error;
+pub(crate) mod health_check;
+pub(crate) mod hub;
+pub(crate) mod lines;
+pub(crate) mod local_transport;
+pub(crate) mod nats_transport;
 
-pub use error::TransportError;
+pub(crate) use error::TransportError;
 
 /// What the daemon does with a message that arrives on either transport:
 /// `(subject, reply subject, data)`. It runs on the transport's receiving
 /// thread and must not block.
-pub type Handler = Arc<dyn Fn(&str, Option<&str>, &[u8]) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(&str, Option<&str>, &[u8]) + Send + Sync>;
 
 /// Which transport a client is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
+pub(crate) enum TransportKind {
     /// A NATS server: possibly many daemons behind one subject.
     Nats,
     /// The local socket of one daemon.
@@ -45,7 +45,7 @@ pub enum TransportKind {
 
 /// A message delivered to a client.
 #[derive(Debug, Clone)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     pub subject: String,
     pub data: Vec<u8>,
     /// NATS said nobody subscribes to the subject the request went to.
@@ -55,7 +55,7 @@ pub struct Incoming {
 }
 
 /// A client's connection: publish, subscribe, and confirm delivery.
-pub trait Transport: Send {
+pub(crate) trait Transport: Send {
     /// Publishes `data` on `subject`, with replies going to `reply`.
     fn publish(
         &self,
@@ -82,7 +82,7 @@ pub trait Transport: Send {
 
 /// Whether `subject` matches the subscription `pattern` (`*` is one token,
 /// a final `>` is one or more).
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+pub(crate) fn subject_matches(pattern: &str, subject: &str) -> bool {
     let mut p = pattern.split('.');
     let mut s = subject.split('.');
     loop {

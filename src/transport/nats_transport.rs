@@ -123,12 +123,12 @@ fn connect_error(s: &NatsSettings, source: std::io::Error) -> TransportError {
 }
 
 /// How many messages may wait for the NATS publishers.
-pub const OUT_QUEUE: usize = 65_536;
+pub(crate) const OUT_QUEUE: usize = 65_536;
 
 /// Connects the daemon (retrying in the background until NATS answers),
 /// subscribes, and starts the receive and publish threads; the publishers
 /// take what arrives on `out_rx`.
-pub fn start_daemon(
+pub(crate) fn start_daemon(
     settings: NatsSettings,
     subs: Vec<Sub>,
     inbound: Handler,
@@ -306,7 +306,7 @@ type FlushDone = Sender<std::io::Result<()>>;
 /// subscription queues; connecting and flushing run on one helper thread,
 /// started before the handshake (each thread a command starts costs about
 /// 0.1 ms of a `send`).
-pub struct NatsClient {
+pub(crate) struct NatsClient {
     url: String,
     conn: nats::Connection,
     /// Cleared by the crate's disconnect callback.
@@ -320,7 +320,7 @@ pub struct NatsClient {
 }
 
 impl NatsClient {
-    pub fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
+    pub(crate) fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
         let (lost_tx, lost) = crossbeam_channel::bounded(1);
         let connected = Arc::new(AtomicBool::new(true));
         let down = connected.clone();

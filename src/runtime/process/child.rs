@@ -17,14 +17,14 @@ use crate::message::schemas::ResourceUsage;
 use crate::sys;
 
 /// How many stderr lines are kept per agent for diagnostics.
-pub const STDERR_TAIL_LINES: usize = 20;
+pub(crate) const STDERR_TAIL_LINES: usize = 20;
 
 /// The last lines an agent wrote to stderr, shared between its io thread
 /// and the supervisor.
-pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
+pub(crate) type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
 /// A started agent process.
-pub struct RunningChild {
+pub(crate) struct RunningChild {
     pub(super) pid: u32,
     /// Lines for the child's stdin writer; dropping it closes stdin.
     pub(super) stdin: Option<Sender<Vec<u8>>>,

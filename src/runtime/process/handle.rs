@@ -18,20 +18,20 @@ use crate::runtime::error::ProcessError;
 /// What a child's io thread reports, in order: its stdout lines, then its
 /// exit (after both pipes are drained).
 #[derive(Debug)]
-pub enum ChildMsg {
+pub(crate) enum ChildMsg {
     Line(Line),
     Exited(io::Result<ExitStatus>),
 }
 
 /// Where a child's reports go (the supervisor tags them with the agent and
 /// the run before they reach its event channel).
-pub type ChildSink = Box<dyn FnMut(ChildMsg) + Send>;
+pub(crate) type ChildSink = Box<dyn FnMut(ChildMsg) + Send>;
 
 /// What the supervisor asks of a running child. Dropping the handle tells
 /// the child's io thread that the supervisor is done with it: only then is
 /// the child reaped, so its pid (its group id) cannot be reused while the
 /// supervisor might still signal the group.
-pub trait ChildHandle: Send + fmt::Debug {
+pub(crate) trait ChildHandle: Send + fmt::Debug {
     /// The child's pid, which is also its process group id.
     fn pid(&self) -> u32;
     /// Writes one line to the child's stdin without blocking; false when
@@ -51,7 +51,7 @@ pub trait ChildHandle: Send + fmt::Debug {
 
 /// A process to start for an agent.
 #[derive(Debug, Clone)]
-pub struct SpawnRequest {
+pub(crate) struct SpawnRequest {
     pub spec: AgentSpec,
     /// `Some`: the process of one one-shot task.
     pub prompt: Option<String>,
@@ -61,10 +61,10 @@ pub struct SpawnRequest {
 }
 
 /// The answer to [`Spawner::spawn_later`].
-pub type SpawnDone = Box<dyn FnOnce(Result<Box<dyn ChildHandle>, ProcessError>) + Send>;
+pub(crate) type SpawnDone = Box<dyn FnOnce(Result<Box<dyn ChildHandle>, ProcessError>) + Send>;
 
 /// Starts children.
-pub trait Spawner {
+pub(crate) trait Spawner {
     /// Starts a process now; its reports go to `sink`.
     fn spawn(
         &mut self,
@@ -79,7 +79,7 @@ pub trait Spawner {
 }
 
 /// "exited with status 1", "killed by SIGKILL", for logs.
-pub fn describe_exit(status: &io::Result<ExitStatus>) -> String {
+pub(crate) fn describe_exit(status: &io::Result<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match (s.code(), s.signal()) {
@@ -92,7 +92,7 @@ pub fn describe_exit(status: &io::Result<ExitStatus>) -> String {
 }
 
 /// SIGTERM, SIGKILL, ... by number.
-pub fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     let name = match sig {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
@@ -112,7 +112,7 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 /// Reads the resident set size and CPU time (user + system) of `pid`.
-pub fn resource_usage(pid: u32) -> Option<ResourceUsage> {
+pub(crate) fn resource_usage(pid: u32) -> Option<ResourceUsage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb: f64 = status
         .lines()

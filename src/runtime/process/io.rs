@@ -23,7 +23,7 @@ use crate::transport::lines::{Flow, LineRead, Lines};
 /// Stdout lines longer than this are dropped (with a warning) rather than
 /// held in memory. claude's lines can be large (whole files in tool
 /// results), so the cap is generous.
-pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Stderr lines are cut to this length in the tail and the log.
 const MAX_STDERR_LINE: usize = 4096;

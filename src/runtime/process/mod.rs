@@ -3,12 +3,12 @@
 //! the spawner that starts them ([`spawner`]). The system calls underneath
 //! are in `crate::sys`.
 
-pub mod child;
-pub mod handle;
+pub(crate) mod child;
+pub(crate) mod handle;
 mod io;
-pub mod spawner;
+pub(crate) mod spawner;
 
-pub use handle::{
-    describe_exit, signal_name, ChildHandle, ChildMsg, ChildSink, SpawnDone, SpawnRequest, Spawner,
+pub(crate) use handle::{
+    describe_exit, signal_name, ChildHandle, ChildMsg, ChildSink, SpawnRequest, Spawner,
 };
-pub use spawner::OsSpawner;
+pub(crate) use spawner::OsSpawner;

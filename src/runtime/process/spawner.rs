@@ -42,7 +42,7 @@ const ENVELOPE_ROOM: usize = 4096;
 
 /// Spawns real processes: in place, or on a pool of threads that live as
 /// long as the daemon.
-pub struct OsSpawner {
+pub(crate) struct OsSpawner {
     pool: Option<Sender<Job>>,
 }
 
@@ -55,7 +55,7 @@ struct Job {
 impl OsSpawner {
     /// A spawner with `threads` pool threads for [`Spawner::spawn_later`]
     /// (none: those spawns happen in place).
-    pub fn new(threads: usize) -> std::io::Result<OsSpawner> {
+    pub(crate) fn new(threads: usize) -> std::io::Result<OsSpawner> {
         if threads == 0 {
             return Ok(OsSpawner { pool: None });
         }

@@ -42,7 +42,7 @@ mod reports;
 mod tasks;
 #[cfg(test)]
 mod tests;
-pub mod timers;
+pub(crate) mod timers;
 
 /// After closing a stream-json agent's stdin, how long it gets to exit by
 /// itself before SIGTERM (at most; never more than a quarter of its
@@ -59,7 +59,7 @@ const LINGER_AFTER_RESULT: Duration = Duration::from_secs(2);
 
 /// How the daemon's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Stopped gracefully.
     Graceful,
     /// A second signal forced the stop; 128 + this signal.
@@ -67,7 +67,7 @@ pub enum Outcome {
 }
 
 /// What the supervisor talks to besides its children.
-pub struct Links {
+pub(crate) struct Links {
     pub table: Arc<RoutingTable>,
     pub outbox: Outbox,
     pub dispatch: Sender<DispatchCmd>,
@@ -79,7 +79,7 @@ pub struct Links {
     pub max_message_size: usize,
 }
 
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     agents: Vec<Agent>,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
@@ -100,7 +100,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor for `specs` (in the routing table's order). Nothing
     /// starts until [`Supervisor::run`] (or, in tests, `start_all`).
-    pub fn new(
+    pub(crate) fn new(
         specs: Vec<AgentSpec>,
         events: (Sender<Event>, Receiver<Event>),
         signals: Receiver<i32>,
@@ -128,7 +128,7 @@ impl Supervisor {
 
     /// Starts every agent and supervises them until a signal (or a
     /// `shutdown` command) stops the daemon and every process is gone.
-    pub fn run(mut self) -> Outcome {
+    pub(crate) fn run(mut self) -> Outcome {
         self.start_all();
         log::info!("supervising {} agents", self.agents.len());
         loop {

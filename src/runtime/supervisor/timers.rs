@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use crate::message::router::AgentIx;
 
 /// Where the supervisor reads the time.
-pub trait Clock {
+pub(crate) trait Clock {
     fn now(&self) -> Instant;
 }
 
 /// The system's monotonic clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
