@@ -165,16 +165,21 @@ impl SystemError {
 }
 
 /// Credentials and certificates are the config's fault (78); a peer that
-/// is not there or does not answer is unavailable (69).
+/// is not there is unavailable (69); one that is there and silent, busy
+/// (75).
 fn transport_code(t: &TransportError) -> u8 {
     match t {
         TransportError::NatsAuth { .. }
         | TransportError::NatsTls { .. }
+        | TransportError::NatsFile { .. }
         | TransportError::LocalListen { .. } => exit::CONFIG,
+        // A daemon that took the connection and says nothing is frozen or
+        // overloaded: retry later.
+        TransportError::LocalTimeout { .. } => exit::TEMPORARY,
         TransportError::LocalConnect { .. }
+        | TransportError::LocalDenied { .. }
         | TransportError::LocalInUse { .. }
         | TransportError::LocalForeign { .. }
-        | TransportError::LocalTimeout { .. }
         | TransportError::NatsConnect { .. }
         | TransportError::Nats(_)
         | TransportError::FlushTimeout(_)

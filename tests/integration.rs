@@ -6,6 +6,7 @@ mod support;
 
 mod chaos;
 mod check_config;
+mod contract;
 mod fuzz;
 mod man;
 mod nats;

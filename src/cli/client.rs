@@ -53,7 +53,7 @@ pub(super) struct Client {
 /// when a URL is known; otherwise the local socket.
 pub(super) fn connect(cli: &Cli) -> Result<Client, SystemError> {
     let config = cli.client_config()?;
-    let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())) {
+    let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())?) {
         (None, Some(settings)) => Box::new(NatsClient::connect(&settings)?),
         _ => Box::new(LocalClient::connect(&cli.socket_path(config.as_ref()))?),
     };
@@ -136,7 +136,11 @@ impl Client {
         quiet: Option<Duration>,
     ) -> Result<Vec<Envelope>, SystemError> {
         self.request(subject, env)?;
-        self.flush()?;
+        // The caller's wait bounds the confirmation too: a frozen daemon
+        // must not hold `health --timeout 200` for the full ACK_WAIT.
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.transport
+            .flush(left.clamp(Duration::from_millis(1), ACK_WAIT))?;
         let mut out = Vec::new();
         let mut until = deadline;
         while let Some(m) = self.next_until(until)? {
@@ -191,6 +195,17 @@ pub(super) fn refusal(env: &Envelope) -> Option<SystemError> {
 pub(super) fn print_line(out: &mut impl Write, line: &[u8]) -> Result<(), SystemError> {
     out.write_all(line)
         .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|source| SystemError::Io {
+            what: "write to stdout",
+            source,
+        })
+}
+
+/// Writes `text` to stdout and flushes it.
+pub(super) fn write_stdout(text: &[u8]) -> Result<(), SystemError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text)
         .and_then(|()| out.flush())
         .map_err(|source| SystemError::Io {
             what: "write to stdout",

@@ -32,14 +32,21 @@ pub struct HealthArgs {
     pub timeout: u64,
 }
 
+/// Runs the check and prints its line. The exit code is the check's state
+/// even when nobody reads the line (a closed stdout); a line that cannot be
+/// written for another reason (a full disk) makes it UNKNOWN.
 pub(super) fn run(cli: &Cli, args: &HealthArgs) -> u8 {
-    match check(cli, args) {
-        Ok((state, line)) => {
-            println!("{line}");
+    let (state, line) = match check(cli, args) {
+        Ok(verdict) => verdict,
+        Err(e) => (HealthState::Unknown, format!("MISTER-SMITH UNKNOWN - {e}")),
+    };
+    match client::write_stdout(format!("{line}\n").as_bytes()) {
+        Ok(()) => state.exit_code(),
+        Err(SystemError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
             state.exit_code()
         }
         Err(e) => {
-            println!("MISTER-SMITH UNKNOWN - {e}");
+            crate::cli::report(&e.to_string());
             HealthState::Unknown.exit_code()
         }
     }

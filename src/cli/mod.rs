@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
+use crate::config::url::check_nats_url;
 use crate::config::{self, Config, NatsAuth, Secret};
 use crate::error::{exit, HealthState, SystemError};
 use crate::message::schemas::CommandType;
@@ -121,29 +122,97 @@ pub fn exit_now(code: u8) -> ! {
     crate::sys::exit_now(i32::from(code))
 }
 
-/// Parses `std::env::args`, runs the command, and returns its exit code.
+/// Writes one error line to stderr. A stderr that cannot be written to is
+/// ignored: the exit code still says what happened.
+pub(crate) fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "mister-smith: error: {line}");
+}
+
+/// The exit code for arguments that could not even be parsed: a usage
+/// error, except for `health`, whose callers (Nagios, cron) read 3 as "the
+/// check could not run".
+fn usage_code(args: &[String]) -> u8 {
+    if args.iter().skip(1).any(|a| a == "health") {
+        HealthState::Unknown.exit_code()
+    } else {
+        exit::USAGE
+    }
+}
+
+/// `send -` reads the body from stdin, as `send` alone does; argh takes a
+/// lone `-` for an unknown flag, so it is dropped before parsing (unless it
+/// is the value of an option).
+fn drop_stdin_dash(args: &mut Vec<String>) {
+    const TAKES_VALUE: [&str; 17] = [
+        "--config",
+        "--nats",
+        "--socket",
+        "--creds",
+        "--token",
+        "--user",
+        "--password",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--to",
+        "--agent-type",
+        "--type",
+        "--priority",
+        "--timeout",
+        "--correlation-id",
+        "--meta",
+    ];
+    let Some(send) = args.iter().position(|a| a == "send") else {
+        return;
+    };
+    let mut i = send + 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--" => return,
+            "-" => {
+                args.remove(i);
+                return;
+            }
+            a if TAKES_VALUE.contains(&a) => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Parses the command line, runs the command, and returns its exit code.
 pub fn main() -> u8 {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args = Vec::new();
+    let mut bad = None;
+    for (n, a) in std::env::args_os().enumerate() {
+        match a.into_string() {
+            Ok(s) => args.push(s),
+            Err(raw) => {
+                bad.get_or_insert(n);
+                args.push(raw.to_string_lossy().into_owned());
+            }
+        }
+    }
+    if let Some(n) = bad {
+        report(&format!("argument {n} ({:?}) is not valid UTF-8", args[n]));
+        return usage_code(&args);
+    }
+    drop_stdin_dash(&mut args);
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cli = match Cli::from_args(&["mister-smith"], strs.get(1..).unwrap_or(&[])) {
         Ok(cli) => cli,
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    let _ = writeln!(std::io::stdout(), "{}", early.output.trim_end());
-                    exit::OK
+                    let text = format!("{}\n", early.output.trim_end());
+                    match client::write_stdout(text.as_bytes()) {
+                        Ok(()) => exit::OK,
+                        Err(e) => finish(Err(e)),
+                    }
                 }
                 Err(()) => {
                     let first = early.output.lines().next().unwrap_or("bad arguments");
-                    eprintln!("mister-smith: error: {first} (see mister-smith --help)");
-                    // Nagios reads 3 as UNKNOWN, the right answer to a
-                    // check it could not run.
-                    let health = strs.iter().skip(1).any(|a| *a == "health");
-                    if health {
-                        HealthState::Unknown.exit_code()
-                    } else {
-                        exit::USAGE
-                    }
+                    report(&format!("{first} (see mister-smith --help)"));
+                    usage_code(&args)
                 }
             };
         }
@@ -151,8 +220,8 @@ pub fn main() -> u8 {
     let daemon = matches!(cli.command, Some(Command::Run(_)));
     init_logging(if daemon { "info" } else { "warn" });
     if cli.version {
-        println!("{}", version_line());
-        return exit::OK;
+        let line = format!("{}\n", version_line());
+        return finish(client::write_stdout(line.as_bytes()).map(|()| exit::OK));
     }
     let result = match &cli.command {
         None => Err(SystemError::Usage(
@@ -170,6 +239,11 @@ pub fn main() -> u8 {
         Some(Command::Resume(a)) => control::run(&cli, &a.id, CommandType::Resume),
         Some(Command::Listen(a)) => listen::run(&cli, a),
     };
+    finish(result)
+}
+
+/// The exit code of a command's result, its error reported on stderr.
+fn finish(result: Result<u8, SystemError>) -> u8 {
     match result {
         Ok(code) => code,
         // A closed stdout (`| head`) is the reader's choice, not an error.
@@ -178,7 +252,7 @@ pub fn main() -> u8 {
         }
         Err(e) => {
             for line in e.lines() {
-                eprintln!("mister-smith: error: {line}");
+                report(&line);
             }
             e.exit_code()
         }
@@ -236,13 +310,28 @@ impl Cli {
 
     /// NATS settings when a URL is given by `--nats`, `$NATS_URL` or the
     /// config; credentials from flags, then the environment, then the config.
-    pub fn nats_settings(&self, config: Option<&Config>) -> Option<NatsSettings> {
+    pub fn nats_settings(
+        &self,
+        config: Option<&Config>,
+    ) -> Result<Option<NatsSettings>, SystemError> {
         let t = config.map(|c| &c.transport);
-        let url = self
-            .nats
-            .clone()
-            .or_else(|| env_nonempty("NATS_URL"))
-            .or_else(|| t.and_then(|t| t.nats_url.clone()))?;
+        let from_env = env_nonempty("NATS_URL");
+        let url = match (&self.nats, from_env) {
+            (Some(url), _) => {
+                check_nats_url(url).map_err(|why| SystemError::Usage(format!("--nats {why}")))?;
+                url.clone()
+            }
+            (None, Some(url)) => {
+                check_nats_url(&url)
+                    .map_err(|why| SystemError::Usage(format!("NATS_URL {why}")))?;
+                url
+            }
+            // The config's URL was checked when it was loaded.
+            (None, None) => match t.and_then(|t| t.nats_url.clone()) {
+                Some(url) => url,
+                None => return Ok(None),
+            },
+        };
         let conf = t.map(|t| t.auth.clone()).unwrap_or_default();
         let pick = |flag: &Option<String>, env: &str, conf: Option<String>| {
             flag.clone().or_else(|| env_nonempty(env)).or(conf)
@@ -267,6 +356,6 @@ impl Cli {
             tls_cert: path(&self.tls_cert, "NATS_CERT", conf.tls_cert),
             tls_key: path(&self.tls_key, "NATS_KEY", conf.tls_key),
         };
-        Some(NatsSettings { url, auth })
+        Ok(Some(NatsSettings { url, auth }))
     }
 }

@@ -25,7 +25,7 @@ pub(super) fn run(cli: &Cli, _args: &RunArgs) -> Result<u8, SystemError> {
     let config = config::load(&path)?;
     let endpoints = Endpoints {
         socket: cli.socket_path(Some(&config)),
-        nats: cli.nats_settings(Some(&config)),
+        nats: cli.nats_settings(Some(&config))?,
     };
     match daemon::run(config, endpoints)? {
         Outcome::Graceful => Ok(0),

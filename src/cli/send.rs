@@ -13,6 +13,7 @@ use crate::cli::bound;
 use crate::cli::client::{self, print_line, refusal, Client};
 use crate::cli::Cli;
 use crate::config::names::check_token;
+use crate::config::MessageConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
@@ -128,18 +129,15 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         return Err(bad("too many --meta entries"));
     }
 
+    let limit = cli
+        .client_config()?
+        .map(|c| c.message.max_message_size)
+        .unwrap_or(MessageConfig::default().max_message_size);
     let body = match args.body.as_deref() {
         Some(b) if b != "-" => b.to_string(),
-        _ => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|source| SystemError::Io {
-                    what: "read stdin",
-                    source,
-                })?;
-            s
-        }
+        // One body is one message: reading stops past the largest one.
+        _ if !args.lines => read_stdin(Some(limit))?,
+        _ => read_stdin(None)?,
     };
     let bodies: Vec<&str> = if args.lines {
         body.lines().filter(|l| !l.trim().is_empty()).collect()
@@ -186,6 +184,43 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         return send_other(&mut client, &subject, envelopes);
     }
     send_tasks(&mut client, &subject, envelopes, args)
+}
+
+/// Reads stdin as text: at most `limit` bytes (more is bad input, and is
+/// not read), and valid UTF-8.
+fn read_stdin(limit: Option<usize>) -> Result<String, SystemError> {
+    let read_err = |source| SystemError::Io {
+        what: "read stdin",
+        source,
+    };
+    let mut bytes = Vec::new();
+    match limit {
+        Some(limit) => {
+            let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            std::io::stdin()
+                .lock()
+                .take(cap)
+                .read_to_end(&mut bytes)
+                .map_err(read_err)?;
+            if bytes.len() > limit {
+                return Err(bad(format!(
+                    "the body on stdin is more than max_message_size ({limit} bytes)"
+                )));
+            }
+        }
+        None => {
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .map_err(read_err)?;
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        bad(format!(
+            "stdin is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// The subject, target id and target type for `--to` / `--agent-type`.
@@ -355,11 +390,11 @@ fn send_tasks(
                     client::ACK_WAIT.as_millis(),
                     client.describe()
                 ));
-                eprintln!("mister-smith: error: {e}");
+                crate::cli::report(&e.to_string());
                 return Ok(exit::worst(worst, e.exit_code()));
             }
             for p in pending.values_mut().filter(|p| !p.done) {
-                eprintln!("mister-smith: error: task {}: no result in time", p.task_id);
+                crate::cli::report(&format!("task {}: no result in time", p.task_id));
                 p.done = true;
                 worst = exit::worst(worst, exit::TEMPORARY);
             }
@@ -381,14 +416,14 @@ fn send_tasks(
             *open -= 1;
         };
         if m.no_responders {
-            eprintln!("mister-smith: error: no agent answers on {subject} (no responders)");
+            crate::cli::report(&format!("no agent answers on {subject} (no responders)"));
             finish(p, &mut unacked, &mut open);
             worst = exit::worst(worst, exit::UNAVAILABLE);
             continue;
         }
         let env = client::decode(&m)?;
         if let Some(err) = refusal(&env) {
-            eprintln!("mister-smith: error: task {}: {err}", p.task_id);
+            crate::cli::report(&format!("task {}: {err}", p.task_id));
             finish(p, &mut unacked, &mut open);
             worst = exit::worst(worst, err.exit_code());
             continue;
@@ -467,7 +502,7 @@ fn send_other(
             )));
         };
         if let Some(err) = refusal(&answer) {
-            eprintln!("mister-smith: error: {err}");
+            crate::cli::report(&err.to_string());
             worst = exit::worst(worst, err.exit_code());
             continue;
         }

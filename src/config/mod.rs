@@ -20,6 +20,7 @@ mod parse;
 mod problems;
 #[cfg(test)]
 mod tests;
+pub mod url;
 
 pub use parse::{load, load_unchecked, parse};
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::names::{check_token, MAX_TOKEN_LEN};
 use super::problems::{kind, Problems};
+use super::url::check_nats_url;
 use super::{
     AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig, PolicyKind,
     Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_AGENT_TYPE, DEFAULT_COMMAND,
@@ -241,6 +242,8 @@ fn transport(p: &mut Problems, v: Option<&Value>) -> TransportConfig {
                 "transport.nats_url",
                 "must not be empty (use null for none)",
             );
+        } else if let Err(why) = check_nats_url(url) {
+            p.push("transport.nats_url", why);
         }
     }
     t.socket = p.opt_string(m, "transport", "socket").map(PathBuf::from);

@@ -165,7 +165,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         endpoints
             .nats
             .as_ref()
-            .map(|n| format!(", NATS {}", n.url))
+            .map(|n| format!(", NATS {}", n.shown_url()))
             .unwrap_or_default()
     );
     // The supervisor runs on this thread: children it spawns are tied to

@@ -12,6 +12,13 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+    /// The socket is there but we may not use it (permissions).
+    #[error("cannot use the daemon's socket {}: {source}", path.display())]
+    LocalDenied {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot listen on {}: {source}", path.display())]
     LocalListen {
         path: PathBuf,
@@ -35,6 +42,15 @@ pub enum TransportError {
     #[error("cannot connect to NATS at {url}: {source}")]
     NatsAuth {
         url: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A credentials, certificate or key file named in the settings cannot
+    /// be read.
+    #[error("NATS {what} {}: {source}", path.display())]
+    NatsFile {
+        what: &'static str,
+        path: PathBuf,
         #[source]
         source: io::Error,
     },

@@ -322,9 +322,14 @@ pub(crate) struct LocalClient {
 
 impl LocalClient {
     pub(crate) fn connect(path: &Path) -> Result<LocalClient, TransportError> {
-        let stream = UnixStream::connect(path).map_err(|source| TransportError::LocalConnect {
-            path: path.to_path_buf(),
-            source,
+        let stream = UnixStream::connect(path).map_err(|source| {
+            let path = path.to_path_buf();
+            match source.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    TransportError::LocalDenied { path, source }
+                }
+                _ => TransportError::LocalConnect { path, source },
+            }
         })?;
         // Prompts and results are only exchanged with a daemon of our own
         // user (or root): someone else could have put a socket there first.

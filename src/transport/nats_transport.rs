@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
+use crate::config::url::redact_url;
 use crate::config::NatsAuth;
 use crate::message::router::Sub;
 use crate::message::schemas::LinkState;
@@ -29,11 +30,28 @@ use crate::transport::hub::{NatsOut, NatsRx};
 use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
 /// How to reach and log in to NATS. Secrets in `auth` never reach a log
-/// line, even through `{:?}`.
-#[derive(Debug, Clone, Default)]
+/// line, even through `{:?}`; nor do credentials inside the URL, which is
+/// only ever shown through [`NatsSettings::shown_url`].
+#[derive(Clone, Default)]
 pub struct NatsSettings {
     pub url: String,
     pub auth: NatsAuth,
+}
+
+impl NatsSettings {
+    /// The URL without its credentials, for logs, errors and `health`.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &self.shown_url())
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 /// `nats::Options` for `s`. `daemon` connections reconnect forever.
@@ -89,13 +107,37 @@ fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
     o
 }
 
+/// Checks that every file the settings name can be read, so that a
+/// missing one is named (the crate's own error does not say which file).
+pub(crate) fn check_files(s: &NatsSettings) -> Result<(), TransportError> {
+    let a = &s.auth;
+    let files = [
+        ("credentials file", &a.creds),
+        ("CA certificate", &a.tls_ca),
+        ("client certificate", &a.tls_cert),
+        ("client key", &a.tls_key),
+    ];
+    for (what, path) in files {
+        if let Some(path) = path {
+            if let Err(source) = std::fs::File::open(path) {
+                return Err(TransportError::NatsFile {
+                    what,
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A failed connect, by what the user must fix. The crate reports every
 /// connect failure as an `io::Error` whose kind and text are the only clue
 /// (the server's `-ERR 'Authorization Violation'` arrives as "unexpected
 /// line while connecting"), so they are read here, once, where the error
 /// arises, and nowhere else.
 fn connect_error(s: &NatsSettings, source: std::io::Error) -> TransportError {
-    let url = s.url.clone();
+    let url = s.shown_url();
     let text = source.to_string().to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
     if source.kind() == std::io::ErrorKind::PermissionDenied
@@ -135,6 +177,7 @@ pub(crate) fn start_daemon(
     state: Arc<NatsState>,
     out_rx: NatsRx,
 ) -> Result<(), TransportError> {
+    check_files(&settings)?;
     state.set(LinkState::Reconnecting);
     thread::Builder::new()
         .name("nats".into())
@@ -172,7 +215,7 @@ fn daemon_connect(
             Err(e) => {
                 log::warn!(
                     "NATS at {} not reachable ({e}); retrying in {} ms",
-                    settings.url,
+                    settings.shown_url(),
                     delay.as_millis()
                 );
                 // A bounded, deliberate wait: there is no readiness signal
@@ -204,7 +247,7 @@ fn daemon_connect(
     state.set(LinkState::Connected);
     log::info!(
         "NATS connected to {} ({} subscriptions)",
-        settings.url,
+        settings.shown_url(),
         subscriptions.len()
     );
     spawn_probe(conn.clone(), state.clone());
@@ -321,6 +364,7 @@ pub(crate) struct NatsClient {
 
 impl NatsClient {
     pub(crate) fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
+        check_files(settings)?;
         let (lost_tx, lost) = crossbeam_channel::bounded(1);
         let connected = Arc::new(AtomicBool::new(true));
         let down = connected.clone();
@@ -359,7 +403,7 @@ impl NatsClient {
             Ok(r) => r.map_err(|e| connect_error(settings, e))?,
             Err(_) => {
                 return Err(TransportError::NatsConnect {
-                    url: settings.url.clone(),
+                    url: settings.shown_url(),
                     source: std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no answer within {} ms", CONNECT_TIMEOUT.as_millis()),
@@ -368,7 +412,7 @@ impl NatsClient {
             }
         };
         Ok(NatsClient {
-            url: settings.url.clone(),
+            url: settings.shown_url(),
             conn,
             connected,
             flusher: flush_tx,

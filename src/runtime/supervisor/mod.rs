@@ -26,7 +26,7 @@ use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{AgentIx, RoutingTable};
 use crate::message::schemas::{AgentRegistration, AgentState, ReasonCode};
 use crate::runtime::backoff::Jitter;
-use crate::runtime::events::{Event, ReportKind};
+use crate::runtime::events::{Command, Event, ReportKind};
 use crate::runtime::health_monitor::HealthCmd;
 use crate::runtime::process::{signal_name, ChildMsg, Spawner};
 use crate::runtime::tracker::TrackCmd;
@@ -386,9 +386,8 @@ impl Supervisor {
         }
     }
 
-    /// What a report request asks for, answered on its reply subject.
-    fn on_command(&mut self, cmd: crate::runtime::events::Command) {
-        use crate::runtime::events::Command;
+    /// A request from a transport, answered on its reply subject.
+    fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Shutdown => {
                 if self.shutdown.is_none() {
