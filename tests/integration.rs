@@ -7,6 +7,7 @@ mod support;
 mod chaos;
 mod check_config;
 mod contract;
+mod faults;
 mod fuzz;
 mod man;
 mod nats;

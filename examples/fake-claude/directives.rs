@@ -14,6 +14,26 @@ pub(crate) struct TaskCfg {
     pub(crate) big: u64,
     pub(crate) result: ResultKind,
     pub(crate) retries: u32,
+    /// Faults no sound agent has, for the daemon's robustness tests.
+    pub(crate) fault: Fault,
+}
+
+/// Misbehaviour on request (`[[fake:NAME]]`), one per task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Fault {
+    #[default]
+    None,
+    /// `nest=N`: a progress event whose tool input is nested N levels deep.
+    Nest(u32),
+    /// `double_result`: the result line twice.
+    DoubleResult,
+    /// `close_stdout`: close stdout after `system/init` and stay alive.
+    CloseStdout,
+    /// `huge_cost`: `total_cost_usd` written as `1e400`, which no f64 holds.
+    HugeCost,
+    /// `control_text=N`: the result text is N control characters (each
+    /// six bytes once JSON-escaped).
+    ControlText(u64),
 }
 
 /// `[[fake:NAME]]` / `[[fake:NAME=VALUE]]` occurrences, in order.
@@ -46,6 +66,7 @@ impl TaskCfg {
             big: k.big_line_bytes,
             result: k.result,
             retries: k.api_retries,
+            fault: Fault::None,
         };
         for (name, value) in directives(prompt) {
             let v = value.as_deref();
@@ -69,6 +90,14 @@ impl TaskCfg {
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(cfg.retries)
                 }
+                "nest" => {
+                    cfg.fault =
+                        Fault::Nest(num().and_then(|n| u32::try_from(n).ok()).unwrap_or(200))
+                }
+                "double_result" => cfg.fault = Fault::DoubleResult,
+                "close_stdout" => cfg.fault = Fault::CloseStdout,
+                "huge_cost" => cfg.fault = Fault::HugeCost,
+                "control_text" => cfg.fault = Fault::ControlText(num().unwrap_or(1000)),
                 _ => {}
             }
         }

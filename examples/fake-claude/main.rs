@@ -91,6 +91,12 @@
 //! `[[fake:stderr=N]]` (N bytes of stderr during the task), `[[fake:big=N]]`,
 //! `[[fake:result=success|api_error|max_turns|during_execution]]`, `[[fake:retries=N]]`.
 //!
+//! Faults no sound agent has, for the daemon's robustness tests: `[[fake:nest=N]]` (an assistant
+//! event whose tool input is nested N levels deep), `[[fake:double_result]]` (the result line
+//! twice), `[[fake:close_stdout]]` (close stdout after `system/init`, stay alive),
+//! `[[fake:huge_cost]]` (`total_cost_usd` written as `1e400`), `[[fake:control_text=N]]` (the
+//! result text is N control characters).
+//!
 //! # Record file (`FAKE_CLAUDE_RECORD`)
 //!
 //! Opened with `O_APPEND`; one `write` per JSON line:

@@ -94,6 +94,19 @@ pub(crate) fn hang_forever() -> ! {
     }
 }
 
+/// Closes stdout (the supervisor sees end of file) and stays alive: a
+/// fault no sound agent has, for the daemon's tests.
+pub(crate) fn close_stdout_and_hang() -> ! {
+    let _guard = OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = io::stdout().flush();
+    // SAFETY: closing fd 1 has no memory-safety preconditions; nothing
+    // writes to it afterwards (the lock is held until the process ends).
+    unsafe {
+        libc::close(1);
+    }
+    hang_forever()
+}
+
 /// Opens the record file (`FAKE_CLAUDE_RECORD`); a failure is reported and recording is off.
 pub(crate) fn open_recorder(path: &str) {
     match OpenOptions::new().create(true).append(true).open(path) {

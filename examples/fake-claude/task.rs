@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cli::Format;
-use crate::directives::TaskCfg;
+use crate::directives::{Fault, TaskCfg};
 use crate::json::{api_id, arr, new_uuid, null, obj, J};
 use crate::knobs::{Hang, ResultKind};
 use crate::output::{emit, emit_str, hang_forever, record};
@@ -97,7 +97,10 @@ impl Session {
             delay: cfg.delay,
             format: self.format,
         };
-        let final_text = format!("done: {prompt}");
+        let final_text = match cfg.fault {
+            Fault::ControlText(n) => "\u{1}".repeat(usize::try_from(n).unwrap_or(0)),
+            _ => format!("done: {prompt}"),
+        };
         let mut calls: u32 = 0;
         let mut crash_pending = cfg.crash;
         let mut retries_pending = true;
@@ -109,6 +112,27 @@ impl Session {
                 ok(w.event(r))?;
             }
             ok(w.event(&self.init_line()))?;
+            if cfg.fault == Fault::CloseStdout {
+                crate::output::close_stdout_and_hang();
+            }
+            if let Fault::Nest(depth) = cfg.fault {
+                let mut input = obj! {"leaf": true};
+                for _ in 0..depth {
+                    input = obj! {"a": input};
+                }
+                let tool_use = obj! {
+                    "type": "tool_use",
+                    "id": api_id("toolu"),
+                    "name": "Deep",
+                    "input": input,
+                };
+                ok(w.event(&self.assistant_line(
+                    &self.model,
+                    arr![tool_use],
+                    "tool_use",
+                    usage(1, 0).to_j(),
+                )))?;
+            }
             if cfg.stderr_bytes > 0 {
                 stderr_noise(cfg.stderr_bytes);
             }
@@ -318,6 +342,14 @@ impl Session {
             let _ = w.wait();
         }
         match self.format {
+            Format::StreamJson | Format::Json if cfg.fault == Fault::HugeCost => {
+                let line = crate::json::to_line(&result);
+                emit_str(&replace_number(&line, "total_cost_usd", "1e400"));
+            }
+            Format::StreamJson | Format::Json if cfg.fault == Fault::DoubleResult => {
+                emit(&result);
+                emit(&result);
+            }
             Format::StreamJson | Format::Json => emit(&result),
             Format::Text => {
                 let text = match &result {
@@ -333,4 +365,17 @@ impl Session {
             never_exit: cfg.hang == Some(Hang::AfterResult),
         }
     }
+}
+
+/// `line` with the number after `"key":` replaced by `with` verbatim.
+fn replace_number(line: &str, key: &str, with: &str) -> String {
+    let needle = format!("\"{key}\":");
+    let Some(at) = line.find(&needle) else {
+        return line.to_owned();
+    };
+    let start = at + needle.len();
+    let end = line[start..]
+        .find([',', '}'])
+        .map_or(line.len(), |i| start + i);
+    format!("{}{with}{}", &line[..start], &line[end..])
 }

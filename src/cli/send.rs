@@ -17,7 +17,7 @@ use crate::config::MessageConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
-use crate::message::schemas::TaskAssignment;
+use crate::message::schemas::{RawJson, TaskAssignment};
 use crate::transport::TransportKind;
 
 /// send a task (or any message) to an agent. BODY is the prompt as plain
@@ -430,15 +430,14 @@ fn send_tasks(
         }
         match &env.payload {
             Payload::TaskProgress(progress) => {
-                let event = progress.event.value();
-                if event["type"] == "system" && event["subtype"] == "queued" {
+                if let Some(queued) = Queued::of(&progress.event) {
                     if p.acks == 0 {
                         unacked -= 1;
                     }
                     p.acks += 1;
                     p.last_ack = Some(Instant::now());
                     // The daemon says how long the task may take.
-                    if let Some(ms) = event["timeout_ms"].as_u64() {
+                    if let Some(ms) = queued.timeout_ms {
                         let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
                         p.deadline = p.deadline.max(d);
                         latest = latest.max(p.deadline);
@@ -479,6 +478,25 @@ fn send_tasks(
         source,
     })?;
     Ok(worst)
+}
+
+/// The daemon's acknowledgement of a task: a progress event
+/// `{"type":"system","subtype":"queued","timeout_ms":T,...}`. Only these
+/// fields are read; any other event is passed through unparsed.
+#[derive(serde::Deserialize)]
+struct Queued {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    subtype: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+impl Queued {
+    fn of(event: &RawJson) -> Option<Queued> {
+        let head: Queued = serde_json::from_str(event.text()).ok()?;
+        (head.kind.as_deref() == Some("system") && head.subtype.as_deref() == Some("queued"))
+            .then_some(head)
+    }
 }
 
 fn default_timeout(client: &Client) -> Duration {

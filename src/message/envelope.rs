@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -117,18 +118,28 @@ impl Payload {
 
     /// Decodes `value` as the payload of `t`, naming the bad field on error.
     pub fn from_value(t: MessageType, value: Value) -> Result<Payload, MessageError> {
-        fn de<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, MessageError> {
-            serde_json::from_value(v).map_err(|e| MessageError::field("payload", e.to_string()))
+        let text = serde_json::value::to_raw_value(&value)
+            .map_err(|e| MessageError::field("payload", e.to_string()))?;
+        Payload::from_raw(t, &text)
+    }
+
+    /// Decodes the JSON text `raw` as the payload of `t`. Parts that are
+    /// only passed on (a progress event, a result's usage) stay text at any
+    /// depth; the rest is typed.
+    pub fn from_raw(t: MessageType, raw: &RawValue) -> Result<Payload, MessageError> {
+        fn de<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, MessageError> {
+            serde_json::from_str(raw.get())
+                .map_err(|e| MessageError::field("payload", e.to_string()))
         }
         let p = match t {
-            MessageType::AgentCommand => Payload::AgentCommand(de(value)?),
-            MessageType::AgentStatus => Payload::AgentStatus(de(value)?),
-            MessageType::AgentRegistration => Payload::AgentRegistration(de(value)?),
-            MessageType::TaskAssignment => Payload::TaskAssignment(de(value)?),
-            MessageType::TaskResult => Payload::TaskResult(de(value)?),
-            MessageType::TaskProgress => Payload::TaskProgress(de(value)?),
-            MessageType::SystemAlert => Payload::SystemAlert(de(value)?),
-            MessageType::SystemHealthCheck => Payload::SystemHealthCheck(de(value)?),
+            MessageType::AgentCommand => Payload::AgentCommand(de(raw)?),
+            MessageType::AgentStatus => Payload::AgentStatus(de(raw)?),
+            MessageType::AgentRegistration => Payload::AgentRegistration(de(raw)?),
+            MessageType::TaskAssignment => Payload::TaskAssignment(de(raw)?),
+            MessageType::TaskResult => Payload::TaskResult(de(raw)?),
+            MessageType::TaskProgress => Payload::TaskProgress(de(raw)?),
+            MessageType::SystemAlert => Payload::SystemAlert(de(raw)?),
+            MessageType::SystemHealthCheck => Payload::SystemHealthCheck(de(raw)?),
         };
         p.check()?;
         Ok(p)
@@ -201,7 +212,7 @@ struct Wire {
     #[serde(default)]
     schema_version: Option<String>,
     message_type: String,
-    payload: Value,
+    payload: Box<RawValue>,
     #[serde(default)]
     correlation_id: Option<Uuid>,
     #[serde(default)]
@@ -390,7 +401,7 @@ impl Envelope {
             }
         }
         let metadata = check_metadata(w.metadata.unwrap_or_default())?;
-        let payload = Payload::from_value(t, w.payload)?;
+        let payload = Payload::from_raw(t, &w.payload)?;
         Ok(Envelope {
             message_id: w.message_id.unwrap_or_else(Uuid::new_v4),
             timestamp,

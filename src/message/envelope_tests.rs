@@ -156,7 +156,7 @@ fn payload(g: &mut Gen) -> Payload {
         1 => Payload::TaskProgress(TaskProgress {
             task_id: g.id(),
             agent_id: g.id(),
-            event: RawEvent::from_value(&g.value()),
+            event: RawJson::from_value(&g.value()),
         }),
         2 => Payload::TaskResult(TaskResult {
             task_id: g.id(),
@@ -172,7 +172,7 @@ fn payload(g: &mut Gen) -> Payload {
             duration_ms: g.next() % 100_000,
             num_turns: g.opt(|g| g.next() % 10),
             total_cost_usd: g.opt(|g| (g.next() % 1000) as f64 / 1e4),
-            usage: g.opt(Gen::value),
+            usage: g.opt(|g| RawJson::from_value(&g.value())),
             session_id: g.opt(Gen::id),
         }),
         3 => Payload::AgentCommand(AgentCommand {

@@ -235,32 +235,30 @@ pub struct TaskAssignment {
 pub struct TaskProgress {
     pub task_id: String,
     pub agent_id: String,
-    pub event: RawEvent,
+    pub event: RawJson,
 }
 
-/// A stream-json event kept as the agent wrote it: the daemon passes
-/// events through as text instead of building a JSON tree for each one
-/// (parsing and re-serializing them was a third of its work per task).
+/// A JSON value kept as it was written: stream-json events and claude's
+/// `usage` pass through the daemon and the CLI as text, never as a tree.
+/// Building a tree for each was most of the cost of passing them on, and a
+/// tree has a nesting limit that text does not (an agent's event nested 300
+/// deep is still passed on whole).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct RawEvent(Box<RawValue>);
+pub struct RawJson(Box<RawValue>);
 
-impl RawEvent {
-    /// Checks that `text` is one JSON value; keeps it as it is.
-    pub fn from_text(text: &[u8]) -> Result<RawEvent, serde_json::Error> {
+impl RawJson {
+    /// Checks that `text` is one JSON value (at any depth); keeps it as it
+    /// is.
+    pub fn from_text(text: &[u8]) -> Result<RawJson, serde_json::Error> {
         let raw: &RawValue = serde_json::from_slice(text)?;
-        Ok(RawEvent(raw.to_owned()))
+        Ok(RawJson(raw.to_owned()))
     }
 
     /// The event of `value`.
-    pub fn from_value(value: &Value) -> RawEvent {
+    pub fn from_value(value: &Value) -> RawJson {
         // A `Value` always serializes (the default is `null`).
-        RawEvent(serde_json::value::to_raw_value(value).unwrap_or_default())
-    }
-
-    /// The event as a JSON tree, for reading its fields.
-    pub fn value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+        RawJson(serde_json::value::to_raw_value(value).unwrap_or_default())
     }
 
     /// The event's JSON text.
@@ -269,8 +267,8 @@ impl RawEvent {
     }
 }
 
-impl PartialEq for RawEvent {
-    fn eq(&self, other: &RawEvent) -> bool {
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
         self.0.get() == other.0.get()
     }
 }
@@ -302,7 +300,7 @@ pub struct TaskResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_cost_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Value>,
+    pub usage: Option<RawJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 }

@@ -14,11 +14,13 @@
 //! Unknown event types appear in new versions and are progress.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::config::{AgentSpec, Protocol};
-use crate::message::schemas::{RawEvent, TaskResult, TaskStatus};
+use crate::message::schemas::{RawJson, TaskResult, TaskStatus};
 
 /// Variables the child must not inherit: they would make claude think it
 /// runs inside another claude session.
@@ -95,10 +97,10 @@ pub enum Line {
         request_id: String,
         error: Option<String>,
     },
-    /// The `result` event that ends a turn.
-    Result(Value),
+    /// The `result` event that ends a turn, read leniently.
+    Result(TurnResult),
     /// Any other JSON event (progress), as the agent wrote it.
-    Event(RawEvent),
+    Event(RawJson),
     /// A line that is not a JSON object.
     NotJson(String),
     /// A line too long to keep; it still counts as output.
@@ -138,7 +140,7 @@ impl Line {
             kind if raw.len() > limit => {
                 // A huge event becomes a stub without its body ever being
                 // held as a JSON tree.
-                return Line::Event(RawEvent::from_value(&json!({
+                return Line::Event(RawJson::from_value(&json!({
                     "type": kind,
                     "subtype": head.subtype,
                     "truncated_by_mister_smith": true,
@@ -146,19 +148,24 @@ impl Line {
                 })));
             }
             _ => {
-                return match RawEvent::from_text(raw) {
+                return match RawJson::from_text(raw) {
                     Ok(ev) => Line::Event(ev),
                     Err(_) => not_json(),
                 }
             }
         }
+        if head.kind.as_deref() == Some("result") {
+            return match TurnResult::parse(raw) {
+                Some(r) => Line::Result(r),
+                None => not_json(),
+            };
+        }
         let v: Value = match serde_json::from_slice(raw) {
             Ok(v @ Value::Object(_)) => v,
             _ => return not_json(),
         };
-        match v.get("type").and_then(Value::as_str) {
-            Some("result") => Line::Result(v),
-            _ => {
+        {
+            {
                 let resp = v.get("response");
                 let field = |k| resp.and_then(|r| r.get(k)).and_then(Value::as_str);
                 let request_id = field("request_id").unwrap_or_default().to_string();
@@ -185,36 +192,40 @@ pub struct TurnResult {
     pub errors: Vec<String>,
     pub num_turns: Option<u64>,
     pub total_cost_usd: Option<f64>,
-    pub usage: Option<Value>,
+    pub usage: Option<RawJson>,
     pub session_id: Option<String>,
 }
 
 impl TurnResult {
-    /// Reads a `result` event. A field of the wrong type counts as absent;
-    /// an event without `is_error` counts as failed.
-    pub fn parse(ev: &Value) -> TurnResult {
-        let is_error = ev.get("is_error").and_then(Value::as_bool).unwrap_or(true)
-            || ev.get("subtype").and_then(Value::as_str) != Some("success");
-        TurnResult {
+    /// Reads a `result` line leniently: each field on its own, so a field
+    /// of the wrong type or a number no f64 holds (`1e400`) counts as
+    /// absent instead of losing the whole result; `usage` is kept as text
+    /// at any depth. An event without `is_error` counts as failed. `None`
+    /// only when the line is not a JSON object.
+    pub fn parse(raw: &[u8]) -> Option<TurnResult> {
+        let fields: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(raw).ok()?;
+        let get = |k: &str| fields.get(k).map(|v| v.get());
+        let field = |k: &str| -> Option<Value> { serde_json::from_str(get(k)?).ok() };
+        let text = |k: &str| field(k).and_then(|v| v.as_str().map(String::from));
+        let is_error = field("is_error").and_then(|v| v.as_bool()).unwrap_or(true)
+            || text("subtype").as_deref() != Some("success");
+        let errors = get("errors")
+            .and_then(|e| serde_json::from_str::<Vec<&RawValue>>(e).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|x| serde_json::from_str::<String>(x.get()).ok())
+            .collect();
+        Some(TurnResult {
             is_error,
-            result: ev.get("result").and_then(Value::as_str).map(String::from),
-            errors: ev
-                .get("errors")
-                .and_then(Value::as_array)
-                .map(|e| {
-                    e.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            num_turns: ev.get("num_turns").and_then(Value::as_u64),
-            total_cost_usd: ev.get("total_cost_usd").and_then(Value::as_f64),
-            usage: ev.get("usage").cloned(),
-            session_id: ev
-                .get("session_id")
-                .and_then(Value::as_str)
-                .map(String::from),
-        }
+            result: text("result"),
+            errors,
+            num_turns: field("num_turns").and_then(|v| v.as_u64()),
+            total_cost_usd: field("total_cost_usd")
+                .and_then(|v| v.as_f64())
+                .filter(|c| c.is_finite() && *c >= 0.0),
+            usage: get("usage").and_then(|u| RawJson::from_text(u.as_bytes()).ok()),
+            session_id: text("session_id"),
+        })
     }
 
     /// The `task_result` of task `task_id` on `agent_id` that this turn
@@ -287,7 +298,7 @@ mod tests {
         ));
         assert_eq!(
             Line::classify(br#"{"type":"user","message":"a long tool result"}"#, 20),
-            Line::Event(RawEvent::from_value(
+            Line::Event(RawJson::from_value(
                 &json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
             ))
         );
@@ -297,7 +308,8 @@ mod tests {
     fn a_result_event_decides_the_status() {
         let ok = json!({"type":"result","subtype":"success","is_error":false,"result":"4",
             "num_turns":1,"total_cost_usd":0.01,"session_id":"s","usage":{"input_tokens":3}});
-        let r = TurnResult::parse(&ok).into_task_result("t", "a", 5, None);
+        let parse = |v: &Value| TurnResult::parse(v.to_string().as_bytes()).unwrap();
+        let r = parse(&ok).into_task_result("t", "a", 5, None);
         assert_eq!(r.status, TaskStatus::Completed);
         assert_eq!(r.result.as_deref(), Some("4"));
         assert_eq!((r.num_turns, r.total_cost_usd), (Some(1), Some(0.01)));
@@ -306,17 +318,37 @@ mod tests {
 
         let failed = json!({"type":"result","subtype":"error_max_turns","is_error":false,
             "errors":["max turns"]});
-        let r = TurnResult::parse(&failed).into_task_result("t", "a", 5, None);
+        let r = parse(&failed).into_task_result("t", "a", 5, None);
         assert_eq!(r.status, TaskStatus::Failed);
         assert_eq!(r.errors, Some(vec!["max turns".to_string()]));
 
         // No is_error at all: not proof of success.
         let bare = json!({"type":"result","subtype":"success"});
-        assert!(TurnResult::parse(&bare).is_error);
+        assert!(parse(&bare).is_error);
 
-        let late = TurnResult::parse(&ok).into_task_result("t", "a", 5, Some("late".into()));
+        let late = parse(&ok).into_task_result("t", "a", 5, Some("late".into()));
         assert_eq!(late.status, TaskStatus::Timeout);
         assert_eq!(late.errors, Some(vec!["late".to_string()]));
+
+        // Lenient: a number no f64 holds, a field of the wrong type, a
+        // usage nested past serde's tree limit.
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let odd = format!(
+            r#"{{"type":"result","subtype":"success","is_error":false,"result":"4","total_cost_usd":1e400,"num_turns":"two","usage":{deep}}}"#
+        );
+        let r = TurnResult::parse(odd.as_bytes()).unwrap();
+        assert!(!r.is_error);
+        assert_eq!(r.result.as_deref(), Some("4"));
+        assert_eq!((r.total_cost_usd, r.num_turns), (None, None));
+        assert_eq!(r.usage.map(|u| u.text().len()), Some(601));
+        assert!(matches!(
+            Line::classify(odd.as_bytes(), 1 << 20),
+            Line::Result(_)
+        ));
+        assert!(TurnResult::parse(b"[1]").is_none());
+        // A negative cost is no cost.
+        let neg = br#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":-3}"#;
+        assert_eq!(TurnResult::parse(neg).unwrap().total_cost_usd, None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::message::router::{
     agent_subject, alert, answer_to, parse_subject, AgentIx, Dest, Origin, RoutingTable,
 };
 use crate::message::schemas::{
-    check_subject, AgentCommand, AlertCode, CommandType, RawEvent, Severity, TaskAssignment,
+    check_subject, AgentCommand, AlertCode, CommandType, RawJson, Severity, TaskAssignment,
     TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::events::{Command, Event, ReportKind};
@@ -347,7 +347,7 @@ impl DispatchSink for DaemonSink {
             let progress = TaskProgress {
                 task_id: t.task_id.clone(),
                 agent_id: self.agent_id(t),
-                event: RawEvent::from_value(&json!({
+                event: RawJson::from_value(&json!({
                     "type": "system",
                     "subtype": "queued",
                     "position": position,

@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::agent::{Reason, Running};
 use super::timers::Timer;
 use super::{Supervisor, INTERRUPT_GRACE, LINGER_AFTER_RESULT};
@@ -243,7 +241,7 @@ impl Supervisor {
                     }
                 }
             }
-            Line::Result(ev) => self.on_result(i, &ev),
+            Line::Result(turn) => self.on_result(i, turn),
             Line::Event(ev) => {
                 if let Some(r) = &a.task {
                     let progress = TaskProgress {
@@ -271,7 +269,7 @@ impl Supervisor {
     }
 
     /// The `result` event that ends agent `i`'s turn.
-    fn on_result(&mut self, i: AgentIx, ev: &Value) {
+    fn on_result(&mut self, i: AgentIx, turn: TurnResult) {
         let now = self.now();
         let a = &mut self.agents[i.0];
         let Some(r) = a.task.take() else {
@@ -282,12 +280,7 @@ impl Supervisor {
             .timed_out
             .then(|| format!("timed out after {} ms", r.task.timeout.as_millis()));
         let duration_ms = now.saturating_duration_since(r.started).as_millis() as u64;
-        let result = TurnResult::parse(ev).into_task_result(
-            &r.task.task_id,
-            &a.spec.id,
-            duration_ms,
-            timed_out,
-        );
+        let result = turn.into_task_result(&r.task.task_id, &a.spec.id, duration_ms, timed_out);
         let status = result.status;
         a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
         if status == TaskStatus::Completed {
