@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use argh::FromArgs;
 
@@ -20,6 +21,7 @@ mod client;
 mod control;
 mod health;
 mod listen;
+mod logging;
 mod run;
 mod send;
 mod status;
@@ -117,6 +119,7 @@ pub fn version_line() -> String {
 /// and a command that has said everything must neither hang nor have its
 /// exit code changed on the way out.
 pub fn exit_now(code: u8) -> ! {
+    logging::flush(Duration::from_millis(500));
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     crate::sys::exit_now(i32::from(code))
@@ -218,7 +221,7 @@ pub fn main() -> u8 {
         }
     };
     let daemon = matches!(cli.command, Some(Command::Run(_)));
-    init_logging(if daemon { "info" } else { "warn" });
+    logging::init(if daemon { "info" } else { "warn" });
     if cli.version {
         let line = format!("{}\n", version_line());
         return finish(client::write_stdout(line.as_bytes()).map(|()| exit::OK));
@@ -257,29 +260,6 @@ fn finish(result: Result<u8, SystemError>) -> u8 {
             e.exit_code()
         }
     }
-}
-
-/// Logs go to stderr. `MISTER_SMITH_LOG` (or else `RUST_LOG`) sets the
-/// filter: `info` for the daemon, `warn` for the other commands by default;
-/// `MISTER_SMITH_LOG_STYLE` sets colour.
-fn init_logging(default: &str) {
-    let filter = std::env::var("MISTER_SMITH_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
-    let mut builder = env_logger::Builder::new();
-    builder
-        .parse_filters(&filter)
-        .parse_write_style(&std::env::var("MISTER_SMITH_LOG_STYLE").unwrap_or_default())
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        });
-    let _ = builder.try_init();
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
