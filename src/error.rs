@@ -146,6 +146,7 @@ impl SystemError {
                     exit::TEMPORARY
                 }
                 AlertCode::BadRequest => exit::DATA,
+                AlertCode::NoRoute | AlertCode::AgentDown => exit::UNAVAILABLE,
                 _ => exit::UNAVAILABLE,
             },
             SystemError::NoAnswer(_) | SystemError::NoResponders { .. } => exit::UNAVAILABLE,

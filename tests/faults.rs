@@ -106,3 +106,112 @@ fn a_daemon_whose_stderr_is_not_read_keeps_serving() {
         &log[log.len().saturating_sub(2000)..]
     );
 }
+
+#[test]
+fn a_stray_second_result_never_answers_the_next_task() {
+    let d = daemon("stray", json!([fake_agent("a", json!({}))]));
+    let (status, out, err) = d.cli_with(
+        &["send", "--to", "a", "--lines", "--wait"],
+        &[],
+        Some("first [[fake:double_result]]\nsecond\n"),
+    );
+    assert!(status.success(), "{err}");
+    let results: Vec<(String, String)> = json_lines(&out)
+        .iter()
+        .map(|e| {
+            let p = &e["payload"];
+            (
+                p["result"].as_str().unwrap_or_default().to_string(),
+                p["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "{out}");
+    for (text, status) in &results {
+        assert_eq!(status, "completed");
+        assert!(
+            !text.contains("first") || !text.contains("second"),
+            "{text}"
+        );
+    }
+    assert!(
+        results.iter().any(|(t, _)| t == "done: second"),
+        "{results:?}"
+    );
+    d.wait_seen("ignored a result", T);
+}
+
+#[test]
+fn an_agent_that_closes_stdout_fails_its_task_at_once() {
+    let mut agent = fake_agent("a", json!({}));
+    // The watchdog alone would take ten minutes.
+    agent["health"] = json!({"idle_timeout_ms": 600_000});
+    let d = daemon("eof", json!([agent]));
+    let (code, result, err) = ask(&d, "a", "bye [[fake:close_stdout]]");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(result["status"], "failed", "{result}");
+    let why = result["errors"][0].as_str().unwrap_or_default();
+    assert_eq!(
+        why,
+        "the agent was taken down: closed its stdout and stayed alive"
+    );
+    // Restarted by policy, and useful again.
+    d.wait_for("agent a: initializing -> idle", T);
+    let (code, result, err) = ask(&d, "a", "again");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(result["status"], "completed");
+}
+
+#[test]
+fn a_result_with_a_number_no_float_holds_still_answers_its_task() {
+    let d = daemon("huge", json!([fake_agent("a", json!({}))]));
+    let (code, result, err) = ask(&d, "a", "cost [[fake:huge_cost]]");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(result["status"], "completed", "{result}");
+    assert!(result.get("total_cost_usd").is_none(), "{result}");
+}
+
+#[test]
+fn tasks_for_a_terminated_agent_are_refused_and_queued_ones_cancelled() {
+    let d = daemon("down", json!([fake_agent("a", json!({}))]));
+    assert!(d.cli(&["pause", "a"]).0.success());
+    // Queued behind the pause, its sender waiting.
+    let waiter = {
+        let sock = d.socket();
+        std::thread::spawn(move || {
+            crate::support::run_cli(
+                &[
+                    "--socket",
+                    sock.to_str().unwrap(),
+                    "send",
+                    "--to",
+                    "a",
+                    "--wait",
+                    r#"{"task_id": "q1", "prompt": "queued"}"#,
+                ],
+                &[],
+            )
+        })
+    };
+    d.wait_seen("task q1 queued", T);
+    assert!(d.cli(&["stop", "a"]).0.success());
+    let (status, out, err) = waiter.join().expect("send");
+    assert_eq!(status.code(), Some(75), "{err}");
+    let cancelled = &json_lines(&out)[0]["payload"];
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(
+        cancelled["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("agent a is terminated (stopped by an operator)"),
+        "{cancelled}"
+    );
+    // New ones are refused at once with 69, not left to time out.
+    let (code, _, err) = ask(&d, "a", "too late");
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("agent a is terminated"), "{err}");
+    assert!(d.cli(&["start", "a"]).0.success());
+    d.wait_for("agent a: initializing -> idle", T);
+    let (code, _, err) = ask(&d, "a", "welcome back");
+    assert_eq!(code, 0, "{err}");
+}

@@ -93,7 +93,7 @@
 //!
 //! Faults no sound agent has, for the daemon's robustness tests: `[[fake:nest=N]]` (an assistant
 //! event whose tool input is nested N levels deep), `[[fake:double_result]]` (the result line
-//! twice), `[[fake:close_stdout]]` (close stdout after `system/init`, stay alive),
+//! again 300 ms later), `[[fake:close_stdout]]` (close stdout after `system/init`, stay alive),
 //! `[[fake:huge_cost]]` (`total_cost_usd` written as `1e400`), `[[fake:control_text=N]]` (the
 //! result text is N control characters).
 //!

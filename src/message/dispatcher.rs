@@ -67,8 +67,24 @@ fn key(t: &Task) -> Key {
 /// Why a task was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Full { capacity: usize },
+    Full {
+        capacity: usize,
+    },
     ShuttingDown,
+    /// The agent (or every agent of the type) is terminated: a task would
+    /// wait for nobody. `why` is the agent's reason.
+    AgentDown {
+        why: String,
+    },
+}
+
+/// Why a queued task is answered `cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The daemon is shutting down.
+    Shutdown,
+    /// Its agent (or every agent of its type) was terminated.
+    AgentDown { why: String },
 }
 
 /// A fast hash for the queue's small keys (sequence numbers, agent indexes,
@@ -229,6 +245,20 @@ impl Queue {
         out
     }
 
+    /// Removes and returns the tasks for which `pick` holds, in arrival
+    /// order (their heap keys are skipped later).
+    pub fn remove_where(&mut self, mut pick: impl FnMut(&Task) -> bool) -> Vec<Task> {
+        let seqs: Vec<u64> = self
+            .tasks
+            .values()
+            .filter(|t| pick(t))
+            .map(|t| t.seq)
+            .collect();
+        let mut out: Vec<Task> = seqs.iter().filter_map(|s| self.tasks.remove(s)).collect();
+        out.sort_by_key(|t| t.seq);
+        out
+    }
+
     /// Removes and returns every task (at shutdown).
     pub fn drain(&mut self) -> Vec<Task> {
         self.by_agent.clear();
@@ -253,6 +283,11 @@ pub enum DispatchCmd {
     Ready(AgentIx),
     /// The agent is no longer idle: the loan is taken back.
     NotReady(AgentIx),
+    /// The agent is terminated (`why` says how): its queued tasks are
+    /// cancelled and new ones refused until it is started again.
+    Down(AgentIx, String),
+    /// The agent was started again.
+    Up(AgentIx),
     /// Stop taking tasks; answer every queued one `cancelled`, then say
     /// [`DispatchSink::closed`].
     Shutdown,
@@ -268,8 +303,8 @@ pub trait DispatchSink {
     fn refused(&self, task: &Task, why: Refusal);
     /// The task waited past its deadline.
     fn expired(&self, task: &Task);
-    /// The task was dropped at shutdown.
-    fn cancelled(&self, task: &Task);
+    /// The task was dropped before it ran.
+    fn cancelled(&self, task: &Task, why: Cancel);
     /// The dispatcher has shut down: everything it assigned was said
     /// before this.
     fn closed(&self);
@@ -282,6 +317,8 @@ pub struct Dispatcher {
     queue: Queue,
     lent: Lent,
     types: Vec<String>,
+    /// The reason of each terminated agent.
+    down: Vec<Option<String>>,
     closed: bool,
 }
 
@@ -290,6 +327,7 @@ impl Dispatcher {
         Dispatcher {
             queue: Queue::new(capacity),
             lent: Lent::new(&types),
+            down: vec![None; types.len()],
             types,
             closed: false,
         }
@@ -313,6 +351,28 @@ impl Dispatcher {
         }
     }
 
+    /// Why `target` can take no task at all: its agent, or every agent of
+    /// its type, is terminated.
+    fn down_reason(&self, target: &Target) -> Option<String> {
+        match target {
+            Target::Agent(i) => self.down.get(i.0).cloned().flatten(),
+            Target::Type(t) => {
+                let mut of_type = self
+                    .types
+                    .iter()
+                    .zip(&self.down)
+                    .filter(|(ty, _)| *ty == t)
+                    .peekable();
+                of_type.peek()?;
+                let mut why = None;
+                for (_, down) in of_type {
+                    why = Some(down.clone()?);
+                }
+                why.map(|w| format!("every agent of type {t} is terminated (the last: {w})"))
+            }
+        }
+    }
+
     pub fn handle(&mut self, cmd: DispatchCmd, sink: &dyn DispatchSink) {
         match cmd {
             DispatchCmd::Submit(tasks) if self.closed => {
@@ -323,6 +383,10 @@ impl Dispatcher {
             DispatchCmd::Submit(tasks) => {
                 let mut start = Vec::new();
                 for mut task in tasks {
+                    if let Some(why) = self.down_reason(&task.target) {
+                        sink.refused(&task, Refusal::AgentDown { why });
+                        continue;
+                    }
                     self.queue.stamp(&mut task);
                     if let Some(i) = self.lent.take_for(&task.target) {
                         sink.accepted(&task, 0);
@@ -346,7 +410,9 @@ impl Dispatcher {
             DispatchCmd::Requeue(task) => {
                 let task = *task;
                 if self.closed {
-                    sink.cancelled(&task);
+                    sink.cancelled(&task, Cancel::Shutdown);
+                } else if let Some(why) = self.down_reason(&task.target) {
+                    sink.cancelled(&task, Cancel::AgentDown { why });
                 } else if let Some(i) = self.lent.take_for(&task.target) {
                     // Another idle agent that fits takes it now.
                     sink.assign(i, task);
@@ -364,11 +430,34 @@ impl Dispatcher {
                 }
             }
             DispatchCmd::NotReady(i) => self.lent.take_back(i),
+            DispatchCmd::Down(i, why) => {
+                let Some(slot) = self.down.get_mut(i.0) else {
+                    return;
+                };
+                *slot = Some(why);
+                self.lent.take_back(i);
+                let agent_type = self.types[i.0].clone();
+                let type_down = self.down_reason(&Target::Type(agent_type.clone()));
+                let gone = self.queue.remove_where(|t| match &t.target {
+                    Target::Agent(a) => *a == i,
+                    Target::Type(ty) => type_down.is_some() && *ty == agent_type,
+                });
+                for t in gone {
+                    if let Some(why) = self.down_reason(&t.target) {
+                        sink.cancelled(&t, Cancel::AgentDown { why });
+                    }
+                }
+            }
+            DispatchCmd::Up(i) => {
+                if let Some(slot) = self.down.get_mut(i.0) {
+                    *slot = None;
+                }
+            }
             DispatchCmd::Shutdown => {
                 if !self.closed {
                     self.closed = true;
                     for t in self.queue.drain() {
-                        sink.cancelled(&t);
+                        sink.cancelled(&t, Cancel::Shutdown);
                     }
                 }
                 sink.closed();
@@ -438,205 +527,5 @@ impl Lent {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    fn task(id: &str, priority: u8, target: Target) -> Task {
-        let now = Instant::now();
-        Task {
-            task_id: id.into(),
-            prompt: "p".into(),
-            context: None,
-            priority,
-            timeout: Duration::from_secs(60),
-            deadline: now + Duration::from_secs(60),
-            target,
-            origin: Origin::default(),
-            submitted: now,
-            seq: 0,
-        }
-    }
-
-    #[test]
-    fn priority_first_then_arrival_order() {
-        let mut q = Queue::new(100);
-        for (id, p) in [
-            ("a5", 5),
-            ("b1", 1),
-            ("c5", 5),
-            ("d10", 10),
-            ("e1", 1),
-            ("f5", 5),
-        ] {
-            q.push(task(id, p, Target::Agent(AgentIx(0)))).unwrap();
-        }
-        let order: Vec<String> =
-            std::iter::from_fn(|| q.pop_for(AgentIx(0), "claude").map(|t| t.task_id)).collect();
-        assert_eq!(order, ["b1", "e1", "a5", "c5", "f5", "d10"]);
-    }
-
-    #[test]
-    fn an_agent_takes_the_better_of_its_own_and_its_types_heads() {
-        let mut q = Queue::new(100);
-        q.push(task("own5", 5, Target::Agent(AgentIx(0)))).unwrap();
-        q.push(task("any5", 5, Target::Type("claude".into())))
-            .unwrap();
-        q.push(task("any2", 2, Target::Type("claude".into())))
-            .unwrap();
-        q.push(task("other", 1, Target::Agent(AgentIx(1)))).unwrap();
-        q.push(task("shell", 1, Target::Type("shell".into())))
-            .unwrap();
-        let order: Vec<String> =
-            std::iter::from_fn(|| q.pop_for(AgentIx(0), "claude").map(|t| t.task_id)).collect();
-        assert_eq!(order, ["any2", "own5", "any5"]);
-        assert_eq!(q.len(), 2);
-    }
-
-    #[test]
-    fn a_full_queue_refuses_and_requeues_keep_their_place() {
-        let mut q = Queue::new(2);
-        q.push(task("a", 5, Target::Agent(AgentIx(0)))).unwrap();
-        q.push(task("b", 5, Target::Agent(AgentIx(0)))).unwrap();
-        let (t, why) = q.push(task("c", 5, Target::Agent(AgentIx(0)))).unwrap_err();
-        assert_eq!(
-            (t.task_id.as_str(), why),
-            ("c", Refusal::Full { capacity: 2 })
-        );
-        let a = q.pop_for(AgentIx(0), "x").unwrap();
-        q.requeue(a);
-        assert_eq!(q.pop_for(AgentIx(0), "x").unwrap().task_id, "a");
-    }
-
-    #[test]
-    fn expired_tasks_leave_and_are_skipped() {
-        let mut q = Queue::new(10);
-        let mut soon = task("soon", 1, Target::Agent(AgentIx(0)));
-        soon.deadline = Instant::now();
-        q.push(soon).unwrap();
-        q.push(task("later", 5, Target::Agent(AgentIx(0)))).unwrap();
-        let gone: Vec<_> = q
-            .expire(Instant::now())
-            .into_iter()
-            .map(|t| t.task_id)
-            .collect();
-        assert_eq!(gone, ["soon"]);
-        assert_eq!(q.pop_for(AgentIx(0), "x").unwrap().task_id, "later");
-        assert!(q.pop_for(AgentIx(0), "x").is_none());
-        assert!(q.is_empty());
-    }
-
-    #[derive(Default)]
-    struct Log(Mutex<Vec<String>>);
-
-    impl DispatchSink for Log {
-        fn assign(&self, agent: AgentIx, task: Task) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("assign {} {}", agent.0, task.task_id));
-        }
-        fn accepted(&self, task: &Task, position: usize) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("accepted {} {position}", task.task_id));
-        }
-        fn refused(&self, task: &Task, why: Refusal) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("refused {} {why:?}", task.task_id));
-        }
-        fn expired(&self, task: &Task) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("expired {}", task.task_id));
-        }
-        fn cancelled(&self, task: &Task) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("cancelled {}", task.task_id));
-        }
-        fn closed(&self) {
-            self.0.lock().unwrap().push("closed".into());
-        }
-    }
-
-    #[test]
-    fn the_dispatcher_hands_tasks_to_idle_agents() {
-        let log = Log::default();
-        let types = vec!["claude".to_string(), "claude".to_string()];
-        let mut d = Dispatcher::new(1, types);
-        let cmds = [
-            DispatchCmd::Ready(AgentIx(1)),
-            DispatchCmd::Submit(vec![task("t1", 5, Target::Type("claude".into()))]),
-            DispatchCmd::Submit(vec![task("t2", 5, Target::Agent(AgentIx(0)))]),
-            DispatchCmd::Submit(vec![task("t3", 5, Target::Agent(AgentIx(0)))]),
-            DispatchCmd::Ready(AgentIx(0)),
-            DispatchCmd::Submit(vec![task("t4", 5, Target::Agent(AgentIx(1)))]),
-            DispatchCmd::Shutdown,
-            DispatchCmd::Submit(vec![task("t5", 5, Target::Agent(AgentIx(1)))]),
-        ];
-        for cmd in cmds {
-            d.handle(cmd, &log);
-        }
-        let got = log.0.lock().unwrap().clone();
-        assert_eq!(
-            got,
-            [
-                "accepted t1 0",
-                "assign 1 t1",
-                "accepted t2 1",
-                "refused t3 Full { capacity: 1 }",
-                "assign 0 t2",
-                "accepted t4 1",
-                "cancelled t4",
-                "closed",
-                "refused t5 ShuttingDown",
-            ]
-        );
-        assert_eq!(d.queued(), 0);
-    }
-
-    /// `--to all`: every task of the request is acknowledged before the
-    /// first is handed over, so no result can overtake an acknowledgement.
-    #[test]
-    fn a_request_for_several_agents_is_acknowledged_before_it_starts() {
-        let log = Log::default();
-        let types = vec!["claude".to_string(), "claude".to_string()];
-        let mut d = Dispatcher::new(10, types);
-        d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
-        d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
-        d.handle(
-            DispatchCmd::Submit(vec![
-                task("a", 5, Target::Agent(AgentIx(0))),
-                task("b", 5, Target::Agent(AgentIx(1))),
-            ]),
-            &log,
-        );
-        let got = log.0.lock().unwrap().clone();
-        assert_eq!(
-            got,
-            ["accepted a 0", "accepted b 0", "assign 0 a", "assign 1 b"]
-        );
-    }
-
-    #[test]
-    fn queued_tasks_expire_at_their_deadline() {
-        let log = Log::default();
-        let mut d = Dispatcher::new(10, vec!["claude".to_string()]);
-        let mut soon = task("soon", 5, Target::Agent(AgentIx(0)));
-        let t0 = soon.submitted;
-        soon.deadline = t0 + Duration::from_millis(10);
-        d.handle(DispatchCmd::Submit(vec![soon]), &log);
-        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(10)));
-        d.expire(t0 + Duration::from_millis(9), &log);
-        d.expire(t0 + Duration::from_millis(10), &log);
-        assert_eq!(d.next_deadline(), None);
-        let got = log.0.lock().unwrap().clone();
-        assert_eq!(got, ["accepted soon 1", "expired soon"]);
-    }
-}
+#[path = "dispatcher_tests.rs"]
+mod tests;

@@ -115,6 +115,8 @@ pub enum ReasonCode {
     InitializeRefused,
     /// A task ran past its deadline and the agent did not stop it.
     TaskDidNotStop,
+    /// It closed its stdout but did not exit: it can never answer again.
+    StdoutClosed,
 }
 
 /// How urgent a `system_alert` is.
@@ -147,11 +149,14 @@ pub enum AlertCode {
     ShuttingDown,
     /// The daemon could not answer: retry later.
     Unavailable,
+    /// The agent (or every agent of the type) is terminated: a task would
+    /// wait for nobody.
+    AgentDown,
     Other(String),
 }
 
 impl AlertCode {
-    const KNOWN: [AlertCode; 7] = [
+    const KNOWN: [AlertCode; 8] = [
         AlertCode::QueueFull,
         AlertCode::NoRoute,
         AlertCode::BadRequest,
@@ -159,6 +164,7 @@ impl AlertCode {
         AlertCode::Refused,
         AlertCode::ShuttingDown,
         AlertCode::Unavailable,
+        AlertCode::AgentDown,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -170,6 +176,7 @@ impl AlertCode {
             AlertCode::Refused => "refused",
             AlertCode::ShuttingDown => "shutting_down",
             AlertCode::Unavailable => "unavailable",
+            AlertCode::AgentDown => "agent_down",
             AlertCode::Other(s) => s,
         }
     }

@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::message::dispatcher::{DispatchCmd, DispatchSink, Refusal, Target, Task};
+use crate::message::dispatcher::{Cancel, DispatchCmd, DispatchSink, Refusal, Target, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::error::MessageError;
 use crate::message::router::{
@@ -315,6 +315,15 @@ impl DaemonSink {
         }
     }
 
+    /// "agent coder-1 is terminated (stopped by an operator)", or for a task
+    /// to any agent of a type, the dispatcher's words for the type.
+    fn down_text(&self, t: &Task, why: &str) -> String {
+        match &t.target {
+            Target::Agent(i) => format!("agent {} is terminated ({why})", self.table.route(*i).id),
+            Target::Type(_) => why.to_string(),
+        }
+    }
+
     fn finish(&self, t: &Task, status: TaskStatus, why: String) {
         let result = TaskResult {
             task_id: t.task_id.clone(),
@@ -343,6 +352,13 @@ impl DispatchSink for DaemonSink {
     }
 
     fn accepted(&self, t: &Task, position: usize) {
+        if position > 0 {
+            log::debug!(
+                "task {} queued for {} (position {position})",
+                t.task_id,
+                self.agent_id(t)
+            );
+        }
         if let Some(r) = &t.origin.reply_to {
             let progress = TaskProgress {
                 task_id: t.task_id.clone(),
@@ -371,6 +387,7 @@ impl DispatchSink for DaemonSink {
                 AlertCode::ShuttingDown,
                 "the daemon is shutting down; retry later".to_string(),
             ),
+            Refusal::AgentDown { why } => (AlertCode::AgentDown, self.down_text(t, &why)),
         };
         log::warn!("task {} refused: {message}", t.task_id);
         if let Some(r) = &t.origin.reply_to {
@@ -391,12 +408,14 @@ impl DispatchSink for DaemonSink {
         );
     }
 
-    fn cancelled(&self, t: &Task) {
-        self.finish(
-            t,
-            TaskStatus::Cancelled,
-            "the daemon shut down before the task started".into(),
-        );
+    fn cancelled(&self, t: &Task, why: Cancel) {
+        let why = match why {
+            Cancel::Shutdown => "the daemon shut down before the task started".into(),
+            Cancel::AgentDown { why } => {
+                format!("{} before the task started", self.down_text(t, &why))
+            }
+        };
+        self.finish(t, TaskStatus::Cancelled, why);
     }
 
     fn closed(&self) {

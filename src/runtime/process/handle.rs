@@ -20,6 +20,9 @@ use crate::runtime::error::ProcessError;
 #[derive(Debug)]
 pub(crate) enum ChildMsg {
     Line(Line),
+    /// Stdout ended and the process did not exit with it: it can never
+    /// answer again (reported only for agents that take tasks).
+    StdoutClosed,
     Exited(io::Result<ExitStatus>),
 }
 

@@ -42,6 +42,11 @@ const REAP_WAIT: Duration = Duration::from_secs(60);
 /// What an io thread reads from a pipe at once.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// After stdout ends, how long the child may take to exit before its
+/// stdout's end is reported on its own (a process exiting closes stdout a
+/// moment before its exit shows).
+const EOF_GRACE: Duration = Duration::from_millis(100);
+
 /// The io thread's loop for `child`.
 pub(super) fn io_loop(
     child: Spawned,
@@ -60,17 +65,31 @@ pub(super) fn io_loop(
     let mut lines = [Lines::new(MAX_LINE_BYTES), Lines::new(MAX_STDERR_LINE)];
     let mut status = None;
     let mut drain_until: Option<Instant> = None;
+    // Stdout ended while the child lives: reported once, after EOF_GRACE.
+    let mut stdout_eof: Option<Instant> = None;
     // Not zeroed: its pages become resident only as reads fill them, so a
     // quiet agent's buffer costs a page, not 16 KB (50 agents: 0.8 MB).
     let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
-        let timeout = match drain_until {
-            None => -1,
-            Some(t) => {
+        if let Some(since) = stdout_eof.filter(|_| status.is_none()) {
+            if since.elapsed() >= EOF_GRACE {
+                stdout_eof = None;
+                if out.parse {
+                    (out.sink)(ChildMsg::StdoutClosed);
+                }
+            }
+        }
+        let timeout = match (drain_until, stdout_eof.filter(|_| status.is_none())) {
+            (None, None) => -1,
+            (Some(t), _) => {
                 let left = t.saturating_duration_since(Instant::now());
                 if left.is_zero() || fds.iter().all(Option::is_none) {
                     break;
                 }
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            }
+            (None, Some(since)) => {
+                let left = EOF_GRACE.saturating_sub(since.elapsed());
                 i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
             }
         };
@@ -86,6 +105,9 @@ pub(super) fn io_loop(
                 match sys::read_into(raw, &mut chunk) {
                     Ok(0) => {
                         *fd = None;
+                        if k == 0 && status.is_none() {
+                            stdout_eof = Some(Instant::now());
+                        }
                         break;
                     }
                     Ok(_) => {

@@ -55,6 +55,7 @@ pub(super) fn words(code: ReasonCode) -> &'static str {
         ReasonCode::StartupTimeout => "startup timeout",
         ReasonCode::InitializeRefused => "initialize refused",
         ReasonCode::TaskDidNotStop => "task timed out and did not stop",
+        ReasonCode::StdoutClosed => "closed its stdout and stayed alive",
     }
 }
 
@@ -64,6 +65,9 @@ pub(super) struct Running {
     pub(super) task: Task,
     pub(super) started: Instant,
     pub(super) timed_out: bool,
+    /// An event of this task's turn has come: a `result` before any is a
+    /// stray from an earlier turn, not this task's.
+    pub(super) turn_started: bool,
 }
 
 /// One agent: its spec, its state, its process (if any) and its counters.

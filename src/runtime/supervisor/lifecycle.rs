@@ -62,6 +62,17 @@ impl Supervisor {
             _ => {}
         }
         if a.spec.protocol.takes_tasks() {
+            if to == AgentState::Terminated {
+                // Tasks would wait for nobody: the dispatcher cancels the
+                // queued ones and refuses new ones until it starts again.
+                let why = a.reason.as_ref().map_or("terminated", |r| r.text.as_str());
+                let _ = self
+                    .links
+                    .dispatch
+                    .send(DispatchCmd::Down(i, why.to_string()));
+            } else if from == AgentState::Terminated {
+                let _ = self.links.dispatch.send(DispatchCmd::Up(i));
+            }
             if to == AgentState::Idle {
                 let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
             } else if from == AgentState::Idle && to != AgentState::Busy {

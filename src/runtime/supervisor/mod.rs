@@ -258,6 +258,7 @@ impl Supervisor {
                 if self.is_current(agent, run) {
                     match msg {
                         ChildMsg::Line(line) => self.on_line(agent, line),
+                        ChildMsg::StdoutClosed => self.on_stdout_closed(agent),
                         ChildMsg::Exited(status) => self.on_exit(agent, status),
                     }
                 }

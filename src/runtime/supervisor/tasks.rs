@@ -126,6 +126,7 @@ impl Supervisor {
             task,
             started: now,
             timed_out: false,
+            turn_started: false,
         });
         self.set_state(i, AgentState::Busy);
         self.arm_watchdog(i);
@@ -243,7 +244,8 @@ impl Supervisor {
             }
             Line::Result(turn) => self.on_result(i, turn),
             Line::Event(ev) => {
-                if let Some(r) = &a.task {
+                if let Some(r) = &mut a.task {
+                    r.turn_started = true;
                     let progress = TaskProgress {
                         task_id: r.task.task_id.clone(),
                         agent_id: a.spec.id.clone(),
@@ -268,14 +270,39 @@ impl Supervisor {
         }
     }
 
+    /// Agent `i`'s process closed its stdout and lives on: nothing it does
+    /// can reach us any more, so it is taken down now rather than when its
+    /// task times out or the watchdog notices. A one-shot process that has
+    /// printed its result may close stdout on its way out.
+    pub(super) fn on_stdout_closed(&mut self, i: AgentIx) {
+        let a = &self.agents[i.0];
+        if a.spec.protocol == Protocol::Oneshot && a.result_seen {
+            return;
+        }
+        log::warn!("agent {}: closed its stdout but did not exit", a.spec.id);
+        self.fail(i, ReasonCode::StdoutClosed);
+    }
+
     /// The `result` event that ends agent `i`'s turn.
     fn on_result(&mut self, i: AgentIx, turn: TurnResult) {
         let now = self.now();
         let a = &mut self.agents[i.0];
-        let Some(r) = a.task.take() else {
-            log::warn!("agent {}: result with no task running", a.spec.id);
-            return;
+        // A stream-json agent answers one turn per task: claude opens each
+        // with events (`system/init`, ...) before its `result`. A result
+        // before any event of the running task's turn belongs to an earlier
+        // turn (an agent that wrote two), and must not answer this task.
+        let stray = match &a.task {
+            None => Some("with no task running"),
+            Some(r) if a.spec.protocol == Protocol::StreamJson && !r.turn_started => {
+                Some("before the running task's turn began (a stray from an earlier turn)")
+            }
+            Some(_) => None,
         };
+        if let Some(why) = stray {
+            log::warn!("agent {}: ignored a result {why}", a.spec.id);
+            return;
+        }
+        let Some(r) = a.task.take() else { return };
         let timed_out = r
             .timed_out
             .then(|| format!("timed out after {} ms", r.task.timeout.as_millis()));

@@ -365,6 +365,8 @@ impl Harness {
                 DispatchCmd::Requeue(t) => format!("requeue {}", t.task_id),
                 DispatchCmd::Shutdown => "shutdown".into(),
                 DispatchCmd::Submit(_) => "submit".into(),
+                DispatchCmd::Down(i, why) => format!("down {} ({why})", i.0),
+                DispatchCmd::Up(i) => format!("up {}", i.0),
             })
             .collect()
     }
@@ -395,7 +397,14 @@ impl Harness {
         self.pump();
     }
 
+    /// The first event of a turn, as claude opens every turn.
+    pub(super) fn init_line(&mut self, agent: usize) {
+        self.line(agent, json!({"type": "system", "subtype": "init"}));
+    }
+
+    /// A whole turn: its opening event, then a successful result.
     pub(super) fn result_line(&mut self, agent: usize, text: &str) {
+        self.init_line(agent);
         self.line(
             agent,
             json!({"type": "result", "subtype": "success", "is_error": false,

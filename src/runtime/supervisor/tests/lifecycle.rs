@@ -18,7 +18,7 @@ fn a_stream_json_agent_is_idle_once_it_answers_initialize() {
     assert_eq!(h.written(pid)[0]["type"], "control_request");
     h.initialize(0);
     assert_eq!(h.state(0), AgentState::Idle);
-    assert_eq!(h.dispatched(), ["ready 0"]);
+    assert_eq!(h.dispatched(), ["up 0", "ready 0"]);
     let statuses: Vec<_> = h
         .published()
         .into_iter()
@@ -139,6 +139,11 @@ fn a_stop_closes_stdin_then_terms_then_kills() {
     h.killed(0);
     assert_eq!(h.state(0), AgentState::Terminated);
     assert_eq!(h.reason(0), Some(ReasonCode::StoppedByOperator));
+    // The dispatcher cancels its queued tasks and refuses new ones.
+    assert_eq!(
+        h.dispatched().last().map(String::as_str),
+        Some("down 0 (stopped by an operator)")
+    );
     h.advance(60_000);
     assert_eq!(h.spawns(), 1, "a stopped agent stays down");
 }

@@ -105,6 +105,7 @@ fn a_running_task_past_its_deadline_is_interrupted_and_answered_timeout() {
     h.advance(1_000);
     let interrupt = h.written(pid).last().cloned().unwrap();
     assert_eq!(interrupt["request"]["subtype"], "interrupt");
+    h.init_line(0);
     h.line(
         0,
         json!({"type": "result", "subtype": "error_during_execution", "is_error": true}),
@@ -195,4 +196,50 @@ fn a_one_shot_agent_runs_a_process_per_task() {
     assert_eq!(h.signals(pid), [libc::SIGTERM, libc::SIGCONT]);
     h.exit(0, 0);
     assert_eq!(h.state(0), AgentState::Idle);
+}
+
+#[test]
+fn a_stray_second_result_never_answers_the_next_task() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    h.assign(0, "t1", 60_000);
+    h.result_line(0, "one");
+    // The agent wrote a second result for the same turn; it arrives once
+    // the next task was already handed over.
+    h.assign(0, "t2", 60_000);
+    h.line(
+        0,
+        json!({"type": "result", "subtype": "success", "is_error": false, "result": "one again"}),
+    );
+    assert_eq!(h.state(0), AgentState::Busy, "t2 is still running");
+    h.result_line(0, "two");
+    let r: Vec<_> = h
+        .results()
+        .into_iter()
+        .map(|r| (r.task_id, r.result.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        r,
+        [
+            ("t1".to_string(), "one".to_string()),
+            ("t2".to_string(), "two".to_string())
+        ]
+    );
+}
+
+#[test]
+fn an_agent_that_closes_its_stdout_is_taken_down_at_once() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    h.assign(0, "t1", 600_000);
+    let pid = h.pid(0);
+    h.says(pid, ChildMsg::StdoutClosed);
+    assert_eq!(h.signals(pid), [libc::SIGKILL]);
+    assert_eq!(h.reason(0), Some(ReasonCode::StdoutClosed));
+    h.killed(0);
+    let r = h.results();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, TaskStatus::Failed);
+    assert_eq!(
+        r[0].errors.as_ref().unwrap()[0],
+        "the agent was taken down: closed its stdout and stayed alive"
+    );
 }
