@@ -281,3 +281,46 @@ fn a_server_that_accepts_and_never_answers_is_given_up_on() {
     assert!(started.elapsed() < Duration::from_secs(8), "{out}");
     drop(silent);
 }
+
+/// A result larger, as encoded, than the server takes (control characters
+/// escape to six bytes each) still reaches its sender: cut, and saying so.
+#[test]
+fn a_result_larger_than_the_servers_max_payload_arrives_cut() {
+    let dir = TempDir::new("payload");
+    let conf = dir.join("nats.conf");
+    std::fs::write(&conf, "max_payload: 65536\n").expect("nats config");
+    let server = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let d = daemon(
+        "payload",
+        &server,
+        json!({"agents": [fake_agent("a", json!({}))]}),
+    );
+    d.wait_seen("less than message.max_message_size (1048576)", T);
+    d.wait_seen("agent a: initializing -> idle", T);
+    let url = server.url();
+    let (status, out, err) = run_cli_stdin(
+        &[
+            "--nats",
+            &url,
+            "send",
+            "--to",
+            "a",
+            "--wait",
+            "[[fake:control_text=20000]]",
+        ],
+        &[],
+        None,
+    );
+    assert!(status.success(), "{err}");
+    let r = &json_lines(&out)[0]["payload"];
+    assert_eq!(r["status"], "completed", "{r}");
+    let kept = r["result"].as_str().unwrap_or_default().len();
+    assert!(kept > 5_000 && kept < 20_000, "{kept}");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("to fit the largest message (65536 bytes)"),
+        "{r}"
+    );
+}

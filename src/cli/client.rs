@@ -95,10 +95,16 @@ impl Client {
         let reply = self.reply_subject()?;
         env.reply_to = Some(reply.clone());
         let bytes = env.encode();
-        let limit = self.limits().max_message_size;
-        if bytes.len() > limit {
+        let configured = self.limits().max_message_size;
+        if bytes.len() > configured {
             return Err(SystemError::BadInput(format!(
-                "message is {} bytes, more than max_message_size ({limit})",
+                "message is {} bytes, more than max_message_size ({configured})",
+                bytes.len()
+            )));
+        }
+        if let Some(max) = self.transport.max_payload().filter(|&m| bytes.len() > m) {
+            return Err(SystemError::BadInput(format!(
+                "message is {} bytes, more than the NATS server takes ({max})",
                 bytes.len()
             )));
         }

@@ -322,6 +322,67 @@ impl Envelope {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
+    /// Encodes the envelope within `limit` bytes, as encoded: a task
+    /// result too large is cut down (its `usage` dropped, then its text
+    /// shortened, then its error lines), each cut noted in its `errors`,
+    /// so that a completed task's answer always goes out. `None` only for
+    /// an envelope that cannot be made to fit (not a result, or a limit
+    /// smaller than a bare result).
+    pub fn encode_within(&mut self, limit: usize) -> Option<Vec<u8>> {
+        let bytes = self.encode();
+        if bytes.len() <= limit {
+            return Some(bytes);
+        }
+        let Payload::TaskResult(r) = &mut self.payload else {
+            return None;
+        };
+        let original = bytes.len();
+        let note =
+            format!("result cut from {original} bytes to fit the largest message ({limit} bytes)");
+        r.errors.get_or_insert_with(Vec::new).push(note);
+        r.usage = None;
+        if let Some(text) = r.result.take() {
+            // The longest head of the text that fits, by its encoded size
+            // (a control character takes six bytes once escaped).
+            let (mut lo, mut hi) = (0usize, text.len());
+            while lo < hi {
+                let mid = floor_boundary(&text, lo + (hi - lo).div_ceil(2));
+                if mid <= lo {
+                    break;
+                }
+                self.set_result_text(Some(text[..mid].to_string()));
+                if self.encode().len() <= limit {
+                    lo = mid;
+                } else {
+                    hi = floor_boundary(&text, mid - 1);
+                }
+            }
+            self.set_result_text(Some(text[..lo].to_string()));
+        }
+        // Still too big: the error lines go, oldest first, but the note.
+        loop {
+            let bytes = self.encode();
+            if bytes.len() <= limit {
+                return Some(bytes);
+            }
+            let Payload::TaskResult(r) = &mut self.payload else {
+                return None;
+            };
+            match r.errors.as_mut() {
+                Some(errors) if errors.len() > 1 => {
+                    errors.remove(0);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn set_result_text(&mut self, text: Option<String>) {
+        if let Payload::TaskResult(r) = &mut self.payload {
+            r.result = text;
+        }
+    }
+
     /// Decodes and validates one envelope of at most `max_size` bytes.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Envelope, MessageError> {
         if bytes.len() > max_size {
@@ -418,6 +479,15 @@ impl Envelope {
             metadata,
         })
     }
+}
+
+/// The largest char boundary of `text` at or below `at`.
+fn floor_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// Checks one `metadata` key and value (shared with `send --meta`).

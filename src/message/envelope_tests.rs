@@ -251,3 +251,53 @@ fn thousands_of_generated_envelopes_round_trip() {
         assert_eq!(back, e, "#{i}");
     }
 }
+
+#[test]
+fn a_result_too_large_as_encoded_is_cut_to_fit_and_says_so() {
+    let result = |text: String| {
+        Envelope::new(Payload::TaskResult(TaskResult {
+            task_id: "t".into(),
+            agent_id: "a".into(),
+            status: TaskStatus::Completed,
+            result: Some(text),
+            errors: None,
+            duration_ms: 1,
+            num_turns: Some(1),
+            total_cost_usd: Some(0.5),
+            usage: Some(RawJson::from_value(&json!({"input_tokens": 3}))),
+            session_id: None,
+        }))
+    };
+    // 20,000 raw bytes, 120,000 once escaped: the raw length would pass.
+    let mut e = result("\u{1}".repeat(20_000));
+    let bytes = e.encode_within(65_536).expect("fits");
+    assert!(bytes.len() <= 65_536, "{}", bytes.len());
+    let back = Envelope::decode(&bytes, usize::MAX).unwrap();
+    let Payload::TaskResult(r) = back.payload else {
+        panic!("a result");
+    };
+    let kept = r.result.unwrap().len();
+    assert!(kept > 9_000 && kept < 20_000, "{kept}");
+    assert!(r.usage.is_none());
+    assert_eq!(r.status, TaskStatus::Completed);
+    assert_eq!(r.total_cost_usd, Some(0.5));
+    let note = &r.errors.unwrap()[0];
+    assert!(note.starts_with("result cut from "), "{note}");
+    assert!(
+        note.ends_with("to fit the largest message (65536 bytes)"),
+        "{note}"
+    );
+
+    // Multi-byte text is cut on a character boundary.
+    let mut e = result("é".repeat(100_000));
+    let bytes = e.encode_within(10_000).expect("fits");
+    assert!(Envelope::decode(&bytes, usize::MAX).is_ok());
+    assert!(bytes.len() <= 10_000);
+
+    // What fits is left alone; what cannot fit at all says so.
+    let mut small = result("4".into());
+    assert_eq!(small.encode_within(65_536), Some(small.encode()));
+    assert!(result("x".into()).encode_within(50).is_none());
+    let mut alert = Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck::default()));
+    assert!(alert.encode_within(10).is_none());
+}

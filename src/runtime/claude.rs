@@ -140,12 +140,7 @@ impl Line {
             kind if raw.len() > limit => {
                 // A huge event becomes a stub without its body ever being
                 // held as a JSON tree.
-                return Line::Event(RawJson::from_value(&json!({
-                    "type": kind,
-                    "subtype": head.subtype,
-                    "truncated_by_mister_smith": true,
-                    "bytes": raw.len(),
-                })));
+                return Line::Event(stub(kind, head.subtype.as_deref(), raw.len()));
             }
             _ => {
                 return match RawJson::from_text(raw) {
@@ -181,6 +176,34 @@ impl Line {
             }
         }
     }
+}
+
+/// The stand-in for a progress event too large to pass on: its type,
+/// subtype and size.
+fn stub(kind: Option<&str>, subtype: Option<&str>, bytes: usize) -> RawJson {
+    RawJson::from_value(&json!({
+        "type": kind,
+        "subtype": subtype,
+        "truncated_by_mister_smith": true,
+        "bytes": bytes,
+    }))
+}
+
+/// `event` itself if it is at most `limit` bytes, else its stub.
+pub(crate) fn fit_event(event: RawJson, limit: usize) -> RawJson {
+    if event.text().len() <= limit {
+        return event;
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        #[serde(default)]
+        subtype: Option<String>,
+    }
+    let head: Option<Head> = serde_json::from_str(event.text()).ok();
+    let (kind, subtype) = head.map_or((None, None), |h| (h.kind, h.subtype));
+    stub(kind.as_deref(), subtype.as_deref(), event.text().len())
 }
 
 /// What a `result` event says about its task.

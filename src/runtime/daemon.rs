@@ -120,6 +120,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             handler.clone(),
             nats_state.clone(),
             nats_rx,
+            config.message.max_message_size,
         )?,
         None => nats_state.set(LinkState::Off),
     }

@@ -10,7 +10,7 @@
 // the design fixes it (no async runtime), and it stays behind this layer.
 #![allow(deprecated)]
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,13 +23,16 @@ const EVERY: Duration = Duration::from_secs(10);
 const WITHIN: Duration = Duration::from_secs(5);
 
 /// The link state, shared between the connection's callbacks, the probe
-/// and the supervisor's reports.
+/// and the supervisor's reports, and the server's largest message.
 #[derive(Debug)]
-pub(crate) struct NatsState(AtomicU8);
+pub(crate) struct NatsState(AtomicU8, AtomicUsize);
 
 impl Default for NatsState {
     fn default() -> Self {
-        NatsState(AtomicU8::new(Self::code(LinkState::Off)))
+        NatsState(
+            AtomicU8::new(Self::code(LinkState::Off)),
+            AtomicUsize::new(0),
+        )
     }
 }
 
@@ -47,6 +50,16 @@ impl NatsState {
 
     pub(crate) fn set(&self, s: LinkState) {
         self.0.store(Self::code(s), Ordering::Relaxed);
+    }
+
+    /// Records the server's `max_payload`.
+    pub(crate) fn set_max_payload(&self, bytes: usize) {
+        self.1.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The largest message the server takes, once connected.
+    pub(crate) fn max_payload(&self) -> Option<usize> {
+        Some(self.1.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 
     pub(crate) fn get(&self) -> LinkState {

@@ -188,6 +188,21 @@ impl Outbox {
         }
     }
 
+    /// Publishes an envelope already encoded on `subject` and, when given,
+    /// on `reply_to`.
+    pub(crate) fn publish_encoded_and_reply(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        data: Vec<u8>,
+    ) {
+        let data = Arc::new(data);
+        self.send(subject, data.clone());
+        if let Some(r) = reply_to {
+            self.send(r, data);
+        }
+    }
+
     /// Sends `env` to `reply_to` only.
     pub(crate) fn reply(&self, reply_to: &str, env: &Envelope) {
         self.publish(reply_to, env);

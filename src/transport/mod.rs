@@ -75,6 +75,11 @@ pub(crate) trait Transport: Send {
     fn inbox(&self) -> &str;
     /// Which transport this is.
     fn kind(&self) -> TransportKind;
+    /// The largest message the peer takes, when it says (a NATS server's
+    /// `max_payload`).
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
     /// "nats://host:4222" or "socket /run/user/0/mister-smith.sock", for
     /// messages.
     fn describe(&self) -> String;

@@ -176,13 +176,14 @@ pub(crate) fn start_daemon(
     inbound: Handler,
     state: Arc<NatsState>,
     out_rx: NatsRx,
+    max_message_size: usize,
 ) -> Result<(), TransportError> {
     check_files(&settings)?;
     state.set(LinkState::Reconnecting);
     thread::Builder::new()
         .name("nats".into())
         .stack_size(256 * 1024)
-        .spawn(move || daemon_connect(&settings, &subs, &inbound, &state, out_rx))
+        .spawn(move || daemon_connect(&settings, &subs, &inbound, &state, out_rx, max_message_size))
         .map_err(TransportError::Io)?;
     Ok(())
 }
@@ -193,6 +194,7 @@ fn daemon_connect(
     inbound: &Handler,
     state: &Arc<NatsState>,
     out_rx: NatsRx,
+    max_message_size: usize,
 ) {
     let mut delay = Duration::from_millis(50);
     let conn = loop {
@@ -243,6 +245,13 @@ fn daemon_connect(
     }
     if let Err(e) = conn.flush_timeout(Duration::from_secs(5)) {
         log::warn!("NATS: subscriptions not confirmed: {e}");
+    }
+    let max_payload = conn.max_payload();
+    state.set_max_payload(max_payload);
+    if max_payload < max_message_size {
+        log::warn!(
+            "NATS server takes messages of at most {max_payload} bytes, less than message.max_message_size ({max_message_size}): results are cut to fit"
+        );
     }
     state.set(LinkState::Connected);
     log::info!(
@@ -522,6 +531,10 @@ impl Transport for NatsClient {
 
     fn kind(&self) -> TransportKind {
         TransportKind::Nats
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.conn.max_payload())
     }
 
     fn describe(&self) -> String {

@@ -18,9 +18,8 @@ use crate::runtime::claude::{self, Line, TurnResult};
 use crate::runtime::process::SpawnRequest;
 use crate::runtime::tracker::TrackCmd;
 
-/// How much a result may take of `max_message_size`, leaving room for the
-/// rest of the envelope.
-const RESULT_ROOM: usize = 16 * 1024;
+/// Room left for the envelope around a progress event.
+const ENVELOPE_ROOM: usize = 4096;
 
 /// How a task ended, in a log line.
 pub(super) fn status_word(s: TaskStatus) -> &'static str {
@@ -244,7 +243,12 @@ impl Supervisor {
             }
             Line::Result(turn) => self.on_result(i, turn),
             Line::Event(ev) => {
+                // The reader cut events to max_message_size; a NATS server
+                // may take less.
+                let limit = self.wire_limit().saturating_sub(ENVELOPE_ROOM);
+                let a = &mut self.agents[i.0];
                 if let Some(r) = &mut a.task {
+                    let ev = claude::fit_event(ev, limit);
                     r.turn_started = true;
                     let progress = TaskProgress {
                         task_id: r.task.task_id.clone(),
@@ -341,30 +345,37 @@ impl Supervisor {
         }
     }
 
-    /// Publishes a task's result on the agent's subject and to the sender.
-    fn publish_result(&self, i: AgentIx, task: &Task, mut result: TaskResult) {
-        // A result too large to publish keeps its head and says so.
-        let limit = self.links.max_message_size.saturating_sub(RESULT_ROOM);
-        if let Some(text) = result.result.as_mut() {
-            if text.len() > limit {
-                let total = text.len();
-                let mut cut = limit;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-                result.errors.get_or_insert_with(Vec::new).push(format!(
-                    "result truncated from {total} to {cut} bytes to fit max_message_size"
-                ));
-            }
-        }
+    /// Publishes a task's result on the agent's subject and to the sender,
+    /// cut to the largest message that can go out (the configured
+    /// `max_message_size`, or the NATS server's `max_payload` when smaller):
+    /// a completed, paid-for result must reach its sender, if shortened.
+    fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
-        self.links.outbox.publish_and_reply(
+        let limit = self.wire_limit();
+        let Some(bytes) = env.encode_within(limit) else {
+            log::error!(
+                "agent {}: the result of task {} cannot be made to fit {limit} bytes",
+                self.agents[i.0].spec.id,
+                task.task_id
+            );
+            return;
+        };
+        self.links.outbox.publish_encoded_and_reply(
             &self.links.table.subject(i, MessageType::TaskResult),
             task.origin.reply_to.as_deref(),
-            &env,
+            bytes,
         );
+    }
+
+    /// The largest message that can go out: `max_message_size`, or the
+    /// NATS server's `max_payload` when it is smaller.
+    pub(super) fn wire_limit(&self) -> usize {
+        let configured = self.links.max_message_size;
+        self.links
+            .nats
+            .max_payload()
+            .map_or(configured, |p| p.min(configured))
     }
 
     /// Answers a task that never ran.
