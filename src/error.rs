@@ -176,7 +176,7 @@ fn transport_code(t: &TransportError) -> u8 {
         | TransportError::LocalListen { .. } => exit::CONFIG,
         // A daemon that took the connection and says nothing is frozen or
         // overloaded: retry later.
-        TransportError::LocalTimeout { .. } => exit::TEMPORARY,
+        TransportError::LocalTimeout { .. } | TransportError::LocalBusy { .. } => exit::TEMPORARY,
         TransportError::LocalConnect { .. }
         | TransportError::LocalDenied { .. }
         | TransportError::LocalInUse { .. }

@@ -215,3 +215,71 @@ fn tasks_for_a_terminated_agent_are_refused_and_queued_ones_cancelled() {
     let (code, _, err) = ask(&d, "a", "welcome back");
     assert_eq!(code, 0, "{err}");
 }
+
+/// A local subscriber that never reads is cut off once 16 MB wait for it,
+/// as nats-server cuts off a slow consumer, instead of growing the daemon
+/// without bound; the daemon and its other clients carry on.
+#[test]
+fn a_local_subscriber_that_never_reads_is_cut_off() {
+    use std::io::{Read, Write};
+    let d = daemon("slow", json!([fake_agent("a", json!({}))]));
+    let mut sleeper = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    sleeper
+        .write_all(b"{\"op\":\"sub\",\"sid\":1,\"subject\":\">\"}\n")
+        .expect("subscribe");
+    // Each task publishes a ~1 MB progress event to the agent's subject.
+    let prompts: String = (0..40)
+        .map(|n| format!("big {n} [[fake:big=1000000]]\n"))
+        .collect();
+    let (status, _, err) = d.cli_with(
+        &["send", "--to", "a", "--lines", "--wait"],
+        &[],
+        Some(&prompts),
+    );
+    assert!(status.success(), "{err}");
+    d.wait_seen("reads too slowly", T);
+    sleeper.set_read_timeout(Some(T)).expect("read timeout");
+    let mut held = Vec::new();
+    // What was in the socket, then the end: the daemon closed it.
+    let _ = sleeper.read_to_end(&mut held);
+    assert!(held.len() < 40 * 1_000_000, "{} bytes", held.len());
+    let (status, _, err) = d.cli(&["status"]);
+    assert!(status.success(), "{err}");
+}
+
+/// With every local connection slot taken, a client is told so and exits
+/// 75 (retry later), not 69 with "connection closed".
+#[test]
+fn a_daemon_with_no_free_connection_says_so() {
+    let d = daemon("slots", json!([fake_agent("a", json!({}))]));
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(std::os::unix::net::UnixStream::connect(d.socket()).expect("connect"));
+    }
+    // Connections are accepted in order: once the last answers a ping,
+    // all 256 hold their slots. A status beyond them is refused.
+    {
+        use std::io::{BufRead, Write};
+        let last = held.last_mut().expect("256 connections");
+        last.write_all(b"{\"op\":\"ping\"}\n").expect("ping");
+        let mut pong = String::new();
+        std::io::BufReader::new(&*last)
+            .read_line(&mut pong)
+            .expect("pong");
+        assert!(pong.contains("pong"), "{pong}");
+    }
+    let (status, _, err) = d.cli(&["status"]);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(err.contains("serves at most 256 local clients"), "{err}");
+    drop(held);
+    let deadline = std::time::Instant::now() + T;
+    // The slots free as the daemon sees the 256 connections close.
+    loop {
+        let (status, _, err) = d.cli(&["status"]);
+        if status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        assert_eq!(status.code(), Some(75), "{err}");
+    }
+}

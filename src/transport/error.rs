@@ -31,6 +31,9 @@ pub enum TransportError {
     LocalForeign { path: PathBuf, uid: Option<u32> },
     #[error("the daemon at {} did not answer within {ms} ms", path.display())]
     LocalTimeout { path: PathBuf, ms: u128 },
+    /// The daemon has no connection slot free.
+    #[error("the daemon at {} refused the connection: {why}", path.display())]
+    LocalBusy { path: PathBuf, why: String },
     /// NATS cannot be reached (or does not speak NATS).
     #[error("cannot connect to NATS at {url}: {source}")]
     NatsConnect {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::message::envelope::Envelope;
 use crate::transport::subject_matches;
@@ -31,7 +31,7 @@ pub(crate) enum HubCmd {
         conn: u64,
         sid: u64,
         pattern: String,
-        tx: Sender<WriterMsg>,
+        out: Arc<ClientOut>,
     },
     Unsubscribe {
         conn: u64,
@@ -52,6 +52,88 @@ pub(crate) enum WriterMsg {
     Frame(Vec<u8>),
     /// Dropped once everything before it is written.
     Flush(Sender<()>),
+}
+
+/// The most a local client may have waiting to be written to it before it
+/// is cut off as a slow consumer (nats-server does the same to a NATS
+/// client): a suspended `listen`, or a client that never reads, must not
+/// grow the daemon without bound.
+pub(crate) const MAX_CLIENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A local client's outgoing queue, shared by the hub, the client's reader
+/// (its replies) and its writer thread.
+#[derive(Debug)]
+pub(crate) struct ClientOut {
+    pub(crate) conn: u64,
+    tx: Sender<WriterMsg>,
+    /// Bytes queued and not yet written.
+    bytes: AtomicUsize,
+    /// The client's socket: shut down to cut a slow consumer off, which
+    /// also frees a writer blocked on it.
+    stream: Arc<std::os::unix::net::UnixStream>,
+    cut: std::sync::atomic::AtomicBool,
+}
+
+impl ClientOut {
+    pub(crate) fn new(
+        conn: u64,
+        tx: Sender<WriterMsg>,
+        stream: Arc<std::os::unix::net::UnixStream>,
+    ) -> ClientOut {
+        ClientOut {
+            conn,
+            tx,
+            bytes: AtomicUsize::new(0),
+            stream,
+            cut: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `frame` for the client; a client that has more than
+    /// [`MAX_CLIENT_BYTES`] waiting (or a full queue) is cut off instead.
+    pub(crate) fn send(&self, frame: Vec<u8>) {
+        if self.cut.load(Ordering::Relaxed) {
+            return;
+        }
+        let len = frame.len();
+        let waiting = self.bytes.fetch_add(len, Ordering::SeqCst) + len;
+        let queued =
+            waiting <= MAX_CLIENT_BYTES && self.tx.try_send(WriterMsg::Frame(frame)).is_ok();
+        if !queued {
+            self.bytes.fetch_sub(len, Ordering::SeqCst);
+            self.cut_off(waiting);
+        }
+    }
+
+    /// Queues a flush marker (dropped once what is before it is written).
+    pub(crate) fn flush_marker(&self, done: Sender<()>) {
+        let _ = self.tx.send(WriterMsg::Flush(done));
+    }
+
+    /// The writer wrote a frame of `len` bytes.
+    pub(crate) fn written(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::SeqCst);
+    }
+
+    /// The client's socket.
+    pub(crate) fn stream(&self) -> &std::os::unix::net::UnixStream {
+        &self.stream
+    }
+
+    /// Frames waiting.
+    pub(crate) fn waiting(&self) -> usize {
+        self.tx.len()
+    }
+
+    fn cut_off(&self, waiting: usize) {
+        if !self.cut.swap(true, Ordering::SeqCst) {
+            log::warn!(
+                "local client {} reads too slowly ({waiting} bytes waiting): disconnected",
+                self.conn
+            );
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// What the hub hands the NATS publisher.
@@ -232,8 +314,7 @@ impl Outbox {
 struct Sub {
     sid: u64,
     pattern: String,
-    tx: Sender<WriterMsg>,
-    dropped: u64,
+    out: Arc<ClientOut>,
 }
 
 /// The hub's loop; returns when every sender is gone.
@@ -242,27 +323,12 @@ pub(crate) fn run(inbox: &Receiver<HubCmd>) {
     for cmd in inbox {
         match cmd {
             HubCmd::Publish { subject, data } => {
-                for (conn, list) in subs.iter_mut() {
+                for list in subs.values() {
                     for s in list
-                        .iter_mut()
+                        .iter()
                         .filter(|s| subject_matches(&s.pattern, &subject))
                     {
-                        match s
-                            .tx
-                            .try_send(WriterMsg::Frame(frame(s.sid, &subject, &data)))
-                        {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
-                                s.dropped += 1;
-                                if s.dropped.is_power_of_two() {
-                                    log::warn!(
-                                        "local client {conn} reads too slowly: {} messages dropped",
-                                        s.dropped
-                                    );
-                                }
-                            }
-                            Err(TrySendError::Disconnected(_)) => {}
-                        }
+                        s.out.send(frame(s.sid, &subject, &data));
                     }
                 }
             }
@@ -270,13 +336,11 @@ pub(crate) fn run(inbox: &Receiver<HubCmd>) {
                 conn,
                 sid,
                 pattern,
-                tx,
-            } => subs.entry(conn).or_default().push(Sub {
-                sid,
-                pattern,
-                tx,
-                dropped: 0,
-            }),
+                out,
+            } => subs
+                .entry(conn)
+                .or_default()
+                .push(Sub { sid, pattern, out }),
             HubCmd::Unsubscribe { conn, sid } => {
                 if let Some(list) = subs.get_mut(&conn) {
                     list.retain(|s| s.sid != sid);
@@ -288,7 +352,7 @@ pub(crate) fn run(inbox: &Receiver<HubCmd>) {
             HubCmd::Barrier(done) => {
                 for list in subs.values() {
                     if let Some(s) = list.first() {
-                        let _ = s.tx.send(WriterMsg::Flush(done.clone()));
+                        s.out.flush_marker(done.clone());
                     }
                 }
             }

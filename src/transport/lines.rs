@@ -92,12 +92,15 @@ pub(crate) enum Flow<B = ()> {
 }
 
 /// Reads `r` to its end (or an error), handing each line of at most `cap`
-/// bytes to `out` until it says stop. Returns how the reading ended: `Ok`
-/// at end of file or when `out` stopped, the read error otherwise.
+/// bytes to `out` until it says stop. A read that times out (a socket with
+/// a read timeout) asks `idle` whether to go on. Returns how the reading
+/// ended: `Ok` at end of file or when told to stop, the read error
+/// otherwise.
 pub(crate) fn read_lines<R: Read>(
     mut r: R,
     cap: usize,
     out: &mut dyn FnMut(LineRead, &[u8]) -> Flow,
+    idle: &mut dyn FnMut() -> Flow,
 ) -> io::Result<()> {
     let mut lines = Lines::new(cap);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -109,6 +112,17 @@ pub(crate) fn read_lines<R: Read>(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                match idle() {
+                    Flow::Continue => continue,
+                    Flow::Break(()) => return Ok(()),
+                }
+            }
             Err(e) => return Err(e),
         };
         if let Flow::Break(()) = lines.feed(&chunk[..n], out) {
@@ -147,17 +161,27 @@ mod tests {
     #[test]
     fn a_reader_is_read_to_its_end_or_until_told_to_stop() {
         let mut got = Vec::new();
-        read_lines(&b"one\r\ntwo\nthree"[..], 100, &mut |_, b| {
-            got.push(String::from_utf8_lossy(b).into_owned());
-            Flow::Continue
-        })
+        read_lines(
+            &b"one\r\ntwo\nthree"[..],
+            100,
+            &mut |_, b| {
+                got.push(String::from_utf8_lossy(b).into_owned());
+                Flow::Continue
+            },
+            &mut || Flow::Break(()),
+        )
         .unwrap();
         assert_eq!(got, ["one", "two", "three"]);
         let mut first = None;
-        read_lines(&b"a\nb\nc\n"[..], 100, &mut |_, b| {
-            first = Some(b.to_vec());
-            Flow::Break(())
-        })
+        read_lines(
+            &b"a\nb\nc\n"[..],
+            100,
+            &mut |_, b| {
+                first = Some(b.to_vec());
+                Flow::Break(())
+            },
+            &mut || Flow::Break(()),
+        )
         .unwrap();
         assert_eq!(first.as_deref(), Some(&b"a"[..]));
     }

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::sys;
-use crate::transport::hub::{HubCmd, WriterMsg, LOCAL_INBOX_PREFIX};
+use crate::transport::hub::{ClientOut, HubCmd, WriterMsg, LOCAL_INBOX_PREFIX};
 use crate::transport::lines::{read_lines, Flow, LineRead};
 use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
 /// At most this many local clients at once (each costs two threads).
 const MAX_CONNECTIONS: usize = 256;
-/// Messages waiting for a slow local client before it misses some.
+/// Messages waiting for a slow local client before it is cut off (its
+/// bytes are bounded too: `hub::MAX_CLIENT_BYTES`).
 const CLIENT_QUEUE: usize = 65_536;
+/// How long a local client may send nothing and listen to nothing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Above this many waiting answers, the daemon stops reading the client's
 /// requests until it has read its answers: a client that sends faster than
 /// it reads slows itself down instead of losing answers.
@@ -59,6 +62,24 @@ struct Frame<'a> {
     envelope: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// For programs: why an `err` frame was sent (`too_many_clients`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+}
+
+/// The `code` of the `err` frame a daemon with no free connection slot
+/// sends before it closes the connection.
+const TOO_MANY_CLIENTS: &str = "too_many_clients";
+
+impl Frame<'_> {
+    fn err(message: String, code: Option<&str>) -> Frame<'static> {
+        Frame {
+            op: "err".into(),
+            message: Some(message),
+            code: code.map(String::from),
+            ..Frame::default()
+        }
+    }
 }
 
 /// The default socket path: `$XDG_RUNTIME_DIR/mister-smith.sock`, else
@@ -192,7 +213,11 @@ fn accept_loop(
         }
         if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             let mut s = &stream;
-            let _ = s.write_all(b"{\"op\":\"err\",\"message\":\"too many connections\"}\n");
+            let refusal = Frame::err(
+                format!("the daemon serves at most {MAX_CONNECTIONS} local clients at once; retry later"),
+                Some(TOO_MANY_CLIENTS),
+            );
+            let _ = s.write_all(&frame_line(&refusal));
             continue;
         }
         let conn = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -224,18 +249,21 @@ fn serve_client(
     // One fd for both directions (the writer thread shares the stream
     // rather than a dup of it): a daemon short of fds still serves clients.
     let stream = Arc::new(stream);
-    let write_half = stream.clone();
     let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(CLIENT_QUEUE);
+    let out = Arc::new(ClientOut::new(conn, tx, stream.clone()));
     let (drained_tx, drained_rx) = crossbeam_channel::bounded::<()>(1);
+    let writer_out = out.clone();
     let writer = thread::Builder::new()
         .name(format!("local-w:{conn}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut w: &UnixStream = &write_half;
+            let mut w: &UnixStream = writer_out.stream();
             for msg in &rx {
                 match msg {
                     WriterMsg::Frame(frame) => {
-                        if w.write_all(&frame).is_err() {
+                        let ok = w.write_all(&frame).is_ok();
+                        writer_out.written(frame.len());
+                        if !ok {
                             break;
                         }
                     }
@@ -250,64 +278,85 @@ fn serve_client(
     if writer.is_err() {
         return;
     }
-    let err = |message: String| {
-        let f = Frame {
-            op: "err".into(),
-            message: Some(message),
-            ..Frame::default()
-        };
-        let mut line = serde_json::to_vec(&f).unwrap_or_default();
-        line.push(b'\n');
-        let _ = tx.try_send(WriterMsg::Frame(line));
-    };
-    let _ = read_lines(&*stream, max_frame, &mut |read, buf| {
-        // Backpressure: let the client catch up on its answers first.
-        while tx.len() >= HIGH_WATER {
-            if drained_rx.recv_timeout(Duration::from_secs(1)).is_err() && tx.is_empty() {
-                break;
+    let err = |message: String| out.send(frame_line(&Frame::err(message, None)));
+    // A client that sends nothing and listens to nothing for this long is
+    // closed: idle connections must not hold the slots of working ones.
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let subscribed = std::cell::Cell::new(false);
+    let active = std::cell::Cell::new(false);
+    let _ = read_lines(
+        &*stream,
+        max_frame,
+        &mut |read, buf| {
+            active.set(true);
+            // Backpressure: let the client catch up on its answers first.
+            while out.waiting() >= HIGH_WATER {
+                if drained_rx.recv_timeout(Duration::from_secs(1)).is_err() && out.waiting() == 0 {
+                    break;
+                }
             }
-        }
-        if let LineRead::TooLong(n) = read {
-            err(format!(
-                "frame of {n} bytes is larger than the limit of {max_frame}"
-            ));
-            return Flow::Continue;
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            return Flow::Continue;
-        }
-        let frame = match serde_json::from_slice::<Frame>(buf) {
-            Ok(f) => f,
-            Err(e) => {
-                err(format!("bad frame: {e}"));
+            if let LineRead::TooLong(n) = read {
+                err(format!(
+                    "frame of {n} bytes is larger than the limit of {max_frame}"
+                ));
                 return Flow::Continue;
             }
-        };
-        match (frame.op.as_str(), frame.sid, frame.subject, frame.envelope) {
-            ("pub", _, Some(subject), Some(envelope)) => {
-                inbound(&subject, frame.reply.as_deref(), envelope.get().as_bytes());
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                return Flow::Continue;
             }
-            ("sub", Some(sid), Some(pattern), _) => {
-                let _ = hub.send(HubCmd::Subscribe {
-                    conn,
-                    sid,
-                    pattern,
-                    tx: tx.clone(),
-                });
+            let frame = match serde_json::from_slice::<Frame>(buf) {
+                Ok(f) => f,
+                Err(e) => {
+                    err(format!("bad frame: {e}"));
+                    return Flow::Continue;
+                }
+            };
+            match (frame.op.as_str(), frame.sid, frame.subject, frame.envelope) {
+                ("pub", _, Some(subject), Some(envelope)) => {
+                    inbound(&subject, frame.reply.as_deref(), envelope.get().as_bytes());
+                }
+                ("sub", Some(sid), Some(pattern), _) => {
+                    subscribed.set(true);
+                    let _ = hub.send(HubCmd::Subscribe {
+                        conn,
+                        sid,
+                        pattern,
+                        out: out.clone(),
+                    });
+                }
+                ("unsub", Some(sid), _, _) => {
+                    let _ = hub.send(HubCmd::Unsubscribe { conn, sid });
+                }
+                ("ping", _, _, _) => {
+                    // Behind every Subscribe this connection sent the hub, so
+                    // a pong means earlier subscriptions are in place.
+                    out.send(b"{\"op\":\"pong\"}\n".to_vec());
+                }
+                (op, ..) => err(format!("bad frame: op {op:?} without the fields it needs")),
             }
-            ("unsub", Some(sid), _, _) => {
-                let _ = hub.send(HubCmd::Unsubscribe { conn, sid });
+            Flow::Continue
+        },
+        &mut || {
+            if subscribed.get() || active.replace(false) {
+                Flow::Continue
+            } else {
+                log::debug!(
+                    "local client {conn}: idle for {} s: closed",
+                    IDLE_TIMEOUT.as_secs()
+                );
+                Flow::Break(())
             }
-            ("ping", _, _, _) => {
-                // Behind every Subscribe this connection sent the hub, so a
-                // pong means earlier subscriptions are in place.
-                let _ = tx.send(WriterMsg::Frame(b"{\"op\":\"pong\"}\n".to_vec()));
-            }
-            (op, ..) => err(format!("bad frame: op {op:?} without the fields it needs")),
-        }
-        Flow::Continue
-    });
+        },
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = hub.send(HubCmd::Closed { conn });
+}
+
+/// One frame as a line.
+fn frame_line(f: &Frame<'_>) -> Vec<u8> {
+    let mut line = serde_json::to_vec(f).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// The client end.
@@ -315,9 +364,43 @@ pub(crate) struct LocalClient {
     path: PathBuf,
     writer: Mutex<UnixStream>,
     incoming: Receiver<Incoming>,
+    /// Bytes received and not yet taken by `recv`.
+    inflow: Arc<Inflow>,
     pongs: Receiver<()>,
+    /// Set when the daemon refused the connection (no free slot).
+    refused: Arc<OnceLock<String>>,
     inbox: String,
     next_sid: u64,
+}
+
+/// The most a client holds of messages it has not taken yet: a reader that
+/// cannot keep up (`listen` into a slow pipe) then leaves the rest in the
+/// socket, where the daemon's own bound applies.
+const CLIENT_INFLOW_BYTES: usize = 16 * 1024 * 1024;
+
+/// A byte budget between the client's reader thread and its taker.
+#[derive(Default)]
+struct Inflow {
+    bytes: Mutex<usize>,
+    room: Condvar,
+}
+
+impl Inflow {
+    /// Waits until `len` more bytes fit (a single larger message always
+    /// fits once nothing else is held).
+    fn reserve(&self, len: usize) {
+        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        while *held > 0 && *held + len > CLIENT_INFLOW_BYTES {
+            held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        *held += len;
+    }
+
+    fn release(&self, len: usize) {
+        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(len);
+        self.room.notify_all();
+    }
 }
 
 impl LocalClient {
@@ -345,15 +428,20 @@ impl LocalClient {
         let read_half = stream.try_clone().map_err(TransportError::Io)?;
         let (tx, incoming) = crossbeam_channel::unbounded();
         let (pong_tx, pongs) = crossbeam_channel::unbounded();
+        let inflow = Arc::new(Inflow::default());
+        let refused = Arc::new(OnceLock::new());
+        let (budget, refusal) = (inflow.clone(), refused.clone());
         thread::Builder::new()
             .name("local-client".into())
-            .spawn(move || client_reader(read_half, &tx, &pong_tx))
+            .spawn(move || client_reader(read_half, &tx, &pong_tx, &budget, &refusal))
             .map_err(TransportError::Io)?;
         Ok(LocalClient {
             path: path.to_path_buf(),
             writer: Mutex::new(stream),
             incoming,
+            inflow,
             pongs,
+            refused,
             inbox: format!("{LOCAL_INBOX_PREFIX}{}", uuid::Uuid::new_v4().simple()),
             next_sid: 0,
         })
@@ -362,44 +450,73 @@ impl LocalClient {
     fn write(&self, line: &[u8]) -> Result<(), TransportError> {
         let mut w = self.writer.lock().map_err(|_| TransportError::Closed)?;
         w.write_all(line).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                TransportError::Closed
-            } else {
-                TransportError::Io(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return TransportError::Io(e);
+            }
+            // The daemon closed the connection: if it said why (no free
+            // slot), the reader is about to know; give it a moment.
+            let _ = self.pongs.recv_timeout(Duration::from_millis(200));
+            match self.refused.get() {
+                Some(why) => TransportError::LocalBusy {
+                    path: self.path.clone(),
+                    why: why.clone(),
+                },
+                None => TransportError::Closed,
             }
         })
     }
 }
 
-fn client_reader(stream: UnixStream, tx: &Sender<Incoming>, pongs: &Sender<()>) {
-    let _ = read_lines(stream, usize::MAX, &mut |_, buf| {
-        let frame = match serde_json::from_slice::<Frame>(buf) {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("daemon sent a bad frame: {e}");
-                return Flow::Continue;
-            }
-        };
-        match (frame.op.as_str(), frame.subject, frame.envelope) {
-            ("msg", Some(subject), Some(envelope)) => {
-                let msg = Incoming {
-                    subject,
-                    data: envelope.get().as_bytes().to_vec(),
-                    no_responders: false,
-                    lost: false,
-                };
-                if tx.send(msg).is_err() {
+fn client_reader(
+    stream: UnixStream,
+    tx: &Sender<Incoming>,
+    pongs: &Sender<()>,
+    inflow: &Inflow,
+    refused: &OnceLock<String>,
+) {
+    let _ = read_lines(
+        stream,
+        usize::MAX,
+        &mut |_, buf| {
+            let frame = match serde_json::from_slice::<Frame>(buf) {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!("daemon sent a bad frame: {e}");
+                    return Flow::Continue;
+                }
+            };
+            match (frame.op.as_str(), frame.subject, frame.envelope) {
+                ("msg", Some(subject), Some(envelope)) => {
+                    let msg = Incoming {
+                        subject,
+                        data: envelope.get().as_bytes().to_vec(),
+                        no_responders: false,
+                        lost: false,
+                    };
+                    // Bounded: a taker that cannot keep up (stdout into a
+                    // slow pipe) leaves the rest in the socket.
+                    inflow.reserve(msg.data.len());
+                    if tx.send(msg).is_err() {
+                        return Flow::Break(());
+                    }
+                }
+                ("pong", _, _) => {
+                    let _ = pongs.send(());
+                }
+                ("err", _, _) if frame.code.as_deref() == Some(TOO_MANY_CLIENTS) => {
+                    let _ = refused.set(frame.message.unwrap_or_default());
                     return Flow::Break(());
                 }
+                ("err", _, _) => log::warn!("daemon: {}", frame.message.unwrap_or_default()),
+                (op, _, _) => log::warn!("daemon sent an unknown frame {op:?}"),
             }
-            ("pong", _, _) => {
-                let _ = pongs.send(());
-            }
-            ("err", _, _) => log::warn!("daemon: {}", frame.message.unwrap_or_default()),
-            (op, _, _) => log::warn!("daemon sent an unknown frame {op:?}"),
-        }
-        Flow::Continue
-    });
+            Flow::Continue
+        },
+        &mut || Flow::Continue,
+    );
 }
 
 impl Transport for LocalClient {
@@ -435,8 +552,12 @@ impl Transport for LocalClient {
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), TransportError> {
-        self.write(b"{\"op\":\"ping\"}\n")?;
-        match self.pongs.recv_timeout(timeout) {
+        let sent = self.write(b"{\"op\":\"ping\"}\n");
+        let answer = match sent {
+            Ok(()) => self.pongs.recv_timeout(timeout),
+            Err(_) => Err(crossbeam_channel::RecvTimeoutError::Disconnected),
+        };
+        match answer {
             Ok(()) => Ok(()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 Err(TransportError::LocalTimeout {
@@ -444,18 +565,28 @@ impl Transport for LocalClient {
                     ms: timeout.as_millis(),
                 })
             }
-            Err(_) => Err(TransportError::Closed),
+            Err(_) => Err(match self.refused.get() {
+                Some(why) => TransportError::LocalBusy {
+                    path: self.path.clone(),
+                    why: why.clone(),
+                },
+                None => sent.err().unwrap_or(TransportError::Closed),
+            }),
         }
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<Incoming, RecvTimeoutError> {
-        match deadline {
+        let got = match deadline {
             Some(d) => self.incoming.recv_deadline(d),
             None => self
                 .incoming
                 .recv()
                 .map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        if let Ok(m) = &got {
+            self.inflow.release(m.data.len());
         }
+        got
     }
 
     fn inbox(&self) -> &str {

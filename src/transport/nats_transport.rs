@@ -466,6 +466,9 @@ impl Transport for NatsClient {
 
     fn subscribe(&mut self, pattern: &str) -> Result<(), TransportError> {
         let sub = self.conn.subscribe(pattern).map_err(TransportError::Nats)?;
+        // The crate queues without a bound by default: a taker that cannot
+        // keep up (`listen` into a slow pipe) loses messages, not memory.
+        sub.set_message_limits(65_536);
         self.subs.push(sub);
         Ok(())
     }
