@@ -324,3 +324,32 @@ fn a_result_larger_than_the_servers_max_payload_arrives_cut() {
         "{r}"
     );
 }
+
+/// A report larger than one message (thousands of agents, or a server
+/// that takes little) arrives in parts and is joined: status and health
+/// see every agent instead of leaving the daemon out.
+#[test]
+fn a_report_too_large_for_one_message_arrives_in_parts() {
+    let dir = TempDir::new("parts");
+    let conf = dir.join("nats.conf");
+    std::fs::write(&conf, "max_payload: 8192\n").expect("nats config");
+    let server = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let agents: Vec<Value> = (0..40)
+        .map(|n| json!({"id": format!("plain-{n}"), "command": "sleep", "args": ["300"], "protocol": "none"}))
+        .collect();
+    let d = daemon("parts", &server, json!({"agents": agents}));
+    for n in 0..40 {
+        d.wait_seen(&format!("agent plain-{n}: initializing -> idle"), T);
+    }
+    let url = server.url();
+    let (status, out, err) = run_cli_stdin(&["--nats", &url, "status", "--json"], &[], None);
+    assert!(status.success(), "{err}");
+    let listed: Vec<Value> = serde_json::from_str(out.trim()).expect("a JSON array");
+    assert_eq!(listed.len(), 40, "{out}");
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "health"], &[], None);
+    assert!(status.success(), "{out}");
+    assert!(
+        out.starts_with("MISTER-SMITH OK - 40/40 agents healthy"),
+        "{out}"
+    );
+}

@@ -112,6 +112,14 @@ impl Client {
         Ok(reply)
     }
 
+    /// Confirms that what was published reached the server or daemon,
+    /// waiting at most `within` (and never more than `ACK_WAIT`).
+    pub(super) fn flush_within(&self, within: Duration) -> Result<(), SystemError> {
+        self.transport
+            .flush(within.clamp(Duration::from_millis(1), ACK_WAIT))?;
+        Ok(())
+    }
+
     /// Confirms that what was published reached the server or daemon.
     pub(super) fn flush(&self) -> Result<(), SystemError> {
         self.transport.flush(ACK_WAIT)?;

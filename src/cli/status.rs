@@ -1,5 +1,6 @@
 //! `mister-smith status`: what every agent is doing.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -53,34 +54,97 @@ pub(super) fn reports(
         ),
     };
     let mut env = Envelope::new(Payload::SystemHealthCheck(payload));
-    let local = client.kind() == TransportKind::Socket;
-    let quiet = if local || agent.is_some() {
-        None
-    } else {
-        Some(client::MORE_ANSWERS)
-    };
-    let answers = client.ask(&subject, &mut env, Instant::now() + within, quiet)?;
-    if answers.is_empty() {
+    // Over NATS every daemon answers and nothing says how many there are:
+    // after an answer, wait a little for more. One daemon (the socket, or
+    // the one that runs `agent`) answers once, perhaps in parts.
+    let several = client.kind() == TransportKind::Nats && agent.is_none();
+    let deadline = Instant::now() + within;
+    let reply = client.request(&subject, &mut env)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    client.flush_within(left)?;
+    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+    let mut until = deadline;
+    while let Some(m) = client.next_until(until)? {
+        if m.subject != reply {
+            continue;
+        }
+        if m.no_responders {
+            if parts.is_empty() {
+                return Err(SystemError::NoResponders { subject });
+            }
+            continue;
+        }
+        let answer = client::decode(&m)?;
+        if let Some(err) = refusal(&answer) {
+            return Err(err);
+        }
+        let Payload::SystemHealthCheck(SystemHealthCheck {
+            report: Some(r), ..
+        }) = answer.payload
+        else {
+            continue;
+        };
+        parts.entry(r.daemon_id.clone()).or_default().add(r);
+        let complete = parts.values().all(Parts::complete);
+        until = match (complete, several) {
+            (true, false) => break,
+            (true, true) => (Instant::now() + client::MORE_ANSWERS).min(deadline),
+            (false, _) => deadline,
+        };
+    }
+    if parts.is_empty() {
         return Err(SystemError::NoAnswer(format!(
             "no daemon answered within {} ms ({})",
             within.as_millis(),
             client.describe()
         )));
     }
-    let mut out = Vec::new();
-    for a in answers {
-        if let Some(err) = refusal(&a) {
-            return Err(err);
-        }
-        if let Payload::SystemHealthCheck(SystemHealthCheck {
-            report: Some(r), ..
-        }) = a.payload
-        {
-            out.push(r);
-        }
+    parts.into_values().map(Parts::whole).collect()
+}
+
+/// The parts of one daemon's report, as they arrive.
+#[derive(Default)]
+struct Parts {
+    got: BTreeMap<u32, HealthReport>,
+    total: u32,
+}
+
+impl Parts {
+    fn add(&mut self, r: HealthReport) {
+        self.total = r.parts.unwrap_or(1);
+        self.got.insert(r.part.unwrap_or(1), r);
     }
-    out.sort_by(|a, b| a.daemon_id.cmp(&b.daemon_id));
-    Ok(out)
+
+    fn complete(&self) -> bool {
+        u32::try_from(self.got.len()).is_ok_and(|n| n >= self.total)
+    }
+
+    /// The report, its parts joined in order.
+    fn whole(self) -> Result<HealthReport, SystemError> {
+        if !self.complete() {
+            let daemon = self
+                .got
+                .values()
+                .next()
+                .map(|r| r.daemon_id.clone())
+                .unwrap_or_default();
+            return Err(SystemError::NoAnswer(format!(
+                "daemon {daemon} answered with {} of the {} parts of its report in time",
+                self.got.len(),
+                self.total
+            )));
+        }
+        let mut parts = self.got.into_values();
+        let mut whole = parts
+            .next()
+            .ok_or_else(|| SystemError::NoAnswer("an empty report".into()))?;
+        for p in parts {
+            whole.agents.extend(p.agents);
+        }
+        whole.part = None;
+        whole.parts = None;
+        Ok(whole)
+    }
 }
 
 pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {

@@ -448,6 +448,55 @@ pub struct HealthReport {
     pub queued: usize,
     pub queue_capacity: usize,
     pub agents: Vec<AgentStatus>,
+    /// A report too large for one message comes in parts, numbered from 1;
+    /// absent when it fits in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+impl HealthReport {
+    /// Splits the report so that each part, encoded with `size` (the bytes
+    /// of a whole envelope carrying it), is at most `limit` bytes. One agent
+    /// too large for a part on its own still gets a part of its own.
+    pub fn split(self, limit: usize, size: impl Fn(&HealthReport) -> usize) -> Vec<HealthReport> {
+        if size(&self) <= limit || self.agents.len() <= 1 {
+            return vec![self];
+        }
+        let empty = HealthReport {
+            agents: Vec::new(),
+            part: Some(u32::MAX),
+            parts: Some(u32::MAX),
+            ..self.clone()
+        };
+        let base = size(&empty);
+        let mut parts: Vec<Vec<AgentStatus>> = vec![Vec::new()];
+        let mut used = base;
+        for a in self.agents {
+            // Each agent's share: its JSON and a comma.
+            let cost = serde_json::to_vec(&a).map_or(0, |v| v.len()) + 1;
+            if used + cost > limit && parts.last().is_some_and(|p| !p.is_empty()) {
+                parts.push(Vec::new());
+                used = base;
+            }
+            used += cost;
+            if let Some(p) = parts.last_mut() {
+                p.push(a);
+            }
+        }
+        let total = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(n, agents)| HealthReport {
+                agents,
+                part: Some(u32::try_from(n + 1).unwrap_or(u32::MAX)),
+                parts: Some(total),
+                ..empty.clone()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +536,50 @@ mod tests {
                 serde_json::to_string(self).unwrap_or_default()
             }
         }
+    }
+
+    #[test]
+    fn a_large_report_splits_into_parts_that_each_fit() {
+        let agent = |n: usize| AgentStatus {
+            agent_id: format!("agent-{n}"),
+            status: Some(AgentState::Idle),
+            previous_status: None,
+            uptime_seconds: 1.0,
+            pid: Some(100),
+            restarts: 0,
+            resource_usage: None,
+            agent_type: Some("claude".into()),
+            daemon_id: Some("host".into()),
+            tasks_completed: 0,
+            tasks_failed: 0,
+            total_cost_usd: 0.0,
+            reason: None,
+            reason_code: None,
+        };
+        let report = HealthReport {
+            daemon_id: "host".into(),
+            uptime_seconds: 1.0,
+            nats: LinkState::Off,
+            queued: 0,
+            queue_capacity: 10,
+            agents: (0..100).map(agent).collect(),
+            part: None,
+            parts: None,
+        };
+        let size = |r: &HealthReport| serde_json::to_vec(r).map_or(0, |v| v.len()) + 200;
+        let whole = size(&report);
+        assert_eq!(report.clone().split(whole, size).len(), 1);
+        let parts = report.split(4096, size);
+        assert!(parts.len() > 1);
+        let total = u32::try_from(parts.len()).unwrap();
+        let mut ids = Vec::new();
+        for (n, p) in parts.iter().enumerate() {
+            assert!(size(p) <= 4096, "part {n}: {}", size(p));
+            assert_eq!((p.part, p.parts), (Some(n as u32 + 1), Some(total)));
+            ids.extend(p.agents.iter().map(|a| a.agent_id.clone()));
+        }
+        let want: Vec<String> = (0..100).map(|n| format!("agent-{n}")).collect();
+        assert_eq!(ids, want);
     }
 
     #[test]

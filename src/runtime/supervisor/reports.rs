@@ -66,6 +66,8 @@ impl Supervisor {
             queued: self.links.queued.load(std::sync::atomic::Ordering::Relaxed),
             queue_capacity: self.links.queue_capacity,
             agents,
+            part: None,
+            parts: None,
         }
     }
 
@@ -76,18 +78,30 @@ impl Supervisor {
             return;
         };
         let report = self.report(agent);
-        let env = if one_status {
+        if one_status {
             let Some(status) = report.agents.into_iter().next() else {
                 return;
             };
-            Envelope::new(Payload::AgentStatus(status))
-        } else {
-            Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck {
-                agent_id: agent.map(|i| self.agents[i.0].spec.id.clone()),
-                report: Some(report),
-            }))
+            let env = Envelope::new(Payload::AgentStatus(status));
+            self.links.outbox.reply(reply, &answer_to(env, origin));
+            return;
+        }
+        let agent_id = agent.map(|i| self.agents[i.0].spec.id.clone());
+        let envelope = |report: HealthReport| {
+            answer_to(
+                Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck {
+                    agent_id: agent_id.clone(),
+                    report: Some(report),
+                })),
+                origin,
+            )
         };
-        self.links.outbox.reply(reply, &answer_to(env, origin));
+        // A fleet of thousands of agents does not fit one message: it goes
+        // in parts, each within the largest message that can go out.
+        let limit = self.wire_limit();
+        for part in report.split(limit, |r| envelope(r.clone()).encode().len()) {
+            self.links.outbox.reply(reply, &envelope(part));
+        }
     }
 
     /// Answers a control request: the agent's status after it, or why it
