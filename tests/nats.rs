@@ -353,3 +353,45 @@ fn a_report_too_large_for_one_message_arrives_in_parts() {
         "{out}"
     );
 }
+
+/// A daemon that dies (or freezes) simply stops answering; with the fleet
+/// named by --expect, health says CRITICAL instead of OK.
+#[test]
+fn health_with_expect_notices_a_daemon_that_vanished() {
+    let server = NatsServer::start();
+    let a = daemon(
+        "expect-a",
+        &server,
+        json!({"daemon_id": "host-a", "agents": [fake_agent("ea", json!({}))]}),
+    );
+    let mut b = daemon(
+        "expect-b",
+        &server,
+        json!({"daemon_id": "host-b", "agents": [fake_agent("eb", json!({}))]}),
+    );
+    a.wait_seen("agent ea: initializing -> idle", T);
+    b.wait_seen("agent eb: initializing -> idle", T);
+    let url = server.url();
+    let health = |expect: &str| {
+        let (status, out, _) =
+            run_cli_stdin(&["--nats", &url, "health", "--expect", expect], &[], None);
+        (status.code(), out)
+    };
+    let (code, out) = health("host-a,host-b");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.trim_end().ends_with("daemons=2"), "{out}");
+    crate::support::kill(b.pid(), libc::SIGKILL);
+    b.wait_exit(T);
+    let (code, out) = health("host-a,host-b");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("daemon host-b did not answer"), "{out}");
+    let (code, out) = health("2");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("1 of 2 expected daemons answered"), "{out}");
+    // Without --expect the survivor alone is all health can know of.
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "health"], &[], None);
+    assert!(status.success(), "{out}");
+    let (status, out, err) =
+        run_cli_stdin(&["--nats", &url, "health", "--expect", "a.b"], &[], None);
+    assert_eq!(status.code(), Some(3), "{out}{err}");
+}

@@ -15,7 +15,8 @@ use crate::message::schemas::{AgentState, AgentStatus, HealthReport, LinkState, 
 /// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
 /// or stopped by hand, or NATS reconnecting), 2 CRITICAL (an agent gave up,
-/// or none is healthy), 3 UNKNOWN (no daemon answered).
+/// none is healthy, or an expected daemon did not answer), 3 UNKNOWN (no
+/// daemon answered).
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -30,6 +31,65 @@ pub struct HealthArgs {
     /// how long to wait for daemons, in ms (default: 1000)
     #[argh(option, arg_name = "MS", default = "1000")]
     pub timeout: u64,
+
+    /// the daemons that must answer: a count, or their ids comma-separated;
+    /// one missing is CRITICAL (a killed daemon otherwise just vanishes)
+    #[argh(option, arg_name = "N|ID,ID...")]
+    pub expect: Option<String>,
+}
+
+/// Whom `--expect` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Expect {
+    Count(usize),
+    Ids(Vec<String>),
+}
+
+impl Expect {
+    fn parse(text: &str) -> Result<Expect, SystemError> {
+        if let Ok(n) = text.parse::<usize>() {
+            return if n == 0 {
+                Err(SystemError::Usage(
+                    "--expect 0: expect at least one daemon".into(),
+                ))
+            } else {
+                Ok(Expect::Count(n))
+            };
+        }
+        let ids: Vec<String> = text.split(',').map(|s| s.trim().to_string()).collect();
+        for id in &ids {
+            check_token(id)
+                .map_err(|why| SystemError::Usage(format!("--expect: daemon id {id:?} {why}")))?;
+        }
+        Ok(Expect::Ids(ids))
+    }
+
+    /// Whether the daemons in `answered` are all that is expected.
+    pub(super) fn met(&self, answered: &[&str]) -> bool {
+        match self {
+            Expect::Count(n) => answered.len() >= *n,
+            Expect::Ids(ids) => ids.iter().all(|id| answered.contains(&id.as_str())),
+        }
+    }
+
+    /// What is missing from `answered`, for the line.
+    fn missing(&self, answered: &[&str]) -> Option<String> {
+        match self {
+            Expect::Count(n) if answered.len() < *n => Some(format!(
+                "{} of {n} expected daemons answered",
+                answered.len()
+            )),
+            Expect::Ids(ids) => {
+                let gone: Vec<&str> = ids
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| !answered.contains(id))
+                    .collect();
+                (!gone.is_empty()).then(|| format!("daemon {} did not answer", gone.join(", ")))
+            }
+            Expect::Count(_) => None,
+        }
+    }
 }
 
 /// Runs the check and prints its line. The exit code is the check's state
@@ -69,13 +129,14 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(HealthState, String), SystemEr
         ),
         HealthState::Unknown.exit_code(),
     );
+    let expect = args.expect.as_deref().map(Expect::parse).transpose()?;
     let mut client = client::connect(cli)?;
-    let reports = reports(&mut client, args.agent.as_deref(), within)?;
-    Ok(verdict(&reports))
+    let reports = reports(&mut client, args.agent.as_deref(), within, expect.as_ref())?;
+    Ok(verdict(&reports, expect.as_ref()))
 }
 
 /// The Nagios state and line for a set of daemon reports.
-pub(super) fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
+pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (HealthState, String) {
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let total = agents.len();
     let healthy = agents
@@ -110,6 +171,10 @@ pub(super) fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
             warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats.as_str()));
         }
     }
+    let answered: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();
+    if let Some(gone) = expect.and_then(|e| e.missing(&answered)) {
+        critical.insert(0, gone);
+    }
     let state = if !critical.is_empty() || (total > 0 && healthy == 0) {
         HealthState::Critical
     } else if !warning.is_empty() {
@@ -126,8 +191,14 @@ pub(super) fn verdict(reports: &[HealthReport]) -> (HealthState, String) {
     (
         state,
         format!(
-            "MISTER-SMITH {} - {text} | agents={total} healthy={healthy} restarts={restarts}",
-            state.word()
+            "MISTER-SMITH {} - {text} | agents={total} healthy={healthy} restarts={restarts}{}",
+            state.word(),
+            // With daemons expected, how many answered is worth a graph.
+            if expect.is_some() {
+                format!(" daemons={}", reports.len())
+            } else {
+                String::new()
+            }
         ),
     )
 }

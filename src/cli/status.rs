@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use argh::FromArgs;
 
 use crate::cli::client::{self, print_line, refusal, Client};
+use crate::cli::health::Expect;
 use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
@@ -39,6 +40,7 @@ pub(super) fn reports(
     client: &mut Client,
     agent: Option<&str>,
     within: Duration,
+    expect: Option<&Expect>,
 ) -> Result<Vec<HealthReport>, SystemError> {
     let (subject, payload) = match agent {
         Some(id) => (
@@ -85,7 +87,10 @@ pub(super) fn reports(
             continue;
         };
         parts.entry(r.daemon_id.clone()).or_default().add(r);
-        let complete = parts.values().all(Parts::complete);
+        // With daemons expected, wait for them all (until the deadline).
+        let answered: Vec<&str> = parts.keys().map(String::as_str).collect();
+        let complete =
+            parts.values().all(Parts::complete) && expect.is_none_or(|e| e.met(&answered));
         until = match (complete, several) {
             (true, false) => break,
             (true, true) => (Instant::now() + client::MORE_ANSWERS).min(deadline),
@@ -156,8 +161,8 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
     let mut client = client::connect(cli)?;
     // Over NATS nobody answering about one agent means no daemon runs it.
     let on_nats = client.kind() == TransportKind::Nats;
-    let reports =
-        reports(&mut client, args.id.as_deref(), within).map_err(|e| match (&e, &args.id) {
+    let reports = reports(&mut client, args.id.as_deref(), within, None).map_err(|e| {
+        match (&e, &args.id) {
             (
                 SystemError::NoAnswer(_)
                 | SystemError::NoResponders { .. }
@@ -167,7 +172,8 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
                 SystemError::NoAnswer(format!("no agent {id} answers ({})", client.describe()))
             }
             _ => e,
-        })?;
+        }
+    })?;
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
