@@ -395,3 +395,49 @@ fn health_with_expect_notices_a_daemon_that_vanished() {
         run_cli_stdin(&["--nats", &url, "health", "--expect", "a.b"], &[], None);
     assert_eq!(status.code(), Some(3), "{out}{err}");
 }
+
+/// One config deployed on two hosts: the same agent id on two daemons. A
+/// task to it runs once (not on both, printing two results), and both
+/// daemons report the clash: an ALERT, CRITICAL health, and status.
+#[test]
+fn the_same_agent_id_on_two_daemons_runs_a_task_once_and_is_reported() {
+    let server = NatsServer::start();
+    let config = |host: &str| json!({"daemon_id": host, "agents": [fake_agent("twin", json!({}))]});
+    let a = daemon("twin-a", &server, config("host-a"));
+    a.wait_seen("agent twin: initializing -> idle", T);
+    let b = daemon("twin-b", &server, config("host-b"));
+    b.wait_seen("agent twin: initializing -> idle", T);
+    a.wait_seen("ALERT agent twin also runs on daemon host-b", T);
+    b.wait_seen("ALERT agent twin also runs on daemon host-a", T);
+    let url = server.url();
+    for n in 0..6 {
+        let (status, out, err) = run_cli_stdin(
+            &[
+                "--nats",
+                &url,
+                "send",
+                "--to",
+                "twin",
+                "--wait",
+                &format!("once {n}"),
+            ],
+            &[],
+            None,
+        );
+        assert!(status.success(), "{err}");
+        assert_eq!(
+            json_lines(&out).len(),
+            1,
+            "one result, not one per daemon: {out}"
+        );
+    }
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "health"], &[], None);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("twin also runs on daemon host-"), "{out}");
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "status"], &[], None);
+    assert!(status.success());
+    assert!(
+        out.contains("ALSO ON host-b") && out.contains("ALSO ON host-a"),
+        "{out}"
+    );
+}

@@ -154,6 +154,13 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         let line = format!("{} {state}{why}", a.agent_id);
+        if let Some(others) = a.also_on.as_ref().filter(|o| !o.is_empty()) {
+            critical.push(format!(
+                "{} also runs on daemon {}",
+                a.agent_id,
+                others.join(", ")
+            ));
+        }
         match a.status {
             Some(s) if s.is_healthy() => {}
             // Down on purpose is worth a look, not a page.

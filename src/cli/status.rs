@@ -205,7 +205,11 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
             a.resource_usage
                 .map_or("-".to_string(), |r| format!("{:.1}M", r.memory_mb)),
         );
-        print_line(&mut out, line.trim_end().as_bytes())?;
+        let mut line = line.trim_end().to_string();
+        if let Some(others) = a.also_on.as_ref().filter(|o| !o.is_empty()) {
+            line.push_str(&format!("  ALSO ON {}", others.join(",")));
+        }
+        print_line(&mut out, line.as_bytes())?;
     }
     out.flush().map_err(|source| SystemError::Io {
         what: "write to stdout",

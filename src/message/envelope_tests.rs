@@ -202,6 +202,7 @@ fn payload(g: &mut Gen) -> Payload {
             reason_code: g.opt(|g| {
                 [ReasonCode::Hung, ReasonCode::StoppedByOperator][(g.next() % 2) as usize]
             }),
+            also_on: g.opt(|g| vec![g.id()]),
         }),
         5 => Payload::AgentRegistration(AgentRegistration {
             agent_id: g.id(),

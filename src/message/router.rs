@@ -28,6 +28,11 @@ pub fn agent_subject(agent_type: &str, id: &str, t: MessageType) -> String {
     format!("{PREFIX}.{agent_type}.{id}.{t}")
 }
 
+/// The NATS queue group of everything addressed to agent `id`.
+pub fn agent_group(id: &str) -> String {
+    format!("{PREFIX}.agent.{id}")
+}
+
 /// The subject of `op` on a daemon's control plane (`daemon` may be `all`).
 pub fn system_subject(daemon: &str, op: &str) -> String {
     format!("{PREFIX}.system.{daemon}.{op}")
@@ -207,10 +212,14 @@ impl RoutingTable {
     /// task.
     pub fn daemon_subs(&self) -> Vec<Sub> {
         let sub = |subject: String, queue: Option<String>| Sub { subject, queue };
+        // Each agent id in a queue group of its own: should the same id run
+        // on two daemons (one config deployed twice), a task to it still
+        // reaches only one of them, and a registration from one reaches
+        // the other, which reports the clash.
         let mut subs: Vec<Sub> = self
             .agents
             .iter()
-            .map(|a| sub(format!("{PREFIX}.*.{}.*", a.id), None))
+            .map(|a| sub(format!("{PREFIX}.*.{}.*", a.id), Some(agent_group(&a.id))))
             .collect();
         // Only types with agents that take tasks: a daemon must not take
         // its share of `any` tasks it can only refuse.

@@ -152,11 +152,13 @@ pub enum AlertCode {
     /// The agent (or every agent of the type) is terminated: a task would
     /// wait for nobody.
     AgentDown,
+    /// Another daemon runs an agent with the same id.
+    DuplicateAgent,
     Other(String),
 }
 
 impl AlertCode {
-    const KNOWN: [AlertCode; 8] = [
+    const KNOWN: [AlertCode; 9] = [
         AlertCode::QueueFull,
         AlertCode::NoRoute,
         AlertCode::BadRequest,
@@ -165,6 +167,7 @@ impl AlertCode {
         AlertCode::ShuttingDown,
         AlertCode::Unavailable,
         AlertCode::AgentDown,
+        AlertCode::DuplicateAgent,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -177,6 +180,7 @@ impl AlertCode {
             AlertCode::ShuttingDown => "shutting_down",
             AlertCode::Unavailable => "unavailable",
             AlertCode::AgentDown => "agent_down",
+            AlertCode::DuplicateAgent => "duplicate_agent",
             AlertCode::Other(s) => s,
         }
     }
@@ -400,6 +404,10 @@ pub struct AgentStatus {
     /// The same, for programs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<ReasonCode>,
+    /// Other daemons that run an agent with the same id: a fault (a task to
+    /// the id runs on only one of them, chosen by NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also_on: Option<Vec<String>>,
 }
 
 /// `agent_registration`: an agent this daemon runs, published at start.
@@ -555,6 +563,7 @@ mod tests {
             total_cost_usd: 0.0,
             reason: None,
             reason_code: None,
+            also_on: None,
         };
         let report = HealthReport {
             daemon_id: "host".into(),

@@ -65,6 +65,8 @@ pub(crate) enum Command {
     },
     /// Stop the daemon, as SIGTERM does.
     Shutdown,
+    /// Another daemon announced an agent with the id of one of ours.
+    PeerClaims { agent: AgentIx, daemon: String },
 }
 
 /// The shape a report is answered in.

@@ -23,8 +23,8 @@ use crate::message::router::{
     agent_subject, alert, answer_to, parse_subject, AgentIx, Dest, Origin, RoutingTable,
 };
 use crate::message::schemas::{
-    check_subject, AgentCommand, AlertCode, CommandType, RawJson, Severity, TaskAssignment,
-    TaskProgress, TaskResult, TaskStatus,
+    check_subject, AgentCommand, AgentRegistration, AlertCode, CommandType, RawJson, Severity,
+    TaskAssignment, TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::transport::hub::Outbox;
@@ -60,10 +60,7 @@ impl Inbound {
         if !matches!(dest, Dest::System { .. })
             && matches!(
                 dest.message_type(),
-                MessageType::TaskProgress
-                    | MessageType::TaskResult
-                    | MessageType::SystemAlert
-                    | MessageType::AgentRegistration
+                MessageType::TaskProgress | MessageType::TaskResult | MessageType::SystemAlert
             )
         {
             return;
@@ -109,6 +106,10 @@ impl Inbound {
             (Dest::Agent { id, .. }, Payload::SystemHealthCheck(_)) => {
                 self.report(Some(id), ReportKind::Health, origin.clone())
             }
+            (Dest::Agent { id, .. }, Payload::AgentRegistration(r)) => {
+                self.registration(id, r);
+                Ok(())
+            }
             _ => Ok(()),
         };
         if let Err(e) = result {
@@ -125,6 +126,21 @@ impl Inbound {
                 let refusal = alert(Severity::Error, code, e.to_string(), None, task_id);
                 self.outbox.reply(r, &answer_to(refusal, &origin));
             }
+        }
+    }
+
+    /// Another daemon announced an agent: if it has the id of one of ours,
+    /// the supervisor reports the clash.
+    fn registration(&self, id: &str, r: &AgentRegistration) {
+        if r.daemon_id == self.table.daemon_id || r.agent_id != id {
+            return;
+        }
+        if let Some(agent) = self.table.find(id) {
+            let cmd = Command::PeerClaims {
+                agent,
+                daemon: r.daemon_id.clone(),
+            };
+            let _ = self.events.send(Event::Command(cmd));
         }
     }
 

@@ -102,6 +102,8 @@ pub(super) struct Agent {
     /// Bumped whenever the watchdog is armed; an older watchdog timer is
     /// stale.
     pub(super) watchdog: u64,
+    /// Other daemons that announced an agent with this id.
+    pub(super) also_on: std::collections::BTreeSet<String>,
 }
 
 impl Agent {
@@ -127,6 +129,7 @@ impl Agent {
             up_since: None,
             reason: None,
             watchdog: 0,
+            also_on: std::collections::BTreeSet::new(),
         }
     }
 }

@@ -23,8 +23,8 @@ use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
 use crate::config::AgentSpec;
 use crate::message::dispatcher::DispatchCmd;
 use crate::message::envelope::{Envelope, MessageType, Payload};
-use crate::message::router::{AgentIx, RoutingTable};
-use crate::message::schemas::{AgentRegistration, AgentState, ReasonCode};
+use crate::message::router::{alert, AgentIx, RoutingTable};
+use crate::message::schemas::{AgentRegistration, AgentState, AlertCode, ReasonCode, Severity};
 use crate::runtime::backoff::Jitter;
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::runtime::health_monitor::HealthCmd;
@@ -168,19 +168,50 @@ impl Supervisor {
     /// execs them side by side).
     fn start_all(&mut self) {
         for i in self.indexes().collect::<Vec<_>>() {
-            let a = &self.agents[i.0];
-            let reg = Envelope::new(Payload::AgentRegistration(AgentRegistration {
-                agent_id: a.spec.id.clone(),
-                agent_type: a.spec.agent_type.clone(),
-                daemon_id: self.links.table.daemon_id.clone(),
-                protocol: a.spec.protocol.as_str().into(),
-            }));
-            self.links.outbox.publish(
-                &self.links.table.subject(i, MessageType::AgentRegistration),
-                &reg,
-            );
+            self.announce(i);
             self.start_pooled(i);
         }
+    }
+
+    /// Publishes agent `i`'s `agent_registration`: where it runs. Another
+    /// daemon with the same id hears it and reports the clash.
+    fn announce(&self, i: AgentIx) {
+        let a = &self.agents[i.0];
+        let reg = Envelope::new(Payload::AgentRegistration(AgentRegistration {
+            agent_id: a.spec.id.clone(),
+            agent_type: a.spec.agent_type.clone(),
+            daemon_id: self.links.table.daemon_id.clone(),
+            protocol: a.spec.protocol.as_str().into(),
+        }));
+        self.publish(i, MessageType::AgentRegistration, &reg);
+    }
+
+    /// Daemon `daemon` announced an agent with agent `i`'s id: a fault of
+    /// the deployment (one config on two hosts, say). A task to the id
+    /// still runs once (its subjects are a queue group), but which daemon
+    /// runs it is NATS's choice: `status` and `health` say so until one of
+    /// the daemons stops. The first time, our own announcement goes out
+    /// again so that the other side learns of it too.
+    fn peer_claims(&mut self, i: AgentIx, daemon: String) {
+        let a = &mut self.agents[i.0];
+        if !a.also_on.insert(daemon.clone()) {
+            return;
+        }
+        let message = format!(
+            "agent {} also runs on daemon {daemon}: a task to it runs on only one of them; give each daemon its own agent ids",
+            a.spec.id
+        );
+        log::error!("ALERT {message}");
+        let mut env = alert(
+            Severity::Critical,
+            AlertCode::DuplicateAgent,
+            message,
+            Some(&a.spec.id),
+            None,
+        );
+        env.source_agent_id = Some(a.spec.id.clone());
+        self.publish(i, MessageType::SystemAlert, &env);
+        self.announce(i);
     }
 
     /// The outcome, once shutting down is complete: no process left, no
@@ -400,6 +431,7 @@ impl Supervisor {
                 kind,
                 origin,
             } => self.answer_report(agent, kind == ReportKind::AgentStatus, &origin),
+            Command::PeerClaims { agent, daemon } => self.peer_claims(agent, daemon),
             Command::Control { agent, op, origin } => {
                 let r = if self.shutdown.is_some() {
                     Err("the daemon is shutting down".to_string())
