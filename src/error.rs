@@ -145,7 +145,7 @@ impl SystemError {
                 AlertCode::QueueFull | AlertCode::ShuttingDown | AlertCode::Unavailable => {
                     exit::TEMPORARY
                 }
-                AlertCode::BadRequest => exit::DATA,
+                AlertCode::BadRequest | AlertCode::Duplicate => exit::DATA,
                 AlertCode::NoRoute | AlertCode::AgentDown => exit::UNAVAILABLE,
                 _ => exit::UNAVAILABLE,
             },

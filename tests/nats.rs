@@ -441,3 +441,63 @@ fn the_same_agent_id_on_two_daemons_runs_a_task_once_and_is_reported() {
         "{out}"
     );
 }
+
+/// The same envelope published twice (a retrying client, a replayed
+/// message) runs once: the copy from the same sender is answered by the
+/// first run alone, one from another sender is refused by name.
+#[test]
+fn the_same_envelope_twice_runs_once() {
+    let server = NatsServer::start();
+    let dir = TempDir::new("dedup");
+    let record = dir.join("record.jsonl");
+    let agent = fake_agent(
+        "once",
+        json!({"FAKE_CLAUDE_RECORD": record.to_str().unwrap()}),
+    );
+    let d = daemon("dedup", &server, json!({"agents": [agent]}));
+    d.wait_seen("agent once: initializing -> idle", T);
+    let nc = raw_client(&server);
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&format!("{inbox}.>")).unwrap();
+    let envelope = |reply: &str| {
+        json!({
+            "message_id": "6f1c7c4e-6f43-4b6e-9f3a-2b7f4a1d9c10",
+            "message_type": "task_assignment",
+            "payload": {"task_id": "dup-1", "prompt": "only once"},
+            "reply_to": reply,
+        })
+        .to_string()
+    };
+    let subject = "mister-smith.claude.once.task_assignment";
+    let first = format!("{inbox}.1");
+    nc.publish(subject, envelope(&first)).unwrap();
+    nc.publish(subject, envelope(&first)).unwrap();
+    let other = format!("{inbox}.2");
+    nc.publish(subject, envelope(&other)).unwrap();
+    nc.flush().unwrap();
+    let deadline = Instant::now() + T;
+    let (mut results, mut refusals) = (0, Vec::new());
+    while results < 1 || refusals.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = sub.next_timeout(left).expect("answers within 20 s");
+        let v: Value = serde_json::from_slice(&msg.data).unwrap();
+        match v["message_type"].as_str() {
+            Some("task_result") => {
+                assert_eq!(msg.subject, first);
+                results += 1;
+            }
+            Some("system_alert") => refusals.push((msg.subject.clone(), v)),
+            _ => {}
+        }
+    }
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0].0, other);
+    assert_eq!(refusals[0].1["payload"]["code"], "duplicate");
+    // Nothing more comes: no second result, no second run.
+    assert!(sub.next_timeout(Duration::from_millis(500)).is_err());
+    let runs = crate::support::records(&record)
+        .iter()
+        .filter(|r| r["event"] == "task_start")
+        .count();
+    assert_eq!(runs, 1);
+}

@@ -28,6 +28,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::message::router::{AgentIx, Origin};
 
@@ -76,6 +77,49 @@ pub enum Refusal {
     AgentDown {
         why: String,
     },
+    /// A request with this `message_id` was accepted within the
+    /// deduplication window; its answers go to its first sender.
+    /// `same_sender`: this one came with the same reply subject (a retry
+    /// or a replay), which needs no answer of its own.
+    Duplicate {
+        same_sender: bool,
+    },
+}
+
+/// How long a request's `message_id` is remembered: the same envelope
+/// again within it is not run again (JetStream's default window).
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// At most this many message ids are remembered (a flood of 50,000 tasks a
+/// minute fits); past it the oldest are forgotten first.
+const DEDUP_MAX: usize = 200_000;
+
+/// Message ids seen lately, oldest first.
+#[derive(Debug, Default)]
+struct Recent {
+    seen: HashMap<Uuid, Option<String>, Fast>,
+    order: VecDeque<(Instant, Uuid)>,
+}
+
+impl Recent {
+    /// The reply subject a request `id` came with, if it came within the
+    /// window before `now`.
+    fn check(&mut self, id: &Uuid, now: Instant) -> Option<&Option<String>> {
+        while let Some(&(t, old)) = self.order.front() {
+            if now.saturating_duration_since(t) < DEDUP_WINDOW && self.order.len() <= DEDUP_MAX {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
+        self.seen.get(id)
+    }
+
+    fn remember(&mut self, id: Uuid, reply: Option<String>, now: Instant) {
+        if self.seen.insert(id, reply).is_none() {
+            self.order.push_back((now, id));
+        }
+    }
 }
 
 /// Why a queued task is answered `cancelled`.
@@ -319,6 +363,7 @@ pub struct Dispatcher {
     types: Vec<String>,
     /// The reason of each terminated agent.
     down: Vec<Option<String>>,
+    recent: Recent,
     closed: bool,
 }
 
@@ -328,6 +373,7 @@ impl Dispatcher {
             queue: Queue::new(capacity),
             lent: Lent::new(&types),
             down: vec![None; types.len()],
+            recent: Recent::default(),
             types,
             closed: false,
         }
@@ -381,6 +427,23 @@ impl Dispatcher {
                 }
             }
             DispatchCmd::Submit(tasks) => {
+                // One request (one message id), whatever the number of its
+                // tasks: the same envelope again within the window is not
+                // run again.
+                let request = tasks
+                    .first()
+                    .and_then(|t| Some((t.origin.message_id?, t.submitted)));
+                if let Some((id, at)) = request {
+                    if let Some(first_reply) = self.recent.check(&id, at) {
+                        let same_sender = *first_reply == tasks[0].origin.reply_to;
+                        for task in &tasks {
+                            sink.refused(task, Refusal::Duplicate { same_sender });
+                        }
+                        return;
+                    }
+                }
+                let reply = tasks.first().and_then(|t| t.origin.reply_to.clone());
+                let mut taken = false;
                 let mut start = Vec::new();
                 for mut task in tasks {
                     if let Some(why) = self.down_reason(&task.target) {
@@ -391,6 +454,7 @@ impl Dispatcher {
                     if let Some(i) = self.lent.take_for(&task.target) {
                         sink.accepted(&task, 0);
                         start.push((i, task));
+                        taken = true;
                     } else {
                         let seq = task.seq;
                         match self.queue.push(task) {
@@ -398,10 +462,16 @@ impl Dispatcher {
                                 if let Some(t) = self.queue.tasks.get(&seq) {
                                     sink.accepted(t, self.queue.len());
                                 }
+                                taken = true;
                             }
                             Err((task, why)) => sink.refused(&task, why),
                         }
                     }
+                }
+                // Remembered once taken: a request refused (queue full) may
+                // be sent again as it was.
+                if let (true, Some((id, at))) = (taken, request) {
+                    self.recent.remember(id, reply, at);
                 }
                 for (i, task) in start {
                     sink.assign(i, task);

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::sync::Mutex;
+use uuid::Uuid;
 
 fn task(id: &str, priority: u8, target: Target) -> Task {
     let now = Instant::now();
@@ -241,4 +242,36 @@ fn queued_tasks_expire_at_their_deadline() {
     assert_eq!(d.next_deadline(), None);
     let got = log.0.lock().unwrap().clone();
     assert_eq!(got, ["accepted soon 1", "expired soon"]);
+}
+
+#[test]
+fn the_same_request_twice_within_the_window_runs_once() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(1, vec!["claude".to_string()]);
+    let id = Uuid::new_v4();
+    let sent = |name: &str, reply: &str, after_s: u64| {
+        let mut t = task(name, 5, Target::Agent(AgentIx(0)));
+        t.origin.message_id = Some(id);
+        t.origin.reply_to = Some(reply.into());
+        t.submitted += Duration::from_secs(after_s);
+        t
+    };
+    d.handle(DispatchCmd::Submit(vec![sent("first", "r1", 0)]), &log);
+    d.handle(DispatchCmd::Submit(vec![sent("replay", "r1", 1)]), &log);
+    d.handle(DispatchCmd::Submit(vec![sent("other", "r2", 2)]), &log);
+    // Past the window, the id is new again (the queue of one is full).
+    d.handle(DispatchCmd::Submit(vec![sent("later", "r3", 121)]), &log);
+    // A request refused for a full queue is not remembered: sent again.
+    d.handle(DispatchCmd::Submit(vec![sent("again", "r3", 122)]), &log);
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted first 1",
+            "refused replay Duplicate { same_sender: true }",
+            "refused other Duplicate { same_sender: false }",
+            "refused later Full { capacity: 1 }",
+            "refused again Full { capacity: 1 }",
+        ]
+    );
 }

@@ -248,6 +248,9 @@ pub struct Origin {
     pub correlation_id: Option<Uuid>,
     pub trace_id: Option<String>,
     pub source_agent_id: Option<String>,
+    /// The request's own `message_id`: the same envelope twice (a retrying
+    /// client, a replayed message) is one request.
+    pub message_id: Option<Uuid>,
 }
 
 impl Origin {
@@ -258,6 +261,7 @@ impl Origin {
             correlation_id: Some(env.correlation_id.unwrap_or(env.message_id)),
             trace_id: env.trace_id.clone(),
             source_agent_id: env.source_agent_id.clone(),
+            message_id: Some(env.message_id),
         }
     }
 }

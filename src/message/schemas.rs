@@ -154,11 +154,14 @@ pub enum AlertCode {
     AgentDown,
     /// Another daemon runs an agent with the same id.
     DuplicateAgent,
+    /// The same request (`message_id`) was accepted before, from another
+    /// sender: it is not run again.
+    Duplicate,
     Other(String),
 }
 
 impl AlertCode {
-    const KNOWN: [AlertCode; 9] = [
+    const KNOWN: [AlertCode; 10] = [
         AlertCode::QueueFull,
         AlertCode::NoRoute,
         AlertCode::BadRequest,
@@ -168,6 +171,7 @@ impl AlertCode {
         AlertCode::Unavailable,
         AlertCode::AgentDown,
         AlertCode::DuplicateAgent,
+        AlertCode::Duplicate,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -181,6 +185,7 @@ impl AlertCode {
             AlertCode::Unavailable => "unavailable",
             AlertCode::AgentDown => "agent_down",
             AlertCode::DuplicateAgent => "duplicate_agent",
+            AlertCode::Duplicate => "duplicate",
             AlertCode::Other(s) => s,
         }
     }

@@ -404,6 +404,20 @@ impl DispatchSink for DaemonSink {
                 "the daemon is shutting down; retry later".to_string(),
             ),
             Refusal::AgentDown { why } => (AlertCode::AgentDown, self.down_text(t, &why)),
+            Refusal::Duplicate { same_sender: true } => {
+                // A retry or a replay: the first answers are on their way
+                // to this same sender.
+                log::debug!("task {}: the same request again; not run twice", t.task_id);
+                return;
+            }
+            Refusal::Duplicate { same_sender: false } => (
+                AlertCode::Duplicate,
+                format!(
+                    "message {} (task {}) was already accepted: it is not run twice, and its answers go to its first sender",
+                    t.origin.message_id.map(|m| m.to_string()).unwrap_or_default(),
+                    t.task_id
+                ),
+            ),
         };
         log::warn!("task {} refused: {message}", t.task_id);
         if let Some(r) = &t.origin.reply_to {
