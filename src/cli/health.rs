@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::cli::status::reports;
+use crate::cli::gather::{reports, Expect};
 use crate::cli::Cli;
 use crate::cli::{bound, client};
 use crate::config::names::check_token;
@@ -36,60 +36,6 @@ pub struct HealthArgs {
     /// one missing is CRITICAL (a killed daemon otherwise just vanishes)
     #[argh(option, arg_name = "N|ID,ID...")]
     pub expect: Option<String>,
-}
-
-/// Whom `--expect` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Expect {
-    Count(usize),
-    Ids(Vec<String>),
-}
-
-impl Expect {
-    fn parse(text: &str) -> Result<Expect, SystemError> {
-        if let Ok(n) = text.parse::<usize>() {
-            return if n == 0 {
-                Err(SystemError::Usage(
-                    "--expect 0: expect at least one daemon".into(),
-                ))
-            } else {
-                Ok(Expect::Count(n))
-            };
-        }
-        let ids: Vec<String> = text.split(',').map(|s| s.trim().to_string()).collect();
-        for id in &ids {
-            check_token(id)
-                .map_err(|why| SystemError::Usage(format!("--expect: daemon id {id:?} {why}")))?;
-        }
-        Ok(Expect::Ids(ids))
-    }
-
-    /// Whether the daemons in `answered` are all that is expected.
-    pub(super) fn met(&self, answered: &[&str]) -> bool {
-        match self {
-            Expect::Count(n) => answered.len() >= *n,
-            Expect::Ids(ids) => ids.iter().all(|id| answered.contains(&id.as_str())),
-        }
-    }
-
-    /// What is missing from `answered`, for the line.
-    fn missing(&self, answered: &[&str]) -> Option<String> {
-        match self {
-            Expect::Count(n) if answered.len() < *n => Some(format!(
-                "{} of {n} expected daemons answered",
-                answered.len()
-            )),
-            Expect::Ids(ids) => {
-                let gone: Vec<&str> = ids
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|id| !answered.contains(id))
-                    .collect();
-                (!gone.is_empty()).then(|| format!("daemon {} did not answer", gone.join(", ")))
-            }
-            Expect::Count(_) => None,
-        }
-    }
 }
 
 /// Runs the check and prints its line. The exit code is the check's state

@@ -1,19 +1,16 @@
 //! `mister-smith status`: what every agent is doing.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::cli::client::{self, print_line, refusal, Client};
-use crate::cli::health::Expect;
+use crate::cli::client::{self, print_line};
+use crate::cli::gather::reports;
 use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
-use crate::message::envelope::{Envelope, MessageType, Payload};
-use crate::message::router::{agent_subject, system_subject};
-use crate::message::schemas::{AgentStatus, HealthReport, SystemHealthCheck};
+use crate::message::schemas::AgentStatus;
 use crate::transport::TransportKind;
 
 /// show each agent's state, pid, uptime, restarts, tasks done and failed,
@@ -33,123 +30,6 @@ pub struct StatusArgs {
     /// print a JSON array of agent_status payloads
     #[argh(switch)]
     pub json: bool,
-}
-
-/// Asks every reachable daemon (or the one running `agent`) for its report.
-pub(super) fn reports(
-    client: &mut Client,
-    agent: Option<&str>,
-    within: Duration,
-    expect: Option<&Expect>,
-) -> Result<Vec<HealthReport>, SystemError> {
-    let (subject, payload) = match agent {
-        Some(id) => (
-            agent_subject("claude", id, MessageType::SystemHealthCheck),
-            SystemHealthCheck {
-                agent_id: Some(id.to_string()),
-                report: None,
-            },
-        ),
-        None => (
-            system_subject("all", "status"),
-            SystemHealthCheck::default(),
-        ),
-    };
-    let mut env = Envelope::new(Payload::SystemHealthCheck(payload));
-    // Over NATS every daemon answers and nothing says how many there are:
-    // after an answer, wait a little for more. One daemon (the socket, or
-    // the one that runs `agent`) answers once, perhaps in parts.
-    let several = client.kind() == TransportKind::Nats && agent.is_none();
-    let deadline = Instant::now() + within;
-    let reply = client.request(&subject, &mut env)?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    client.flush_within(left)?;
-    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
-    let mut until = deadline;
-    while let Some(m) = client.next_until(until)? {
-        if m.subject != reply {
-            continue;
-        }
-        if m.no_responders {
-            if parts.is_empty() {
-                return Err(SystemError::NoResponders { subject });
-            }
-            continue;
-        }
-        let answer = client::decode(&m)?;
-        if let Some(err) = refusal(&answer) {
-            return Err(err);
-        }
-        let Payload::SystemHealthCheck(SystemHealthCheck {
-            report: Some(r), ..
-        }) = answer.payload
-        else {
-            continue;
-        };
-        parts.entry(r.daemon_id.clone()).or_default().add(r);
-        // With daemons expected, wait for them all (until the deadline).
-        let answered: Vec<&str> = parts.keys().map(String::as_str).collect();
-        let complete =
-            parts.values().all(Parts::complete) && expect.is_none_or(|e| e.met(&answered));
-        until = match (complete, several) {
-            (true, false) => break,
-            (true, true) => (Instant::now() + client::MORE_ANSWERS).min(deadline),
-            (false, _) => deadline,
-        };
-    }
-    if parts.is_empty() {
-        return Err(SystemError::NoAnswer(format!(
-            "no daemon answered within {} ms ({})",
-            within.as_millis(),
-            client.describe()
-        )));
-    }
-    parts.into_values().map(Parts::whole).collect()
-}
-
-/// The parts of one daemon's report, as they arrive.
-#[derive(Default)]
-struct Parts {
-    got: BTreeMap<u32, HealthReport>,
-    total: u32,
-}
-
-impl Parts {
-    fn add(&mut self, r: HealthReport) {
-        self.total = r.parts.unwrap_or(1);
-        self.got.insert(r.part.unwrap_or(1), r);
-    }
-
-    fn complete(&self) -> bool {
-        u32::try_from(self.got.len()).is_ok_and(|n| n >= self.total)
-    }
-
-    /// The report, its parts joined in order.
-    fn whole(self) -> Result<HealthReport, SystemError> {
-        if !self.complete() {
-            let daemon = self
-                .got
-                .values()
-                .next()
-                .map(|r| r.daemon_id.clone())
-                .unwrap_or_default();
-            return Err(SystemError::NoAnswer(format!(
-                "daemon {daemon} answered with {} of the {} parts of its report in time",
-                self.got.len(),
-                self.total
-            )));
-        }
-        let mut parts = self.got.into_values();
-        let mut whole = parts
-            .next()
-            .ok_or_else(|| SystemError::NoAnswer("an empty report".into()))?;
-        for p in parts {
-            whole.agents.extend(p.agents);
-        }
-        whole.part = None;
-        whole.parts = None;
-        Ok(whole)
-    }
 }
 
 pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
