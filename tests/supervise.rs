@@ -434,3 +434,103 @@ fn a_daemon_out_of_file_descriptors_fails_spawns_and_stays_up() {
         "at {limit} fds: {last_failure}"
     );
 }
+
+/// A descendant that escaped its agent's group with `setsid` and outlived
+/// its parent before the tracker ever saw it (a stop right after it left, a
+/// crash loop) comes back to the daemon, a child subreaper, and is killed:
+/// while the daemon runs, and at its stop.
+#[test]
+fn escapees_orphaned_before_any_scan_are_killed() {
+    let grandchild_of = |record: &std::path::Path| {
+        crate::support::records(record)
+            .iter()
+            .find(|r| r["event"] == "grandchild")
+            .and_then(|r| r["pid"].as_u64())
+            .map(|p| p as u32)
+    };
+    let dir = TempDir::new("orphans");
+    let record = dir.join("record.jsonl");
+    let agent = json!({
+        "id": "leaky", "command": fake_claude(),
+        "env": {
+            "FAKE_CLAUDE_RECORD": record.to_str().unwrap(),
+            "FAKE_CLAUDE_SPAWN_GRANDCHILD": "sleep 3000",
+            "FAKE_CLAUDE_GRANDCHILD_SETSID": "1",
+        },
+    });
+    let d = Daemon::start(dir, &json!({"agents": [agent]}));
+    d.wait_for("agent leaky: initializing -> idle", T);
+    let first = grandchild_of(&record).expect("grandchild record");
+    assert!(alive(first));
+    // Stopped at once: its escapee was never seen by a scan.
+    assert!(d.cli(&["stop", "leaky"]).0.success());
+    d.wait_for("agent leaky: stopping -> terminated", T);
+    assert!(
+        wait_gone(first, T),
+        "orphan {first} survived its agent's stop"
+    );
+    d.wait_seen(
+        &format!("killed process {first}, orphaned below an agent"),
+        T,
+    );
+
+    // Started again and the daemon stopped right away: its stop ends it.
+    std::fs::remove_file(&record).expect("reset the record");
+    assert!(d.cli(&["start", "leaky"]).0.success());
+    d.wait_for("agent leaky: initializing -> idle", T);
+    let second = grandchild_of(&record).expect("second grandchild");
+    assert!(alive(second));
+    d.stop();
+    assert!(
+        wait_gone(second, T),
+        "orphan {second} survived the daemon's stop"
+    );
+}
+
+/// An orphan that left its agent's group while the agent keeps running (a
+/// tool's `setsid cmd &` in a shell that then exits) is the agent's: it is
+/// tracked, left alone while the agent works, and killed when it stops. One
+/// that does not name its agent is nobody's and is killed at once.
+#[test]
+fn an_orphan_of_a_running_agent_lives_until_its_agent_stops() {
+    let dir = TempDir::new("adopted");
+    let pids = dir.join("orphans");
+    let script = dir.join("detach.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             setsid sleep 3000 </dev/null >/dev/null 2>&1 &\n\
+             mine=$!\n\
+             env -u MISTER_SMITH_AGENT_ID setsid sleep 3001 </dev/null >/dev/null 2>&1 &\n\
+             echo $mine $! > {0}.tmp && mv {0}.tmp {0}\n",
+            pids.display()
+        ),
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the script");
+    let agent = json!({
+        "id": "parent", "command": fake_claude(),
+        "env": {"FAKE_CLAUDE_SPAWN_GRANDCHILD": script.to_str().unwrap()},
+    });
+    let d = Daemon::start(dir, &json!({"agents": [agent]}));
+    d.wait_for("agent parent: initializing -> idle", T);
+    let line = d.wait_seen("was orphaned outside its group; tracking it", T);
+    let text = std::fs::read_to_string(&pids).expect("the script wrote the orphans' pids");
+    let (mine, nobodys) = match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [a, b] => (
+            a.parse::<u32>().expect("pid"),
+            b.parse::<u32>().expect("pid"),
+        ),
+        _ => panic!("orphans file: {text:?}"),
+    };
+    assert!(line.contains(&format!("process {mine} ")), "{line}");
+    // The anonymous one is killed after two passes, both of which saw the
+    // agent's orphan: it is still alive.
+    d.wait_seen(&format!("killed process {nobodys}, orphaned"), T);
+    assert!(wait_gone(nobodys, T));
+    assert!(alive(mine), "an orphan of a running agent was killed");
+    assert!(d.cli(&["stop", "parent"]).0.success());
+    assert!(wait_gone(mine, T), "orphan {mine} survived its agent");
+}

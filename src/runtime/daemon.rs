@@ -74,6 +74,13 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             daemon_id: config.daemon_id.clone(),
             run_dir: run_dir.clone(),
         })?;
+    // Descendants of agents that outlive their parents come back to us
+    // instead of init, so the tracker can end them (see tracker.rs).
+    if let Err(e) = crate::sys::set_child_subreaper() {
+        log::warn!(
+            "cannot become a child subreaper ({e}): orphaned descendants may outlive their agents"
+        );
+    }
     let swept = tracker::sweep(&run_dir);
     if swept > 0 {
         log::warn!("swept {swept} leftovers of a previous daemon that did not stop cleanly");
@@ -149,11 +156,11 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         .spawn(move || dispatch::run(&dispatch_rx, dispatcher, &q, &sink))
         .map_err(thread_err("dispatcher"))?;
 
-    let health_events = events_tx.clone();
+    let (health_events, health_tracker) = (events_tx.clone(), track_tx.clone());
     thread::Builder::new()
         .name("health".into())
         .stack_size(256 * 1024)
-        .spawn(move || health_monitor::run(&health_rx, &health_events))
+        .spawn(move || health_monitor::run(&health_rx, &health_events, &health_tracker))
         .map_err(thread_err("health"))?;
 
     log::info!(
@@ -196,6 +203,8 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         Box::new(SystemClock),
     )
     .run();
+    // Its agents have exited: what they left behind goes too.
+    tracker::end_orphans();
     // The last answers (cancelled tasks, final statuses) leave before we do.
     if !drain.drain(Duration::from_secs(3)) {
         log::warn!("some final messages may not have been delivered");

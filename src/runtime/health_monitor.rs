@@ -25,6 +25,7 @@ use crate::config::HealthCommand;
 use crate::message::router::AgentIx;
 use crate::runtime::events::{Event, Verdict};
 use crate::runtime::process::describe_exit;
+use crate::runtime::tracker::TrackCmd;
 use crate::sys;
 
 /// Requests from the supervisor.
@@ -58,7 +59,7 @@ struct Watched {
 const MAX_CHECK_OUTPUT: usize = 300;
 
 /// The monitor's loop. Returns when the supervisor drops its sender.
-pub(crate) fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
+pub(crate) fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>, tracker: &Sender<TrackCmd>) {
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(AgentIx, u64, Verdict)>();
     let mut watched: HashMap<AgentIx, Watched> = HashMap::new();
     let mut due: BTreeMap<(Instant, AgentIx), u64> = BTreeMap::new();
@@ -103,11 +104,12 @@ pub(crate) fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
                     w.running = true;
                     let (cmd, id, pid, timeout) = (w.command.clone(), w.id.clone(), w.pid, w.timeout);
                     let tx = done_tx.clone();
+                    let tracker = tracker.clone();
                     let spawned = thread::Builder::new()
                         .name(format!("check:{id}"))
                         .stack_size(128 * 1024)
                         .spawn(move || {
-                            let verdict = check(&cmd, &id, pid, timeout);
+                            let verdict = check(&cmd, &id, pid, timeout, &tracker);
                             let _ = tx.send((agent, run, verdict));
                         });
                     if let Err(e) = spawned {
@@ -123,7 +125,13 @@ pub(crate) fn run(inbox: &Receiver<HealthCmd>, events: &Sender<Event>) {
 
 /// Runs one check: exit status 0 within `timeout` is healthy. The command
 /// runs in its own process group, which is killed on timeout.
-pub(crate) fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Duration) -> Verdict {
+pub(crate) fn check(
+    command: &HealthCommand,
+    id: &str,
+    pid: u32,
+    timeout: Duration,
+    tracker: &Sender<TrackCmd>,
+) -> Verdict {
     let mut cmd = match command {
         HealthCommand::Shell(s) => {
             let mut c = Command::new("/bin/sh");
@@ -142,11 +150,21 @@ pub(crate) fn check(command: &HealthCommand, id: &str, pid: u32, timeout: Durati
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Verdict::Unhealthy(format!("cannot run the check: {e}")),
     };
     let gid = child.id();
+    // Ours, not an orphan of an agent's (the daemon is a child subreaper).
+    let _ = tracker.send(TrackCmd::Own { pid: gid });
+    let verdict = wait_check(child, gid, timeout);
+    let _ = tracker.send(TrackCmd::Disown { pid: gid });
+    verdict
+}
+
+/// Waits for the check `child` (group `gid`) within `timeout`, drains its
+/// output, and kills whatever is left of its group.
+fn wait_check(mut child: std::process::Child, gid: u32, timeout: Duration) -> Verdict {
     // Drain both pipes so a chatty check cannot block; keep the start of
     // each for the log.
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
@@ -231,6 +249,9 @@ mod tests {
     #[test]
     fn checks_pass_fail_and_time_out() {
         let t = Duration::from_secs(5);
+        let (tracker, owned) = crossbeam_channel::unbounded();
+        let check =
+            |c: &HealthCommand, id: &str, pid: u32, t: Duration| check(c, id, pid, t, &tracker);
         assert_eq!(
             check(&HealthCommand::Shell("exit 0".into()), "a", 1, t),
             Verdict::Healthy
@@ -265,5 +286,10 @@ mod tests {
             check(&HealthCommand::Argv(vec!["/nonexistent/x".into()]), "a", 1, t),
             Verdict::Unhealthy(m) if m.starts_with("cannot run the check")
         ));
+        // Each check that ran was ours to the tracker while it ran.
+        let told: Vec<TrackCmd> = owned.try_iter().collect();
+        assert_eq!(told.len(), 2 * 4, "{told:?}");
+        assert!(matches!(told[0], TrackCmd::Own { .. }));
+        assert!(matches!(told[1], TrackCmd::Disown { .. }));
     }
 }

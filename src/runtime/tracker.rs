@@ -11,7 +11,10 @@
 //! agents. Start times make the sweep safe against pid reuse.
 //!
 //! When an agent's process exits normally, its escaped descendants are
-//! killed too, so a stop leaves no survivors either way.
+//! killed too, so a stop leaves no survivors either way. The daemon is a
+//! child subreaper, so a descendant orphaned before any scan saw it comes
+//! back to the daemon rather than init, and is found among its children
+//! (see [`Orphans`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -38,6 +41,11 @@ pub(crate) enum TrackCmd {
     /// Agent `id`'s process has exited: kill its escaped descendants and
     /// forget it.
     Down { id: String },
+    /// A child the daemon started for itself (a health check) runs as
+    /// `pid`; it is not an orphan.
+    Own { pid: u32 },
+    /// That child has been reaped.
+    Disown { pid: u32 },
 }
 
 /// One process, identified beyond pid reuse.
@@ -156,6 +164,123 @@ fn kill_escaped(p: &Proc) -> bool {
     true
 }
 
+/// Our direct children that we did not start. The daemon is a child
+/// subreaper, so a process that left an agent's group (`setsid`, a double
+/// fork) and outlived its parent comes back to the daemon instead of init,
+/// even when no scan saw it below its agent (a crash loop, a stop right
+/// after it left). Such an orphan names its agent in its environment
+/// (`MISTER_SMITH_AGENT_ID`, inherited): while that agent runs, it is
+/// tracked like any escaped descendant and dies with the agent. One whose
+/// agent is gone, or that names none, is killed with its group once it has
+/// been seen at two passes in a row (so never a child of ours that was
+/// about to be registered, such as an agent's new leader).
+#[derive(Debug, Default)]
+struct Orphans {
+    /// Children the daemon started: agents' leaders and health checks.
+    own: HashSet<u32>,
+    /// Unclaimed children seen at the last pass, with their start times.
+    suspects: HashMap<u32, u64>,
+}
+
+/// What one pass over our children did.
+#[derive(Debug, Default)]
+struct Pass {
+    /// Orphans killed.
+    killed: Vec<u32>,
+    /// Orphans of running agents, to track: (agent id, process).
+    adopted: Vec<(String, Proc)>,
+}
+
+/// Our children now: (pid, start time, exited).
+fn children() -> Vec<(u32, u64, bool)> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = text.rfind(')') else {
+            continue;
+        };
+        let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        if f.get(1) != Some(&me.as_str()) {
+            continue;
+        }
+        let start = f.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((pid, start, f.first() == Some(&"Z")));
+    }
+    out
+}
+
+/// The agent `pid` names in its environment, if it can be read.
+fn agent_of(pid: u32) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|kv| {
+        kv.strip_prefix(b"MISTER_SMITH_AGENT_ID=")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+    })
+}
+
+impl Orphans {
+    /// One pass. `groups` are the running agents' leaders; with `now`,
+    /// unclaimed orphans are killed at once (the daemon is stopping and
+    /// starts nothing more).
+    fn pass(&mut self, now: bool, groups: &BTreeMap<String, Proc>) -> Pass {
+        let mut done = Pass::default();
+        let mut seen = HashMap::new();
+        for (pid, start, exited) in children() {
+            if self.own.contains(&pid) {
+                continue;
+            }
+            if !exited && !now {
+                // Started after its agent's current leader: this run's.
+                let claim =
+                    agent_of(pid).filter(|id| groups.get(id).is_some_and(|l| l.start <= start));
+                if let Some(id) = claim {
+                    done.adopted.push((id, Proc { pid, start }));
+                    continue;
+                }
+            }
+            if !now && self.suspects.get(&pid) != Some(&start) {
+                seen.insert(pid, start);
+                continue;
+            }
+            if !exited {
+                let _ = sys::killpg(pid, libc::SIGKILL);
+                let _ = sys::kill(pid, libc::SIGKILL);
+                done.killed.push(pid);
+            }
+            // Not dead yet: reaped at the next pass.
+            if !matches!(sys::reap_nohang(pid), Ok(true)) {
+                seen.insert(pid, start);
+            }
+        }
+        self.suspects = seen;
+        done
+    }
+}
+
+/// Kills every child of the daemon that is not an agent it still knows
+/// about, at its stop: after its agents have exited, whatever they left
+/// behind (and what came back to the subreaper) goes too, since a clean
+/// stop deletes the state file and nothing would sweep it later. Returns
+/// how many were killed.
+pub(crate) fn end_orphans() -> usize {
+    let mut orphans = Orphans::default();
+    let done = orphans.pass(true, &BTreeMap::new());
+    for pid in &done.killed {
+        log::warn!("killed process {pid}, orphaned below an agent");
+    }
+    done.killed.len()
+}
+
 /// Kills what a previous daemon left behind according to the state file in
 /// `dir`. Returns how many groups or processes were swept.
 pub(crate) fn sweep(dir: &Path) -> usize {
@@ -230,6 +355,7 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     // (a cold start, a crash loop) costs one write instead of one each, and
     // the restart path never waits on the file system.
     let mut pending_write: Option<std::time::Instant> = None;
+    let mut orphans = Orphans::default();
     loop {
         let debounce = pending_write.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let changed = select_biased! {
@@ -240,18 +366,35 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
             recv(inbox) -> cmd => match cmd {
                 Ok(TrackCmd::Up { id, pgid }) => {
                     let start = stat(pgid).map_or(0, |(_, _, s)| s);
-                    state.groups.insert(id, Proc { pid: pgid, start });
+                    orphans.own.insert(pgid);
+                    if let Some(old) = state.groups.insert(id, Proc { pid: pgid, start }) {
+                        orphans.own.remove(&old.pid);
+                    }
                     pending_write.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
                     false
                 }
                 Ok(TrackCmd::Down { id }) => {
-                    state.groups.remove(&id);
+                    if let Some(leader) = state.groups.remove(&id) {
+                        orphans.own.remove(&leader.pid);
+                    }
+                    // What the agent left behind has come to us by now;
+                    // it is killed at the next pass.
+                    let pass = orphans.pass(false, &state.groups);
+                    adopt(&mut state, pass, &mut noticed);
                     for p in state.escaped.remove(&id).unwrap_or_default() {
                         if kill_escaped(&p) {
                             log::info!("agent {id}: killed process {} that had left its group", p.pid);
                         }
                     }
                     pending_write.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
+                    false
+                }
+                Ok(TrackCmd::Own { pid }) => {
+                    orphans.own.insert(pid);
+                    false
+                }
+                Ok(TrackCmd::Disown { pid }) => {
+                    orphans.own.remove(&pid);
                     false
                 }
                 Err(_) => {
@@ -264,6 +407,10 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                 // With agents running, every scan is written: `updated`
                 // keeps up with what the tracker has seen.
                 let mut changed = !state.groups.is_empty();
+                if !state.groups.is_empty() || !orphans.suspects.is_empty() {
+                    let pass = orphans.pass(false, &state.groups);
+                    changed |= adopt(&mut state, pass, &mut noticed);
+                }
                 if !state.groups.is_empty() {
                     let procs = scan();
                     for (id, leader) in &state.groups {
@@ -293,6 +440,27 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
             log::info!("{line}");
         }
     }
+}
+
+/// Tracks the orphans `pass` found for running agents, and says which it
+/// killed. Returns whether the state changed.
+fn adopt(state: &mut State, pass: Pass, noticed: &mut Vec<String>) -> bool {
+    for pid in pass.killed {
+        log::warn!("killed process {pid}, orphaned below an agent");
+    }
+    let mut changed = false;
+    for (id, p) in pass.adopted {
+        let known = state.escaped.entry(id.clone()).or_default();
+        if !known.contains(&p) {
+            noticed.push(format!(
+                "agent {id}: process {} was orphaned outside its group; tracking it",
+                p.pid
+            ));
+            known.push(p);
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Writes the state atomically (a rename), so a crash never leaves half a

@@ -137,6 +137,29 @@ pub fn reap(pid: u32) -> io::Result<ExitStatus> {
     }
 }
 
+/// Reaps our child `pid` if it has exited; `Ok(false)` when it has not.
+pub fn reap_nohang(pid: u32) -> io::Result<bool> {
+    let mut status = 0;
+    // SAFETY: `status` is valid for writes; waiting has no other
+    // preconditions.
+    let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r > 0)
+}
+
+/// Makes this process a child subreaper: descendants orphaned below it
+/// become its children instead of init's, so it can find and end them.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A new pipe, both ends close-on-exec: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
