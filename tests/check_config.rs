@@ -145,3 +145,61 @@ fn missing_programs_and_directories_are_config_problems() {
     );
     assert_eq!(err.lines().count(), 3, "{err}");
 }
+
+/// Configs that parse but could never run (or would run something other
+/// than what the operator reads) fail the check, each at its JSON path.
+#[test]
+fn configs_this_host_cannot_run_fail_the_check() {
+    let dir = TempDir::new("cc-host");
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("fs.nr_open")
+        .trim()
+        .parse()
+        .expect("a number");
+    let script = dir.join("agent.sh");
+    std::fs::write(&script, "#!/nonexistent/interpreter -x\necho hi\n").expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let fc = fake_claude();
+    let fc = fc.to_str().unwrap();
+    // Written by hand: a JSON value cannot hold a key twice.
+    let text = format!(
+        r#"{{"agents": [
+            {{"id": "files", "command": "{fc}", "limits": {{"open_files": {}}}}},
+            {{"id": "script", "command": "{}"}},
+            {{"id": "slow", "command": "{fc}", "restart": {{"max_delay_ms": 18446744073709551615}},
+              "health": {{"interval_ms": 604800001}}}},
+            {{"id": "twice", "command": "{fc}", "restart": {{"policy": "always"}},
+              "restart": {{"policy": "never"}}}}
+        ], "message": {{"default_timeout_ms": 604800001}}}}"#,
+        nr_open + 1,
+        script.display()
+    );
+    let path = dir.join("mister-smith.json");
+    std::fs::write(&path, text).expect("config");
+    let (status, out, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "stdout: {out}\nstderr: {err}");
+    let want = [
+        format!(
+            "agents[0].limits.open_files: {} is more than this system allows (fs.nr_open = {nr_open})",
+            nr_open + 1
+        ),
+        format!(
+            "agents[1].command: {}: its interpreter /nonexistent/interpreter (the #! line) is not an executable file",
+            script.display()
+        ),
+        "agents[2].restart.max_delay_ms: 18446744073709551615 is more than a week".into(),
+        "agents[2].health.interval_ms: 604800001 is more than a week".into(),
+        "agents[3].restart: duplicate key (only the last would count)".into(),
+        "message.default_timeout_ms: 604800001 is more than a week".into(),
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    for w in &want {
+        let full = format!("mister-smith: error: config {}: {w}", path.display());
+        assert!(
+            lines.iter().any(|l| l.starts_with(&full)),
+            "missing {full:?} in:\n{err}"
+        );
+    }
+    assert_eq!(lines.len(), want.len(), "unexpected extra lines:\n{err}");
+}

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod dups;
 pub mod names;
 mod parse;
 mod problems;
@@ -36,6 +37,11 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The most replicas one agent entry may ask for.
 pub const MAX_REPLICAS: u64 = 10_000;
+
+/// The longest duration any `*_ms` key may give: a week, as for an
+/// envelope's `timeout_ms`. Longer is a typo, and a delay near `u64::MAX`
+/// milliseconds is no delay anyone meant.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// An agent's `type` and `command` when the config does not say.
 pub const DEFAULT_AGENT_TYPE: &str = "claude";

@@ -27,7 +27,7 @@ use super::{
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let (config, mut problems) = read_and_parse(path)?;
     if let Some(c) = &config {
-        problems.extend(missing_programs(c));
+        problems.extend(host_problems(c));
     }
     match config {
         Some(c) if problems.is_empty() => Ok(c),
@@ -84,22 +84,23 @@ fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigE
         _ => PathBuf::from("."),
     };
     let base = std::path::absolute(&base).unwrap_or(base);
-    let (mut config, problems) = parse_all(&value, &base);
+    let (mut config, mut problems) = parse_all(&value, &base);
+    problems.extend(super::dups::duplicate_keys(&text));
     if let Some(c) = config.as_mut() {
         c.path = path.to_path_buf();
     }
     Ok((config, problems))
 }
 
-/// Agents whose program cannot be found or is not executable, or whose
-/// working directory is missing: better said at load than found out as a
-/// crash loop.
-fn missing_programs(config: &Config) -> Vec<Problem> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
+/// What this host cannot run: an agent's program that cannot be found or
+/// is not executable, a script whose `#!` interpreter is missing, a working
+/// directory that is not there, an open-files limit above the kernel's
+/// ceiling. Better said at load than found out as a crash loop.
+fn host_problems(config: &Config) -> Vec<Problem> {
     let search_path = std::env::var_os("PATH").unwrap_or_default();
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
     for agent in &config.agents {
@@ -107,30 +108,69 @@ fn missing_programs(config: &Config) -> Vec<Problem> {
         if !seen.insert(agent.source.clone()) {
             continue;
         }
+        let at = |key: &str| format!("{}.{key}", agent.source);
         let found = if agent.command.contains('/') {
-            executable(Path::new(&agent.command))
+            Some(PathBuf::from(&agent.command)).filter(|p| executable(p))
         } else {
-            std::env::split_paths(&search_path).any(|d| executable(&d.join(&agent.command)))
+            std::env::split_paths(&search_path)
+                .map(|d| d.join(&agent.command))
+                .find(|p| executable(p))
         };
-        if !found {
-            let what = if agent.command.contains('/') {
-                "is not an executable file"
-            } else {
-                "is not found in PATH"
-            };
-            problems.push(Problem {
-                path: format!("{}.command", agent.source),
-                message: format!("{:?} {what}", agent.command),
-            });
+        match found {
+            None if agent.command.contains('/') => problems.push(Problem {
+                path: at("command"),
+                message: format!("{:?} is not an executable file", agent.command),
+            }),
+            None => problems.push(Problem {
+                path: at("command"),
+                message: format!("{:?} is not found in PATH", agent.command),
+            }),
+            Some(program) => {
+                if let Some(interp) = interpreter(&program).filter(|i| !executable(i)) {
+                    problems.push(Problem {
+                        path: at("command"),
+                        message: format!(
+                            "{}: its interpreter {} (the #! line) is not an executable file",
+                            program.display(),
+                            interp.display()
+                        ),
+                    });
+                }
+            }
         }
         if !agent.working_dir.is_dir() {
             problems.push(Problem {
-                path: format!("{}.working_dir", agent.source),
+                path: at("working_dir"),
                 message: format!("{} is not a directory", agent.working_dir.display()),
             });
         }
+        if let (Some(want), Some(max)) = (agent.limits.open_files, nr_open) {
+            if want > max {
+                problems.push(Problem {
+                    path: at("limits.open_files"),
+                    message: format!("{want} is more than this system allows (fs.nr_open = {max})"),
+                });
+            }
+        }
     }
     problems
+}
+
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The interpreter a script names on its `#!` line, if it has one.
+fn interpreter(program: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let mut f = std::fs::File::open(program).ok()?;
+    let n = f.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    line.split_whitespace().next().map(PathBuf::from)
 }
 
 /// Checks a parsed config document. Relative paths are resolved against
@@ -277,7 +317,9 @@ fn message(p: &mut Problems, v: Option<&Value>) -> MessageConfig {
         "message",
         &["default_timeout_ms", "max_message_size", "queue_capacity"],
     );
-    c.default_timeout_ms = p.uint(m, "message", "default_timeout_ms", c.default_timeout_ms, 1);
+    c.default_timeout_ms = p
+        .opt_millis(m, "message", "default_timeout_ms", 1)
+        .unwrap_or(c.default_timeout_ms);
     c.max_message_size = p.uint(
         m,
         "message",

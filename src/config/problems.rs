@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::Problem;
+use super::{Problem, MAX_DURATION_MS};
 
 pub(super) fn kind(v: &Value) -> &'static str {
     match v {
@@ -130,8 +130,8 @@ impl Problems {
         self.opt_uint(m, path, key, min).unwrap_or(default)
     }
 
-    /// A duration in whole milliseconds no smaller than `min_ms`, or
-    /// `default` when absent.
+    /// A duration in whole milliseconds from `min_ms` to a week
+    /// ([`MAX_DURATION_MS`]), or `default` when absent.
     pub(super) fn duration(
         &mut self,
         m: &Map<String, Value>,
@@ -140,8 +140,28 @@ impl Problems {
         default: Duration,
         min_ms: u64,
     ) -> Duration {
-        self.opt_uint(m, path, key, min_ms)
+        self.opt_millis(m, path, key, min_ms)
             .map_or(default, Duration::from_millis)
+    }
+
+    /// Milliseconds from `min_ms` to a week, if present.
+    pub(super) fn opt_millis(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        min_ms: u64,
+    ) -> Option<u64> {
+        match self.opt_uint(m, path, key, min_ms)? {
+            ms if ms > MAX_DURATION_MS => {
+                self.push(
+                    &sub(path, key),
+                    format!("{ms} is more than a week ({MAX_DURATION_MS} ms)"),
+                );
+                None
+            }
+            ms => Some(ms),
+        }
     }
 
     pub(super) fn opt_uint(
