@@ -534,3 +534,50 @@ fn an_orphan_of_a_running_agent_lives_until_its_agent_stops() {
     assert!(d.cli(&["stop", "parent"]).0.success());
     assert!(wait_gone(mine, T), "orphan {mine} survived its agent");
 }
+
+/// SIGHUP (a closed terminal, a careless `kill -HUP`) stops the daemon
+/// cleanly with 0, and the shipped systemd unit restarts it after that exit:
+/// with `Restart=on-failure` a HUP left the fleet down.
+#[test]
+fn after_sighup_the_shipped_unit_brings_the_fleet_back() {
+    let dir = TempDir::new("sighup");
+    let mut d = Daemon::start(
+        dir,
+        &json!({"agents": [crate::support::fake_agent("w", json!({}))]}),
+    );
+    d.wait_for("agent w: initializing -> idle", T);
+    d.signal(libc::SIGHUP);
+    let status = d.wait_exit(T);
+    let code = status.code().expect("an exit code, not a signal");
+    assert_eq!(code, 0);
+
+    // systemd restarts with Restart=always unless the status is listed in
+    // RestartPreventExitStatus; on-failure would not restart a 0.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mister-smith.service"),
+    )
+    .expect("the unit");
+    let value = |key: &str| {
+        unit.lines()
+            .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .last()
+            .map(str::trim)
+    };
+    let restart = value("Restart").unwrap_or("no");
+    let prevented: Vec<i32> = value("RestartPreventExitStatus")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let restarts = match restart {
+        "always" => !prevented.contains(&code),
+        "on-failure" | "on-abnormal" | "on-abort" | "on-watchdog" | "no" => false,
+        other => panic!("unexpected Restart={other}"),
+    };
+    assert!(
+        restarts,
+        "Restart={restart} leaves the fleet down after exit {code}"
+    );
+    // ... and a config problem is not retried forever.
+    assert!(prevented.contains(&78), "{prevented:?}");
+}
