@@ -10,22 +10,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    alive, fake_agent, json_lines, pid_in, records, run_cli_stdin, wait_gone, Daemon, NatsServer,
-    TempDir,
+    alive, fake_agent, json_lines, pid_in, records, run_cli_stdin, vm, wait_gone, Daemon,
+    NatsServer, TempDir,
 };
 
 const T: Duration = Duration::from_secs(30);
 
 /// `/proc/PID/status` field (in kB) and CPU seconds of a process.
-fn vm(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];

@@ -463,11 +463,16 @@ fn escapees_orphaned_before_any_scan_are_killed() {
     let first = grandchild_of(&record).expect("grandchild record");
     assert!(alive(first));
     // Stopped at once: its escapee was never seen by a scan.
+    let stopped = std::time::Instant::now();
     assert!(d.cli(&["stop", "leaky"]).0.success());
     d.wait_for("agent leaky: stopping -> terminated", T);
     assert!(
         wait_gone(first, T),
         "orphan {first} survived its agent's stop"
+    );
+    println!(
+        "FIGURE orphan_gone_after_stop_ms={}",
+        stopped.elapsed().as_millis()
     );
     d.wait_seen(
         &format!("killed process {first}, orphaned below an agent"),

@@ -422,6 +422,7 @@ fn nothing_points_outside_the_repository() {
         "README.md",
         "man/mister-smith.1",
         "docs/PERFORMANCE.md",
+        "docs/ARCHITECTURE.md",
         ".ci/run",
     ] {
         if root().join(extra).exists() {

@@ -429,6 +429,16 @@ pub fn records(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// The pid in a log line like `agent a: initializing -> idle (pid 123)`.
+/// A `/proc/PID/status` figure in kB (`VmRSS:`, `VmHWM:`), 0 if unknown.
+pub fn vm(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn pid_in(line: &str) -> u32 {
     line.rsplit("(pid ")
         .next()
