@@ -565,7 +565,7 @@ fn after_sighup_the_shipped_unit_brings_the_fleet_back() {
     let value = |key: &str| {
         unit.lines()
             .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-            .last()
+            .next_back()
             .map(str::trim)
     };
     let restart = value("Restart").unwrap_or("no");
