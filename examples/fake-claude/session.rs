@@ -82,6 +82,11 @@ impl Session {
         }
     }
 
+    /// An assistant turn that calls one tool, as claude writes it.
+    pub(crate) fn tool_use_line(&self, model: &str, tool_use: J) -> J {
+        self.assistant_line(model, arr![tool_use], "tool_use", usage(1, 0).to_j())
+    }
+
     pub(crate) fn assistant_line(&self, model: &str, content: J, stop_reason: &str, usage: J) -> J {
         obj! {
             "type": "assistant",

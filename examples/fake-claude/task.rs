@@ -126,12 +126,7 @@ impl Session {
                     "name": "Deep",
                     "input": input,
                 };
-                ok(w.event(&self.assistant_line(
-                    &self.model,
-                    arr![tool_use],
-                    "tool_use",
-                    usage(1, 0).to_j(),
-                )))?;
+                ok(w.event(&self.tool_use_line(&self.model, tool_use)))?;
             }
             if cfg.stderr_bytes > 0 {
                 stderr_noise(cfg.stderr_bytes);
@@ -196,12 +191,7 @@ impl Session {
                     "input": obj! {"command": "true", "description": format!("fake step {i}")},
                 };
                 calls += 1;
-                ok(w.event(&self.assistant_line(
-                    &self.model,
-                    arr![tool_use],
-                    "tool_use",
-                    usage(1, 0).to_j(),
-                )))?;
+                ok(w.event(&self.tool_use_line(&self.model, tool_use)))?;
                 let content = if i == 1 && cfg.big > 0 {
                     "x".repeat(usize::try_from(cfg.big).unwrap_or(usize::MAX))
                 } else {
