@@ -301,3 +301,31 @@ fn a_daemon_with_no_free_connection_says_so() {
         assert_eq!(status.code(), Some(75), "{err}");
     }
 }
+
+/// A local client that connects and then neither sends nor subscribes (a
+/// script that died holding the socket open, `nc -U` left in a terminal)
+/// is closed after 60 s, so idle connections cannot hold all the slots;
+/// one that subscribed is a listener and stays.
+#[test]
+fn an_idle_local_client_is_closed_and_a_listener_is_not() {
+    use std::io::{Read, Write};
+    let d = daemon("idle", json!([fake_agent("a", json!({}))]));
+    let mut idle = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    let mut listener = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    listener
+        .write_all(b"{\"op\":\"sub\",\"sid\":1,\"subject\":\"mister-smith.*.a.task_result\"}\n")
+        .expect("subscribe");
+    idle.set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    // End of file: the daemon closed it (a read timeout would be an error).
+    assert_eq!(idle.read(&mut buf).expect("closed by the daemon"), 0);
+    // The listener still gets what it subscribed to.
+    let (code, _, err) = ask(&d, "a", "after the idle one went");
+    assert_eq!(code, 0, "{err}");
+    listener.set_read_timeout(Some(T)).expect("read timeout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&listener), &mut line)
+        .expect("the listener's message");
+    assert!(line.contains("task_result"), "{line}");
+}

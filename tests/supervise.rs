@@ -495,7 +495,8 @@ fn escapees_orphaned_before_any_scan_are_killed() {
 /// An orphan that left its agent's group while the agent keeps running (a
 /// tool's `setsid cmd &` in a shell that then exits) is the agent's: it is
 /// tracked, left alone while the agent works, and killed when it stops. One
-/// that does not name its agent is nobody's and is killed at once.
+/// that does not name its agent, or that a health check left, is nobody's
+/// and is killed at once.
 #[test]
 fn an_orphan_of_a_running_agent_lives_until_its_agent_stops() {
     let dir = TempDir::new("adopted");
@@ -515,9 +516,16 @@ fn an_orphan_of_a_running_agent_lives_until_its_agent_stops() {
     .expect("write the script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod the script");
+    // A health check that leaves a process behind, once.
+    let check_pid = dir.join("check.pid");
+    let check = format!(
+        "[ -e {0} ] || {{ setsid sleep 3002 </dev/null >/dev/null 2>&1 & echo $! > {0}.tmp && mv {0}.tmp {0}; }}",
+        check_pid.display()
+    );
     let agent = json!({
         "id": "parent", "command": fake_claude(),
         "env": {"FAKE_CLAUDE_SPAWN_GRANDCHILD": script.to_str().unwrap()},
+        "health": {"command": check, "interval_ms": 200},
     });
     let d = Daemon::start(dir, &json!({"agents": [agent]}));
     d.wait_for("agent parent: initializing -> idle", T);
@@ -535,6 +543,19 @@ fn an_orphan_of_a_running_agent_lives_until_its_agent_stops() {
     // agent's orphan: it is still alive.
     d.wait_seen(&format!("killed process {nobodys}, orphaned"), T);
     assert!(wait_gone(nobodys, T));
+    assert!(alive(mine), "an orphan of a running agent was killed");
+    // What a health check left is nobody's: killed while the agent runs.
+    d.wait_seen("killed process", T);
+    let left: u32 = std::fs::read_to_string(&check_pid)
+        .expect("the check ran")
+        .trim()
+        .parse()
+        .expect("a pid");
+    d.wait_seen(&format!("killed process {left}, orphaned"), T);
+    assert!(
+        wait_gone(left, T),
+        "a health check's leftover {left} lives on"
+    );
     assert!(alive(mine), "an orphan of a running agent was killed");
     assert!(d.cli(&["stop", "parent"]).0.success());
     assert!(wait_gone(mine, T), "orphan {mine} survived its agent");

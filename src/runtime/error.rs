@@ -28,6 +28,19 @@ pub(crate) enum ProcessError {
     },
 }
 
+impl ProcessError {
+    /// What went wrong, without the agent's name: for the agent's own
+    /// `reason`, which is already about it.
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            ProcessError::Spawn {
+                program, source, ..
+            } => format!("cannot start {program:?}: {source}"),
+            ProcessError::Thread { source, .. } => format!("cannot start a thread: {source}"),
+        }
+    }
+}
+
 /// The daemon could not start (or run) at all.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -218,10 +218,19 @@ fn children() -> Vec<(u32, u64, bool)> {
     out
 }
 
-/// The agent `pid` names in its environment, if it can be read.
+/// The agent `pid` names in its environment, if it can be read. What a
+/// health check left behind (its environment also has
+/// `MISTER_SMITH_AGENT_PID`) belongs to no agent: the check is over.
 fn agent_of(pid: u32) -> Option<String> {
     let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0).find_map(|kv| {
+    let mut vars = env.split(|&b| b == 0);
+    if vars
+        .clone()
+        .any(|kv| kv.starts_with(b"MISTER_SMITH_AGENT_PID="))
+    {
+        return None;
+    }
+    vars.find_map(|kv| {
         kv.strip_prefix(b"MISTER_SMITH_AGENT_ID=")
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string)

@@ -183,7 +183,7 @@ impl Supervisor {
             }
             Err(e) => {
                 log::error!("{e}");
-                a.reason = Some(Reason::new(ReasonCode::SpawnFailed, e.to_string()));
+                a.reason = Some(Reason::new(ReasonCode::SpawnFailed, e.cause()));
                 self.set_state(i, AgentState::Error);
                 self.after_exit(i, true, Duration::ZERO, Vec::new());
             }
@@ -520,7 +520,16 @@ impl Supervisor {
                         self.set_state(i, AgentState::Terminated);
                     }
                     self.start(i);
-                    Ok(())
+                    // A spawn that failed at once is known now: say so
+                    // rather than "started".
+                    let a = &self.agents[i.0];
+                    match a.state {
+                        AgentState::Terminated | AgentState::Error => Err(format!(
+                            "agent {id} did not start: {}",
+                            a.reason.as_ref().map_or("it exited at once", |r| &r.text)
+                        )),
+                        _ => Ok(()),
+                    }
                 }
                 AgentState::Stopping => Err(format!(
                     "agent {id} is stopping; start it once it is terminated"

@@ -194,6 +194,27 @@ fn a_cold_start_whose_spawn_fails_says_why() {
     assert_eq!(h.state(1), AgentState::Initializing, "the others carry on");
     let status = h.sup.status(AgentIx(0), None);
     assert_eq!(status.reason_code, Some(ReasonCode::NotRestarted));
+    // The reason is about agent a already: it does not name it again.
+    let reason = status.reason.unwrap_or_default();
+    assert!(reason.starts_with("cannot start"), "{reason}");
+}
+
+#[test]
+fn a_start_whose_spawn_fails_is_refused_with_the_cause() {
+    let mut s = spec("a");
+    s.restart.policy = PolicyKind::Never;
+    let mut h = Harness::failing(vec![s], &["a"]);
+    let answer = h.control(0, CommandType::Start);
+    let Payload::SystemAlert(alert) = answer.payload else {
+        panic!("not refused: {answer:?}");
+    };
+    assert!(
+        alert
+            .message
+            .starts_with("agent a did not start: cannot start"),
+        "{}",
+        alert.message
+    );
 }
 
 #[test]
