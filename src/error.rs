@@ -170,6 +170,16 @@ impl SystemError {
 /// (75).
 fn transport_code(t: &TransportError) -> u8 {
     match t {
+        // Out of descriptors or memory is the host's state, not the
+        // config's: an I/O error.
+        TransportError::LocalListen { source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+            ) =>
+        {
+            exit::IO
+        }
         TransportError::NatsAuth { .. }
         | TransportError::NatsTls { .. }
         | TransportError::NatsFile { .. }

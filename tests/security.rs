@@ -364,3 +364,54 @@ fn unsafe_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The run directory holds the state file that says which processes to
+/// kill: one another user planted (a shared /tmp) or a symbolic link is
+/// refused, and a loose mode on one of ours is tightened.
+#[test]
+fn a_run_directory_others_could_write_is_refused_or_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = |dir: &TempDir| {
+        let config = dir.config(&json!({"agents": [fake_agent("r", json!({}))]}));
+        run_cli(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--socket",
+                dir.join("s.sock").to_str().unwrap(),
+                "run",
+            ],
+            &[("XDG_RUNTIME_DIR", dir.path().to_str().unwrap())],
+        )
+    };
+    // A symbolic link where the daemon's directory goes.
+    let linked = TempDir::new("rundir-link");
+    std::fs::create_dir(linked.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(linked.join("elsewhere"), linked.join("mister-smith")).unwrap();
+    let (status, _, err) = run(&linked);
+    assert_eq!(status.code(), Some(74), "{err}");
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Another user's directory (its state file could name any of ours).
+    if unsafe_is_root() {
+        let planted = TempDir::new("rundir-planted");
+        let base = planted.join("mister-smith");
+        std::fs::create_dir(&base).unwrap();
+        std::os::unix::fs::chown(&base, Some(65534), Some(65534)).unwrap();
+        let (status, _, err) = run(&planted);
+        assert_eq!(status.code(), Some(74), "{err}");
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    }
+
+    // Ours, but world-writable: made private, and the daemon runs.
+    let loose = TempDir::new("rundir-loose");
+    let base = loose.join("mister-smith");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = Daemon::start(loose, &json!({"agents": [fake_agent("r", json!({}))]}));
+    d.wait_ready();
+    d.wait_seen("made 0700", T);
+    let mode = std::fs::metadata(&base).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "run directory mode {mode:o}");
+}

@@ -505,12 +505,44 @@ pub(crate) fn run_dir(daemon_id: &str) -> PathBuf {
 }
 
 /// Creates `dir` (and its parents) with mode 0700.
+/// The directory and the one above it (ours, `mister-smith` or
+/// `mister-smith-UID`) must be real directories of this user that nobody
+/// else can write: the state file in it says which processes to kill, so
+/// one planted by another user (in a shared `/tmp`) would have the daemon
+/// kill what it names. One of ours with a loose mode is tightened.
 pub(crate) fn create_run_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    let unsafe_dir = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    for d in [dir.parent(), Some(dir)].into_iter().flatten() {
+        let meta = fs::symlink_metadata(d)?;
+        if !meta.file_type().is_dir() {
+            return Err(unsafe_dir(format!(
+                "{} is a symbolic link or not a directory",
+                d.display()
+            )));
+        }
+        if meta.uid() != sys::uid() {
+            return Err(unsafe_dir(format!(
+                "{} belongs to uid {}, not to this user (uid {})",
+                d.display(),
+                meta.uid(),
+                sys::uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            log::warn!(
+                "{} had mode {:o}: made 0700 (it holds what the daemon kills)",
+                d.display(),
+                meta.mode() & 0o7777
+            );
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive lock on the run directory, held for the daemon's life: two
