@@ -223,12 +223,19 @@ fn nats_credentials_are_used_and_wrong_ones_fail_clearly() {
         &json!({"transport": {"user": "ms", "password": "nope"}, "agents": [fake_agent("u1", json!({}))]}),
         &[("NATS_URL", url.as_str())],
     );
-    let line = bad.wait_seen("not reachable", T);
+    let line = bad.wait_seen("the daemon keeps trying", T);
     assert!(line.to_lowercase().contains("authorization"), "{line}");
-    // Meanwhile the local socket works.
+    assert!(!line.contains("nope"), "{line}");
+    // Meanwhile the local socket works, and says someone must act.
     bad.wait_seen("agent u1: initializing -> idle", T);
     let (status, out, _) = bad.cli(&["health"]);
-    assert_eq!(status.code(), Some(1), "{out}");
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("NATS refuses its credentials"), "{out}");
+    let log = bad.log();
+    assert!(
+        !log.iter().any(|l| l.contains("NATS connection closed")),
+        "{log:#?}"
+    );
     drop(bad);
     let good = Daemon::start_with(
         TempDir::new("auth-user"),

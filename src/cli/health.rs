@@ -15,8 +15,9 @@ use crate::message::schemas::{AgentState, AgentStatus, HealthReport, LinkState, 
 /// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
 /// or stopped by hand, or NATS reconnecting), 2 CRITICAL (an agent gave up,
-/// none is healthy, or an expected daemon did not answer), 3 UNKNOWN (no
-/// daemon answered).
+/// none is healthy, an agent id runs on two daemons, NATS refuses a daemon's
+/// credentials, or an expected daemon did not answer), 3 UNKNOWN (no daemon
+/// answered).
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -120,8 +121,16 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
         }
     }
     for r in reports {
-        if matches!(r.nats, LinkState::Reconnecting | LinkState::Closed) {
-            warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats.as_str()));
+        match r.nats {
+            LinkState::Reconnecting | LinkState::Closed => {
+                warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats.as_str()));
+            }
+            // Credentials do not fix themselves: someone must act.
+            LinkState::Refused => critical.push(format!(
+                "daemon {} NATS refuses its credentials",
+                r.daemon_id
+            )),
+            LinkState::Off | LinkState::Connected => {}
         }
     }
     let answered: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();

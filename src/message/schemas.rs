@@ -222,6 +222,9 @@ pub enum LinkState {
     Reconnecting,
     /// Closed for good.
     Closed,
+    /// The server refuses the daemon's credentials or certificates; the
+    /// daemon keeps trying (they may be fixed on the server's side).
+    Refused,
 }
 
 impl LinkState {
@@ -231,6 +234,7 @@ impl LinkState {
             LinkState::Connected => "connected",
             LinkState::Reconnecting => "reconnecting",
             LinkState::Closed => "closed",
+            LinkState::Refused => "refused",
         }
     }
 }

@@ -37,11 +37,12 @@ impl Default for NatsState {
 }
 
 impl NatsState {
-    const ALL: [LinkState; 4] = [
+    const ALL: [LinkState; 5] = [
         LinkState::Off,
         LinkState::Connected,
         LinkState::Reconnecting,
         LinkState::Closed,
+        LinkState::Refused,
     ];
 
     fn code(s: LinkState) -> u8 {

@@ -197,8 +197,13 @@ fn daemon_connect(
     max_message_size: usize,
 ) {
     let mut delay = Duration::from_millis(50);
+    // The crate closes each failed attempt too: only a connection that was
+    // made and then closed is worth an error.
+    let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut refused_said = String::new();
     let conn = loop {
         let (s1, s2, s3) = (state.clone(), state.clone(), state.clone());
+        let made_once = made.clone();
         let opts = options(settings, true)
             .disconnect_callback(move || {
                 s1.set(LinkState::Reconnecting);
@@ -209,17 +214,40 @@ fn daemon_connect(
                 log::info!("NATS reconnected");
             })
             .close_callback(move || {
-                s3.set(LinkState::Closed);
-                log::error!("NATS connection closed");
+                if made_once.load(std::sync::atomic::Ordering::Relaxed) {
+                    s3.set(LinkState::Closed);
+                    log::error!("NATS connection closed");
+                }
             });
         match opts.connect(settings.url.as_str()) {
-            Ok(c) => break c,
+            Ok(c) => {
+                made.store(true, std::sync::atomic::Ordering::Relaxed);
+                break c;
+            }
             Err(e) => {
-                log::warn!(
-                    "NATS at {} not reachable ({e}); retrying in {} ms",
-                    settings.shown_url(),
-                    delay.as_millis()
-                );
+                match connect_error(settings, e) {
+                    e @ (TransportError::NatsAuth { .. } | TransportError::NatsTls { .. }) => {
+                        // Said once (and again if it changes), not every 5 s.
+                        state.set(LinkState::Refused);
+                        delay = Duration::from_secs(5);
+                        let text = e.to_string();
+                        if text != refused_said {
+                            log::error!("{text}; the daemon keeps trying every 5 s");
+                            refused_said = text;
+                        }
+                    }
+                    TransportError::NatsConnect { url, source } => {
+                        state.set(LinkState::Reconnecting);
+                        log::warn!(
+                            "NATS at {url} not reachable ({source}); retrying in {} ms",
+                            delay.as_millis()
+                        );
+                    }
+                    e => {
+                        state.set(LinkState::Reconnecting);
+                        log::warn!("{e}; retrying in {} ms", delay.as_millis());
+                    }
+                }
                 // A bounded, deliberate wait: there is no readiness signal
                 // for a server that is not there yet.
                 thread::sleep(delay);
