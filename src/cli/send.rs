@@ -266,7 +266,9 @@ fn payload(t: MessageType, body: &str) -> Result<Payload, SystemError> {
         return Payload::from_value(t, v).map_err(|e| bad(e.to_string()));
     }
     if t != MessageType::TaskAssignment {
-        return Err(bad(format!("a {t} body must be a JSON object")));
+        return Err(bad(format!(
+            "the body of a {t} message must be a JSON object"
+        )));
     }
     Ok(Payload::TaskAssignment(TaskAssignment {
         task_id: Uuid::new_v4().to_string(),

@@ -27,7 +27,11 @@ pub enum TransportError {
     },
     #[error("another daemon is already serving {}", path.display())]
     LocalInUse { path: PathBuf },
-    #[error("refusing {}: it is served by uid {uid:?}, not by us", path.display())]
+    #[error(
+        "refusing {}: it is served by {}, not by us",
+        path.display(),
+        uid.map_or_else(|| "another user".to_string(), |u| format!("uid {u}"))
+    )]
     LocalForeign { path: PathBuf, uid: Option<u32> },
     #[error("the daemon at {} did not answer within {ms} ms", path.display())]
     LocalTimeout { path: PathBuf, ms: u128 },

@@ -99,7 +99,13 @@ impl Supervisor {
     }
 
     fn start_with(&mut self, i: AgentIx, pooled: bool) {
-        if self.agents[i.0].child.is_some() || !self.set_state(i, AgentState::Initializing) {
+        if self.agents[i.0].child.is_some() {
+            return;
+        }
+        // The reason for the last stop does not carry over to the start.
+        let reason = self.agents[i.0].reason.take();
+        if !self.set_state(i, AgentState::Initializing) {
+            self.agents[i.0].reason = reason;
             return;
         }
         let a = &mut self.agents[i.0];
@@ -107,7 +113,6 @@ impl Supervisor {
         a.takedown = None;
         a.health_failures = 0;
         a.paused_from = None;
-        a.reason = None;
         if a.spec.protocol == Protocol::Oneshot {
             self.set_state(i, AgentState::Idle);
             return;
@@ -344,7 +349,7 @@ impl Supervisor {
                 ),
                 None => (
                     TaskStatus::Failed,
-                    format!("the agent {how} before its result"),
+                    format!("the agent's process ended before its result ({how})"),
                 ),
             };
             if status == TaskStatus::Failed {
@@ -555,7 +560,7 @@ impl Supervisor {
                     Ok(())
                 }
                 s => Err(format!(
-                    "agent {id} is {s}{}: nothing to pause",
+                    "agent {id} is in state {s}{}: nothing to pause",
                     if s == AgentState::Idle {
                         " with no process"
                     } else {
@@ -578,7 +583,7 @@ impl Supervisor {
                     Ok(())
                 }
                 AgentState::Idle | AgentState::Busy => Ok(()),
-                s => Err(format!("agent {id} is {s}, not paused")),
+                s => Err(format!("agent {id} is in state {s}, not paused")),
             },
             CommandType::Execute | CommandType::Shutdown => {
                 Err(format!("{} is handled before the supervisor", op.as_str()))

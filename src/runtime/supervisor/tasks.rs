@@ -226,6 +226,11 @@ impl Supervisor {
                 }
                 a.init_request = None;
                 match error {
+                    // Being stopped (or paused) while it started: ready
+                    // for nothing, and no transition to refuse.
+                    None if a.state != AgentState::Initializing => {
+                        log::debug!("agent {}: ready, but {}", a.spec.id, a.state);
+                    }
                     None => {
                         if self.set_state(i, AgentState::Idle) {
                             self.watch_health(i);

@@ -413,6 +413,15 @@ impl Harness {
     }
 
     pub(super) fn control(&mut self, agent: usize, op: CommandType) -> Envelope {
+        self.control_all(agent, op)
+            .into_iter()
+            .find(|(s, _)| s == "_INBOX.ctl.1")
+            .map(|(_, e)| e)
+            .expect("a control answer")
+    }
+
+    /// A control command, and everything it published.
+    pub(super) fn control_all(&mut self, agent: usize, op: CommandType) -> Vec<(String, Envelope)> {
         let cmd = Command::Control {
             agent: AgentIx(agent),
             op,
@@ -424,10 +433,6 @@ impl Harness {
         let _ = self.events.send(Event::Command(cmd));
         self.pump();
         self.published()
-            .into_iter()
-            .find(|(s, _)| s == "_INBOX.ctl.1")
-            .map(|(_, e)| e)
-            .expect("a control answer")
     }
 
     /// A stream-json agent started and ready.

@@ -146,6 +146,22 @@ fn a_stop_closes_stdin_then_terms_then_kills() {
     );
     h.advance(60_000);
     assert_eq!(h.spawns(), 1, "a stopped agent stays down");
+    // Started again: the stop's reason does not follow it.
+    let starting: Vec<_> = h
+        .control_all(0, CommandType::Start)
+        .into_iter()
+        .filter_map(|(_, e)| match e.payload {
+            Payload::AgentStatus(st) if st.status == Some(AgentState::Initializing) => Some(st),
+            _ => None,
+        })
+        .collect();
+    assert!(!starting.is_empty());
+    assert!(
+        starting
+            .iter()
+            .all(|st| st.reason.is_none() && st.reason_code.is_none()),
+        "{starting:?}"
+    );
 }
 
 #[test]
@@ -162,7 +178,10 @@ fn control_commands_are_refused_where_the_state_does_not_allow_them() {
     match answer.payload {
         Payload::SystemAlert(a) => {
             assert_eq!(a.code, AlertCode::Refused);
-            assert_eq!(a.message, "agent a is terminated: nothing to pause");
+            assert_eq!(
+                a.message,
+                "agent a is in state terminated: nothing to pause"
+            );
         }
         other => panic!("{other:?}"),
     }
