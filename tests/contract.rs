@@ -241,3 +241,44 @@ fn a_frozen_daemon_is_a_timeout_within_the_callers_wait() {
     kill(d.pid(), libc::SIGCONT);
     d.stop();
 }
+
+/// Half of a pair is refused, not dropped: a client certificate without its
+/// key (or the reverse), and a `--meta` key given twice (which one won?).
+#[test]
+fn half_given_settings_are_refused_not_dropped() {
+    let (status, _, err) = run_cli(
+        &[
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--tls-key",
+            "/etc/hostname",
+            "status",
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(64), "{err}");
+    assert!(err.contains("needs its certificate"), "{err}");
+    let (status, _, err) = run_cli(
+        &["--nats", "nats://127.0.0.1:1", "status"],
+        &[("NATS_CERT", "/etc/hostname")],
+    );
+    assert_eq!(status.code(), Some(64), "{err}");
+    assert!(err.contains("needs its key"), "{err}");
+    let (status, _, err) = run_cli(
+        &[
+            "--socket",
+            "/nonexistent.sock",
+            "send",
+            "--to",
+            "a",
+            "--meta",
+            "k=1",
+            "--meta",
+            "k=2",
+            "hi",
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(65), "{err}");
+    assert!(err.contains("--meta \"k\" is given twice"), "{err}");
+}

@@ -337,6 +337,15 @@ impl Cli {
             tls_cert: path(&self.tls_cert, "NATS_CERT", conf.tls_cert),
             tls_key: path(&self.tls_key, "NATS_KEY", conf.tls_key),
         };
-        Ok(Some(NatsSettings { url, auth }))
+        // One without the other would be dropped without a word.
+        match (&auth.tls_cert, &auth.tls_key) {
+            (Some(_), None) => Err(SystemError::Usage(
+                "a TLS client certificate needs its key (--tls-key or NATS_KEY)".into(),
+            )),
+            (None, Some(_)) => Err(SystemError::Usage(
+                "a TLS client key needs its certificate (--tls-cert or NATS_CERT)".into(),
+            )),
+            _ => Ok(Some(NatsSettings { url, auth })),
+        }
     }
 }

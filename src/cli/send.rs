@@ -123,7 +123,9 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
             .split_once('=')
             .ok_or_else(|| bad(format!("--meta {m:?} is not KEY=VALUE")))?;
         check_meta_entry(k, v).map_err(|e| bad(format!("--meta: {e}")))?;
-        metadata.insert(k.to_string(), v.to_string());
+        if metadata.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(bad(format!("--meta {k:?} is given twice")));
+        }
     }
     if metadata.len() > crate::message::envelope::MAX_META_ENTRIES {
         return Err(bad("too many --meta entries"));
