@@ -365,11 +365,19 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     // the restart path never waits on the file system.
     let mut pending_write: Option<std::time::Instant> = None;
     let mut orphans = Orphans::default();
+    // An exit calls for a pass over our children (what the agent left has
+    // come back to us), made with the write that follows it: a crash loop
+    // then costs one scan of /proc per write, not one per exit.
+    let mut pass_due = false;
     loop {
         let debounce = pending_write.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let changed = select_biased! {
             recv(debounce) -> _ => {
                 pending_write = None;
+                if std::mem::take(&mut pass_due) {
+                    let pass = orphans.pass(false, &state.groups);
+                    adopt(&mut state, pass, &mut noticed);
+                }
                 true
             },
             recv(inbox) -> cmd => match cmd {
@@ -387,9 +395,8 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                         orphans.own.remove(&leader.pid);
                     }
                     // What the agent left behind has come to us by now;
-                    // it is killed at the next pass.
-                    let pass = orphans.pass(false, &state.groups);
-                    adopt(&mut state, pass, &mut noticed);
+                    // it is a suspect at that pass, killed at the next.
+                    pass_due = true;
                     for p in state.escaped.remove(&id).unwrap_or_default() {
                         if kill_escaped(&p) {
                             log::info!("agent {id}: killed process {} that had left its group", p.pid);
