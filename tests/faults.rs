@@ -329,3 +329,30 @@ fn an_idle_local_client_is_closed_and_a_listener_is_not() {
         .expect("the listener's message");
     assert!(line.contains("task_result"), "{line}");
 }
+
+/// Every local connection gives back what it took (a thread, a descriptor,
+/// its buffers) once it closes: a cron job's `status` every minute must not
+/// grow the daemon.
+#[test]
+fn local_connections_leave_nothing_behind() {
+    let d = daemon("conns", json!([fake_agent("a", json!({}))]));
+    let threads = || crate::support::vm(d.pid(), "Threads:");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).map_or(0, |r| r.count());
+    assert!(d.cli(&["status"]).0.success());
+    let (t0, f0) = (threads(), fds());
+    for _ in 0..60 {
+        assert!(d.cli(&["status"]).0.success());
+        drop(std::os::unix::net::UnixStream::connect(d.socket()).expect("connect"));
+    }
+    // Threads end a moment after their client: wait (bounded) for them.
+    let deadline = std::time::Instant::now() + T;
+    while (threads() > t0 || fds() > f0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        threads() <= t0 && fds() <= f0,
+        "threads {t0} -> {}, fds {f0} -> {} after 120 connections",
+        threads(),
+        fds()
+    );
+}

@@ -60,12 +60,20 @@ pub(crate) enum WriterMsg {
 /// grow the daemon without bound.
 pub(crate) const MAX_CLIENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// A local client's outgoing queue, shared by the hub, the client's reader
-/// (its replies) and its writer thread.
+/// A local client's outgoing queue, shared by the hub and the client's
+/// reader (its replies). The writer thread holds only the [`ClientLine`]:
+/// once the reader has ended and the hub has forgotten the client, the
+/// last sender is gone and the writer ends too.
 #[derive(Debug)]
 pub(crate) struct ClientOut {
-    pub(crate) conn: u64,
     tx: Sender<WriterMsg>,
+    line: Arc<ClientLine>,
+}
+
+/// What the writer and the queue share: the socket and the bytes waiting.
+#[derive(Debug)]
+pub(crate) struct ClientLine {
+    conn: u64,
     /// Bytes queued and not yet written.
     bytes: AtomicUsize,
     /// The client's socket: shut down to cut a slow consumer off, which
@@ -81,27 +89,35 @@ impl ClientOut {
         stream: Arc<std::os::unix::net::UnixStream>,
     ) -> ClientOut {
         ClientOut {
-            conn,
             tx,
-            bytes: AtomicUsize::new(0),
-            stream,
-            cut: std::sync::atomic::AtomicBool::new(false),
+            line: Arc::new(ClientLine {
+                conn,
+                bytes: AtomicUsize::new(0),
+                stream,
+                cut: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// The writer's half.
+    pub(crate) fn line(&self) -> Arc<ClientLine> {
+        self.line.clone()
     }
 
     /// Queues `frame` for the client; a client that has more than
     /// [`MAX_CLIENT_BYTES`] waiting (or a full queue) is cut off instead.
     pub(crate) fn send(&self, frame: Vec<u8>) {
-        if self.cut.load(Ordering::Relaxed) {
+        let line = &self.line;
+        if line.cut.load(Ordering::Relaxed) {
             return;
         }
         let len = frame.len();
-        let waiting = self.bytes.fetch_add(len, Ordering::SeqCst) + len;
+        let waiting = line.bytes.fetch_add(len, Ordering::SeqCst) + len;
         let queued =
             waiting <= MAX_CLIENT_BYTES && self.tx.try_send(WriterMsg::Frame(frame)).is_ok();
         if !queued {
-            self.bytes.fetch_sub(len, Ordering::SeqCst);
-            self.cut_off(waiting);
+            line.bytes.fetch_sub(len, Ordering::SeqCst);
+            line.cut_off(&format!("{waiting} bytes waiting"));
         }
     }
 
@@ -110,6 +126,13 @@ impl ClientOut {
         let _ = self.tx.send(WriterMsg::Flush(done));
     }
 
+    /// Frames waiting.
+    pub(crate) fn waiting(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+impl ClientLine {
     /// The writer wrote a frame of `len` bytes.
     pub(crate) fn written(&self, len: usize) {
         self.bytes.fetch_sub(len, Ordering::SeqCst);
@@ -120,15 +143,11 @@ impl ClientOut {
         &self.stream
     }
 
-    /// Frames waiting.
-    pub(crate) fn waiting(&self) -> usize {
-        self.tx.len()
-    }
-
-    fn cut_off(&self, waiting: usize) {
+    /// Disconnects a client that does not keep up.
+    pub(crate) fn cut_off(&self, why: &str) {
         if !self.cut.swap(true, Ordering::SeqCst) {
             log::warn!(
-                "local client {} reads too slowly ({waiting} bytes waiting): disconnected",
+                "local client {} reads too slowly ({why}): disconnected",
                 self.conn
             );
             let _ = self.stream.shutdown(std::net::Shutdown::Both);

@@ -40,6 +40,8 @@ const MAX_CONNECTIONS: usize = 256;
 const CLIENT_QUEUE: usize = 65_536;
 /// How long a local client may send nothing and listen to nothing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one write to a local client may wait for it to read.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Above this many waiting answers, the daemon stops reading the client's
 /// requests until it has read its answers: a client that sends faster than
 /// it reads slows itself down instead of losing answers.
@@ -252,18 +254,33 @@ fn serve_client(
     let (tx, rx) = crossbeam_channel::bounded::<WriterMsg>(CLIENT_QUEUE);
     let out = Arc::new(ClientOut::new(conn, tx, stream.clone()));
     let (drained_tx, drained_rx) = crossbeam_channel::bounded::<()>(1);
-    let writer_out = out.clone();
+    // A write the client does not take within this long cuts it off, as
+    // nats-server's write deadline does: a writer never hangs for good on a
+    // client that stopped reading.
+    let _ = stream.set_write_timeout(Some(WRITE_DEADLINE));
+    let line = out.line();
     let writer = thread::Builder::new()
         .name(format!("local-w:{conn}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut w: &UnixStream = writer_out.stream();
+            let mut w: &UnixStream = line.stream();
+            // Ends when every sender is gone: the reader has ended and the
+            // hub has forgotten the client.
             for msg in &rx {
                 match msg {
                     WriterMsg::Frame(frame) => {
-                        let ok = w.write_all(&frame).is_ok();
-                        writer_out.written(frame.len());
-                        if !ok {
+                        let wrote = w.write_all(&frame);
+                        line.written(frame.len());
+                        if let Err(e) = wrote {
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) {
+                                line.cut_off(&format!(
+                                    "nothing taken for {} s",
+                                    WRITE_DEADLINE.as_secs()
+                                ));
+                            }
                             break;
                         }
                     }
