@@ -300,9 +300,13 @@ impl Supervisor {
         // with events (`system/init`, ...) before its `result`. A result
         // before any event of the running task's turn belongs to an earlier
         // turn (an agent that wrote two), and must not answer this task.
+        // Unless the task was interrupted: a turn aborted before it began
+        // ends in a bare result, and that task is answered `timeout` anyway.
         let stray = match &a.task {
             None => Some("with no task running"),
-            Some(r) if a.spec.protocol == Protocol::StreamJson && !r.turn_started => {
+            Some(r)
+                if a.spec.protocol == Protocol::StreamJson && !r.turn_started && !r.timed_out =>
+            {
                 Some("before the running task's turn began (a stray from an earlier turn)")
             }
             Some(_) => None,

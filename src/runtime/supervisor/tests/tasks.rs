@@ -119,6 +119,26 @@ fn a_running_task_past_its_deadline_is_interrupted_and_answered_timeout() {
     assert!(h.signals(pid).is_empty(), "the grace timer is stale");
 }
 
+/// An interrupt that lands before the turn began: claude ends it with a
+/// bare result, which frees the agent (no kill, no restart).
+#[test]
+fn a_task_interrupted_before_its_turn_began_frees_the_agent() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    h.assign(0, "t1", 1);
+    let pid = h.pid(0);
+    h.advance(1);
+    h.line(
+        0,
+        json!({"type": "result", "subtype": "error_during_execution", "is_error": true}),
+    );
+    let r = h.results();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, TaskStatus::Timeout);
+    assert_eq!(h.state(0), AgentState::Idle);
+    h.advance(10_000);
+    assert!(h.signals(pid).is_empty(), "killed: {:?}", h.signals(pid));
+}
+
 #[test]
 fn a_task_that_ignores_its_interrupt_is_killed_after_the_grace() {
     let mut h = Harness::ready(vec![spec("a")]);
