@@ -214,8 +214,7 @@ impl RoutingTable {
         let sub = |subject: String, queue: Option<String>| Sub { subject, queue };
         // Each agent id in a queue group of its own: should the same id run
         // on two daemons (one config deployed twice), a task to it still
-        // reaches only one of them, and a registration from one reaches
-        // the other, which reports the clash.
+        // reaches only one of them.
         let mut subs: Vec<Sub> = self
             .agents
             .iter()
@@ -232,6 +231,14 @@ impl RoutingTable {
             ));
             subs.push(sub(format!("{PREFIX}.{t}.all.*"), None));
         }
+        // Every daemon hears every announcement (they are rare: one per
+        // agent start, and every 30 s per agent id that clashes): the
+        // queue group above hands each message to only one of the daemons
+        // that share an id, and a clash must reach them all.
+        subs.push(sub(
+            format!("{PREFIX}.*.*.{}", MessageType::AgentRegistration),
+            None,
+        ));
         subs.push(sub(system_subject(&self.daemon_id, "*"), None));
         subs.push(sub(system_subject("all", "*"), None));
         subs

@@ -103,7 +103,7 @@ pub(super) struct Agent {
     /// stale.
     pub(super) watchdog: u64,
     /// Other daemons that announced an agent with this id.
-    pub(super) also_on: std::collections::BTreeSet<String>,
+    pub(super) also_on: std::collections::BTreeMap<String, Instant>,
 }
 
 impl Agent {
@@ -129,7 +129,7 @@ impl Agent {
             up_since: None,
             reason: None,
             watchdog: 0,
-            also_on: std::collections::BTreeSet::new(),
+            also_on: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -57,6 +57,11 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// before it is stopped (claude sometimes never exits after it).
 const LINGER_AFTER_RESULT: Duration = Duration::from_secs(2);
 
+/// While an agent id also runs on another daemon, both announce it this
+/// often; a clash not heard of again within [`CLAIM_EXPIRY`] is over.
+const CLAIM_REFRESH: Duration = Duration::from_secs(30);
+const CLAIM_EXPIRY: Duration = Duration::from_secs(95);
+
 /// How the daemon's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -95,6 +100,8 @@ pub(crate) struct Supervisor {
     started: Instant,
     /// Starts handed to the spawner pool and not answered yet.
     pending_spawns: usize,
+    /// Whether a [`Timer::Claims`] is pending.
+    claims_timer: bool,
 }
 
 impl Supervisor {
@@ -121,6 +128,7 @@ impl Supervisor {
             jitter: Jitter::seeded(),
             shutdown: None,
             dispatcher_open: true,
+            claims_timer: false,
             started: now,
             pending_spawns: 0,
         }
@@ -189,12 +197,15 @@ impl Supervisor {
     /// Daemon `daemon` announced an agent with agent `i`'s id: a fault of
     /// the deployment (one config on two hosts, say). A task to the id
     /// still runs once (its subjects are a queue group), but which daemon
-    /// runs it is NATS's choice: `status` and `health` say so until one of
-    /// the daemons stops. The first time, our own announcement goes out
-    /// again so that the other side learns of it too.
+    /// runs it is NATS's choice: `status` and `health` say so while both
+    /// run. The first time, our own announcement goes out again so that the
+    /// other side learns of it too; then both announce theirs every
+    /// [`CLAIM_REFRESH`], and a claim not heard again within
+    /// [`CLAIM_EXPIRY`] (the other daemon stopped, or was fixed) is over.
     fn peer_claims(&mut self, i: AgentIx, daemon: String) {
+        let now = self.now();
         let a = &mut self.agents[i.0];
-        if !a.also_on.insert(daemon.clone()) {
+        if a.also_on.insert(daemon.clone(), now).is_some() {
             return;
         }
         let message = format!(
@@ -212,6 +223,46 @@ impl Supervisor {
         env.source_agent_id = Some(a.spec.id.clone());
         self.publish(i, MessageType::SystemAlert, &env);
         self.announce(i);
+        if !self.claims_timer {
+            self.claims_timer = true;
+            self.schedule(CLAIM_REFRESH, Timer::Claims);
+        }
+    }
+
+    /// Every [`CLAIM_REFRESH`] while a clash lasts.
+    fn refresh_claims(&mut self) {
+        let now = self.now();
+        let mut any = false;
+        for i in 0..self.agents.len() {
+            let a = &mut self.agents[i];
+            if a.also_on.is_empty() {
+                continue;
+            }
+            let before = a.also_on.len();
+            let id = a.spec.id.clone();
+            a.also_on.retain(|daemon, heard| {
+                let live = now.saturating_duration_since(*heard) < CLAIM_EXPIRY;
+                if !live {
+                    log::warn!(
+                        "agent {id}: daemon {daemon} has not announced it for {} s: no longer a clash",
+                        CLAIM_EXPIRY.as_secs()
+                    );
+                }
+                live
+            });
+            let (left, state) = (a.also_on.len(), a.state);
+            if left < before {
+                self.publish_status(AgentIx(i), state);
+            }
+            if left > 0 {
+                any = true;
+                self.announce(AgentIx(i));
+            }
+        }
+        self.claims_timer = any;
+        if any {
+            self.schedule(CLAIM_REFRESH, Timer::Claims);
+        }
     }
 
     /// The outcome, once shutting down is complete: no process left, no
@@ -405,6 +456,7 @@ impl Supervisor {
                     self.schedule(t, Timer::Kill { agent, run });
                 }
             }
+            Timer::Claims => self.refresh_claims(),
             Timer::ShutdownDeadline => {
                 if self.agents.iter().any(|a| a.child.is_some()) {
                     log::warn!("shutdown deadline passed: killing what is left");

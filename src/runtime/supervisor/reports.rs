@@ -36,7 +36,7 @@ impl Supervisor {
             total_cost_usd: a.cost_usd,
             reason: a.reason.as_ref().map(|r| r.text.clone()),
             reason_code: a.reason.as_ref().map(|r| r.code),
-            also_on: (!a.also_on.is_empty()).then(|| a.also_on.iter().cloned().collect()),
+            also_on: (!a.also_on.is_empty()).then(|| a.also_on.keys().cloned().collect()),
         }
     }
 

@@ -51,6 +51,9 @@ pub(super) enum Timer {
     Linger { agent: AgentIx, run: u64 },
     /// Past every stop timeout at shutdown: kill what is left.
     ShutdownDeadline,
+    /// Refresh the clashes with other daemons: announce ours again, forget
+    /// theirs that went quiet.
+    Claims,
 }
 
 /// Pending timers, earliest first (equal times in the order set).

@@ -300,3 +300,52 @@ fn reports_answer_on_the_reply_subject() {
     }
     assert_eq!(h.published().len(), 0);
 }
+
+/// Another daemon runs agent a too: reported at once, announced again while
+/// the clash lasts, and over once that daemon has gone quiet.
+#[test]
+fn a_clash_with_another_daemon_is_reported_refreshed_and_ends() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    let claim = |h: &mut Harness| {
+        let cmd = Command::PeerClaims {
+            agent: AgentIx(0),
+            daemon: "d2".into(),
+        };
+        let _ = h.events.send(Event::Command(cmd));
+        h.pump();
+    };
+    let registrations = |p: &[(String, crate::message::envelope::Envelope)]| {
+        p.iter()
+            .filter(|(_, e)| matches!(e.payload, Payload::AgentRegistration(_)))
+            .count()
+    };
+    let also_on = |h: &Harness| h.sup.status(AgentIx(0), None).also_on;
+    claim(&mut h);
+    let first = h.published();
+    assert!(first.iter().any(|(_, e)| matches!(
+        &e.payload,
+        Payload::SystemAlert(al) if al.code == AlertCode::DuplicateAgent
+    )));
+    assert_eq!(registrations(&first), 1, "ours again, for the other side");
+    assert_eq!(also_on(&h), Some(vec!["d2".to_string()]));
+    // The other side keeps announcing: the clash stays, and ours goes out
+    // every 30 s; the alert is not repeated.
+    for _ in 0..4 {
+        h.advance(30_000);
+        claim(&mut h);
+        let p = h.published();
+        assert_eq!(registrations(&p), 1);
+        assert!(!p
+            .iter()
+            .any(|(_, e)| matches!(e.payload, Payload::SystemAlert(_))));
+    }
+    assert_eq!(also_on(&h), Some(vec!["d2".to_string()]));
+    // Then it goes quiet (stopped, or fixed): over within 95 s.
+    h.advance(90_000);
+    assert_eq!(also_on(&h), Some(vec!["d2".to_string()]), "not yet");
+    h.advance(30_000);
+    assert_eq!(also_on(&h), None);
+    h.published();
+    h.advance(120_000);
+    assert_eq!(registrations(&h.published()), 0, "no more announcements");
+}
