@@ -607,3 +607,53 @@ fn after_sighup_the_shipped_unit_brings_the_fleet_back() {
     // ... and a config problem is not retried forever.
     assert!(prevented.contains(&78), "{prevented:?}");
 }
+
+/// A descendant a scan saw leave its agent's group stays that agent's after
+/// it is orphaned, even with its environment cleared (`env -i`): it is not
+/// taken for nobody's.
+#[test]
+fn a_tracked_escapee_orphaned_later_stays_its_agents() {
+    let dir = TempDir::new("tracked-orphan");
+    let pids = dir.join("pids");
+    let script = dir.join("slow-detach.sh");
+    // The parent outlives a scan (2 s), then leaves both children to the
+    // daemon; the second names no agent, so its kill marks two passes.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             setsid env -i sleep 3004 </dev/null >/dev/null 2>&1 &\n\
+             mine=$!\n\
+             echo $mine > {0}.first.tmp && mv {0}.first.tmp {0}.first\n\
+             sleep 3\n\
+             env -u MISTER_SMITH_AGENT_ID setsid sleep 3005 </dev/null >/dev/null 2>&1 &\n\
+             echo $! > {0}.tmp && mv {0}.tmp {0}\n",
+            pids.display()
+        ),
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the script");
+    let agent = json!({
+        "id": "keeper", "command": fake_claude(),
+        "env": {"FAKE_CLAUDE_SPAWN_GRANDCHILD": script.to_str().unwrap()},
+    });
+    let d = Daemon::start(dir, &json!({"agents": [agent]}));
+    let line = d.wait_seen("left the group; tracking it", T);
+    let first = pids.with_extension("first");
+    let mine: u32 = std::fs::read_to_string(&first)
+        .expect("the first pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(line.contains(&format!("process {mine} ")), "{line}");
+    let nobodys = d.wait_seen("orphaned below an agent", T);
+    let text = std::fs::read_to_string(&pids).expect("the second pid");
+    assert!(
+        nobodys.contains(&format!("killed process {},", text.trim())),
+        "{nobodys} (mine {mine})"
+    );
+    assert!(alive(mine), "a tracked escapee was killed once orphaned");
+    assert!(d.cli(&["stop", "keeper"]).0.success());
+    assert!(wait_gone(mine, T), "escapee {mine} survived its agent");
+}

@@ -241,11 +241,18 @@ impl Orphans {
     /// One pass. `groups` are the running agents' leaders; with `now`,
     /// unclaimed orphans are killed at once (the daemon is stopping and
     /// starts nothing more).
-    fn pass(&mut self, now: bool, groups: &BTreeMap<String, Proc>) -> Pass {
+    fn pass(&mut self, now: bool, state: &State) -> Pass {
+        let groups = &state.groups;
         let mut done = Pass::default();
         let mut seen = HashMap::new();
         for (pid, start, exited) in children() {
             if self.own.contains(&pid) {
+                continue;
+            }
+            // Seen below a running agent before it was orphaned: that
+            // agent's, whatever its environment says now.
+            let p = Proc { pid, start };
+            if !now && !exited && state.escaped.values().any(|l| l.contains(&p)) {
                 continue;
             }
             if !exited && !now {
@@ -283,7 +290,7 @@ impl Orphans {
 /// how many were killed.
 pub(crate) fn end_orphans() -> usize {
     let mut orphans = Orphans::default();
-    let done = orphans.pass(true, &BTreeMap::new());
+    let done = orphans.pass(true, &State::default());
     for pid in &done.killed {
         log::warn!("killed process {pid}, orphaned below an agent");
     }
@@ -375,7 +382,7 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
             recv(debounce) -> _ => {
                 pending_write = None;
                 if std::mem::take(&mut pass_due) {
-                    let pass = orphans.pass(false, &state.groups);
+                    let pass = orphans.pass(false, &state);
                     adopt(&mut state, pass, &mut noticed);
                 }
                 true
@@ -424,7 +431,7 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                 // keeps up with what the tracker has seen.
                 let mut changed = !state.groups.is_empty();
                 if !state.groups.is_empty() || !orphans.suspects.is_empty() {
-                    let pass = orphans.pass(false, &state.groups);
+                    let pass = orphans.pass(false, &state);
                     changed |= adopt(&mut state, pass, &mut noticed);
                 }
                 if !state.groups.is_empty() {
