@@ -238,8 +238,23 @@ fn a_frozen_daemon_is_a_timeout_within_the_callers_wait() {
     assert!(ms <= 300, "{out}");
     let (status, _, err) = d.cli(&["status"]);
     assert_eq!(status.code(), Some(75), "{err}");
+    // A daemon that was expected and is frozen is what --expect is for.
+    let (status, out, _) = d.cli(&["health", "--timeout", "300", "--expect", "1"]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("0 of 1 expected daemons answered"), "{out}");
     kill(d.pid(), libc::SIGCONT);
+    let socket = d.socket();
     d.stop();
+    // And one whose socket is gone (it was stopped, or crashed).
+    let s = socket.to_str().unwrap();
+    let (status, out, _) = run_cli(&["--socket", s, "health", "--expect", "1"], &[]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    let (status, out, _) = run_cli(&["--socket", s, "health"], &[]);
+    assert_eq!(status.code(), Some(3), "{out}");
+    // Nagios plugins answer even a bad argument with UNKNOWN.
+    let (status, out, _) = run_cli(&["--socket", s, "health", "--timeout", "0"], &[]);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(out.contains("--timeout 0"), "{out}");
 }
 
 /// Half of a pair is refused, not dropped: a client certificate without its

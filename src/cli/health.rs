@@ -63,7 +63,12 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(HealthState, String), SystemEr
     if let Some(id) = &args.agent {
         check_token(id).map_err(|why| SystemError::Usage(format!("agent id {id:?} {why}")))?;
     }
-    let within = Duration::from_millis(args.timeout.max(1));
+    if args.timeout == 0 {
+        return Err(SystemError::Usage(
+            "--timeout 0: give the daemons at least 1 ms".into(),
+        ));
+    }
+    let within = Duration::from_millis(args.timeout);
     // Cron and monitoring page on this exit code: it must come, even from
     // a connection that hangs underneath.
     let bound = within + client::CONNECT_MARGIN;
@@ -77,9 +82,31 @@ fn check(cli: &Cli, args: &HealthArgs) -> Result<(HealthState, String), SystemEr
         HealthState::Unknown.exit_code(),
     );
     let expect = args.expect.as_deref().map(Expect::parse).transpose()?;
-    let mut client = client::connect(cli)?;
-    let reports = reports(&mut client, args.agent.as_deref(), within, expect.as_ref())?;
-    Ok(verdict(&reports, expect.as_ref()))
+    let answered = client::connect(cli).and_then(|mut client| {
+        reports(&mut client, args.agent.as_deref(), within, expect.as_ref())
+    });
+    match answered {
+        Ok(reports) => Ok(verdict(&reports, expect.as_ref())),
+        // A daemon that was expected and is not there (its socket gone, no
+        // answer, frozen) is the very thing --expect is for: CRITICAL, not
+        // UNKNOWN. Without a way to ask (NATS down), it stays UNKNOWN.
+        Err(e) if expect.is_some() && no_daemon(&e) => Ok(verdict(&[], expect.as_ref())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e` says that no daemon answered, as opposed to the question
+/// never being asked.
+fn no_daemon(e: &SystemError) -> bool {
+    use crate::transport::TransportError;
+    matches!(
+        e,
+        SystemError::NoAnswer(_)
+            | SystemError::NoResponders { .. }
+            | SystemError::Transport(
+                TransportError::LocalConnect { .. } | TransportError::LocalTimeout { .. }
+            )
+    )
 }
 
 /// The Nagios state and line for a set of daemon reports.
