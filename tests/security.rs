@@ -422,3 +422,31 @@ fn a_run_directory_others_could_write_is_refused_or_tightened() {
     let mode = std::fs::metadata(&base).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "run directory mode {mode:o}");
 }
+
+/// An agent's stderr and a config file are not the daemon's to print raw: a
+/// carriage return or an escape sequence in them cannot forge a log line or
+/// drive the operator's terminal, and a problem stays one line.
+#[test]
+fn control_characters_from_agents_and_configs_are_escaped() {
+    let dir = TempDir::new("ctl-chars");
+    let agent = json!({
+        "id": "noisy", "command": "/bin/sh", "protocol": "none",
+        "args": ["-c", "printf 'hello\\r2026-01-01 ERROR forged\\033[2J\\n' >&2; exec sleep 100"],
+    });
+    let d = Daemon::start(dir, &json!({"agents": [agent]}));
+    let line = d.wait_seen("hello", T);
+    assert!(!line.contains('\r') && !line.contains('\u{1b}'), "{line:?}");
+    assert!(
+        line.contains("hello\\r2026-01-01 ERROR forged\\u{1b}[2J"),
+        "{line:?}"
+    );
+    drop(d);
+
+    let dir = TempDir::new("ctl-config");
+    let path = dir.join("mister-smith.json");
+    std::fs::write(&path, "{\"agents\": [], \"\\u001b[2J\\nFAKE\": 1}").unwrap();
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

@@ -71,9 +71,30 @@ impl Log for QueueLogger {
     fn flush(&self) {}
 }
 
+/// `text` with its control characters (a carriage return, an escape
+/// sequence, a newline inside a message) written as escapes: text that
+/// came from an agent's stderr or a config file must not forge a log line
+/// or drive the terminal.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn format_line(record: &Record<'_>, colour: bool) -> Vec<u8> {
     let stamp = stamp();
     let level = record.level();
+    let message = record.args().to_string();
+    let message = printable(&message);
     let mut line = Vec::with_capacity(128);
     let _ = if colour {
         let code = match level {
@@ -85,12 +106,11 @@ fn format_line(record: &Record<'_>, colour: bool) -> Vec<u8> {
         };
         write!(
             line,
-            "{stamp} \x1b[{code}m{:<5}\x1b[0m {}",
+            "{stamp} \x1b[{code}m{:<5}\x1b[0m {message}",
             level.as_str(),
-            record.args()
         )
     } else {
-        write!(line, "{stamp} {:<5} {}", level.as_str(), record.args())
+        write!(line, "{stamp} {:<5} {message}", level.as_str())
     };
     line.push(b'\n');
     line

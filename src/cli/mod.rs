@@ -129,6 +129,7 @@ pub fn exit_now(code: u8) -> ! {
 /// Writes one error line to stderr. A stderr that cannot be written to is
 /// ignored: the exit code still says what happened.
 pub(crate) fn report(line: &str) {
+    let line = logging::printable(line);
     let _ = writeln!(std::io::stderr(), "mister-smith: error: {line}");
 }
 
