@@ -131,7 +131,9 @@ fn missing_programs_and_directories_are_config_problems() {
     let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
     assert_eq!(status.code(), Some(78), "{err}");
     assert!(
-        err.contains("agents[0].command: \"no-such-program-anywhere\" is not found in PATH"),
+        err.contains(
+            "agents[0].command: \"no-such-program-anywhere\" is not found in the agent's PATH"
+        ),
         "{err}"
     );
     assert!(
@@ -160,6 +162,18 @@ fn configs_this_host_cannot_run_fail_the_check() {
     std::fs::write(&script, "#!/nonexistent/interpreter -x\necho hi\n").expect("script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
+    let write_script = |name: &str, text: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("script");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        p.display().to_string()
+    };
+    let crlf = write_script("crlf.sh", b"#!/bin/sh\r\necho hi\r\n");
+    let bare = write_script("bare.sh", b"#!\necho hi\n");
+    let via_env = write_script("env.sh", b"#!/usr/bin/env no-such-interpreter-anywhere\n");
+    let bom = write_script("bom.sh", b"\xEF\xBB\xBF#!/bin/sh\necho hi\n");
+    let fine = write_script("fine.sh", b"#!/usr/bin/env sh\necho hi\n");
     let fc = fake_claude();
     let fc = fc.to_str().unwrap();
     // Written by hand: a JSON value cannot hold a key twice.
@@ -170,10 +184,18 @@ fn configs_this_host_cannot_run_fail_the_check() {
             {{"id": "slow", "command": "{fc}", "restart": {{"max_delay_ms": 18446744073709551615}},
               "health": {{"interval_ms": 604800001}}}},
             {{"id": "twice", "command": "{fc}", "restart": {{"policy": "always"}},
-              "restart": {{"policy": "never"}}}}
+              "restart": {{"policy": "never"}}}},
+            {{"id": "crlf", "command": "{crlf}"}},
+            {{"id": "bare", "command": "{bare}"}},
+            {{"id": "via-env", "command": "{via_env}"}},
+            {{"id": "bom", "command": "{bom}"}},
+            {{"id": "fine", "command": "{fine}"}},
+            {{"id": "own-path", "command": "fake-claude", "env": {{"PATH": "{fc_dir}"}}}},
+            {{"id": "no-path", "command": "sh", "env": {{"PATH": "/nowhere"}}}}
         ], "message": {{"default_timeout_ms": 604800001}}}}"#,
         nr_open + 1,
-        script.display()
+        script.display(),
+        fc_dir = std::path::Path::new(fc).parent().unwrap().display(),
     );
     let path = dir.join("mister-smith.json");
     std::fs::write(&path, text).expect("config");
@@ -192,6 +214,11 @@ fn configs_this_host_cannot_run_fail_the_check() {
         "agents[2].health.interval_ms: 604800001 is more than a week".into(),
         "agents[3].restart: duplicate key (only the last would count)".into(),
         "message.default_timeout_ms: 604800001 is more than a week".into(),
+        format!("agents[4].command: {crlf}: its #! line ends in a carriage return"),
+        format!("agents[5].command: {bare}: its #! line names no interpreter"),
+        format!("agents[6].command: {via_env}: its #! line runs no-such-interpreter-anywhere through env"),
+        format!("agents[7].command: {bom}: a byte-order mark comes before its #! line"),
+        "agents[10].command: \"sh\" is not found in the agent's PATH".into(),
     ];
     let lines: Vec<&str> = err.lines().collect();
     for w in &want {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod dups;
+mod host;
 pub mod names;
 mod parse;
 mod problems;

@@ -27,7 +27,7 @@ use super::{
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let (config, mut problems) = read_and_parse(path)?;
     if let Some(c) = &config {
-        problems.extend(host_problems(c));
+        problems.extend(super::host::problems(c));
     }
     match config {
         Some(c) if problems.is_empty() => Ok(c),
@@ -90,87 +90,6 @@ fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigE
         c.path = path.to_path_buf();
     }
     Ok((config, problems))
-}
-
-/// What this host cannot run: an agent's program that cannot be found or
-/// is not executable, a script whose `#!` interpreter is missing, a working
-/// directory that is not there, an open-files limit above the kernel's
-/// ceiling. Better said at load than found out as a crash loop.
-fn host_problems(config: &Config) -> Vec<Problem> {
-    let search_path = std::env::var_os("PATH").unwrap_or_default();
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let mut problems = Vec::new();
-    let mut seen = HashSet::new();
-    for agent in &config.agents {
-        // Replicas share an entry: one report is enough.
-        if !seen.insert(agent.source.clone()) {
-            continue;
-        }
-        let at = |key: &str| format!("{}.{key}", agent.source);
-        let found = if agent.command.contains('/') {
-            Some(PathBuf::from(&agent.command)).filter(|p| executable(p))
-        } else {
-            std::env::split_paths(&search_path)
-                .map(|d| d.join(&agent.command))
-                .find(|p| executable(p))
-        };
-        match found {
-            None if agent.command.contains('/') => problems.push(Problem {
-                path: at("command"),
-                message: format!("{:?} is not an executable file", agent.command),
-            }),
-            None => problems.push(Problem {
-                path: at("command"),
-                message: format!("{:?} is not found in PATH", agent.command),
-            }),
-            Some(program) => {
-                if let Some(interp) = interpreter(&program).filter(|i| !executable(i)) {
-                    problems.push(Problem {
-                        path: at("command"),
-                        message: format!(
-                            "{}: its interpreter {} (the #! line) is not an executable file",
-                            program.display(),
-                            interp.display()
-                        ),
-                    });
-                }
-            }
-        }
-        if !agent.working_dir.is_dir() {
-            problems.push(Problem {
-                path: at("working_dir"),
-                message: format!("{} is not a directory", agent.working_dir.display()),
-            });
-        }
-        if let (Some(want), Some(max)) = (agent.limits.open_files, nr_open) {
-            if want > max {
-                problems.push(Problem {
-                    path: at("limits.open_files"),
-                    message: format!("{want} is more than this system allows (fs.nr_open = {max})"),
-                });
-            }
-        }
-    }
-    problems
-}
-
-fn executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// The interpreter a script names on its `#!` line, if it has one.
-fn interpreter(program: &Path) -> Option<PathBuf> {
-    use std::io::Read;
-    let mut head = [0u8; 256];
-    let mut f = std::fs::File::open(program).ok()?;
-    let n = f.read(&mut head).ok()?;
-    let line = head[..n].strip_prefix(b"#!")?;
-    let line = line.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    line.split_whitespace().next().map(PathBuf::from)
 }
 
 /// Checks a parsed config document. Relative paths are resolved against

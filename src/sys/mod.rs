@@ -332,6 +332,26 @@ pub fn open_files_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The hard limit on open files of this process: what it may raise the
+/// soft limit (its own, or a child's) to without privilege.
+pub fn open_files_hard_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is valid for writes for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_max)
+}
+
+/// Whether this process runs as root (and so may raise its limits).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Takes an exclusive lock on `file` without waiting: `Ok(false)` when
 /// another process holds it.
 pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
