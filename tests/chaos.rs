@@ -384,3 +384,34 @@ fn sigterm_while_eight_agents_are_busy_answers_every_task_cancelled() {
     }
     // No zombies of ours: the daemon is gone and reaped by the test.
 }
+
+/// A process that left its agent's group just before the daemon was
+/// SIGKILLed, before any scan recorded it, is still found by the next
+/// daemon: it carries the run directory in its environment.
+#[test]
+fn after_sigkill_an_escapee_no_scan_saw_is_swept_too() {
+    let dir = Arc::new(TempDir::new("sigkill-fresh"));
+    let rec = dir.join("rec");
+    let config = json!({"agents": [fake_agent("fresh", json!({
+        "FAKE_CLAUDE_RECORD": rec,
+        "FAKE_CLAUDE_SPAWN_GRANDCHILD": "sleep 301",
+        "FAKE_CLAUDE_GRANDCHILD_SETSID": "1",
+    }))]});
+    let mut d = Daemon::start(dir.clone(), &config);
+    d.wait_seen("agent fresh: initializing -> idle", T);
+    let escaped = records(&rec)
+        .iter()
+        .find(|r| r["event"] == "grandchild")
+        .and_then(|r| r["pid"].as_u64())
+        .expect("the grandchild's pid") as u32;
+    d.signal(libc::SIGKILL);
+    d.wait_exit(T);
+    assert!(alive(escaped), "only PDEATHSIG has acted");
+    let d2 = Daemon::start(dir.clone(), &config);
+    d2.wait_seen(&format!("sweeping leftover process {escaped} "), T);
+    assert!(
+        wait_gone(escaped, Duration::from_secs(2)),
+        "an escapee no scan saw survived"
+    );
+    d2.wait_seen("agent fresh: initializing -> idle", T);
+}

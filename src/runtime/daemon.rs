@@ -81,6 +81,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             "cannot become a child subreaper ({e}): orphaned descendants may outlive their agents"
         );
     }
+    tracker::mark_children(&run_dir);
     let swept = tracker::sweep(&run_dir);
     if swept > 0 {
         log::warn!("swept {swept} leftovers of a previous daemon that did not stop cleanly");

@@ -144,6 +144,9 @@ pub(crate) fn check(
             c
         }
     };
+    if let Some(dir) = crate::runtime::tracker::run_mark() {
+        cmd.env(crate::runtime::tracker::RUN_DIR_ENV, dir);
+    }
     cmd.env("MISTER_SMITH_AGENT_ID", id)
         .env("MISTER_SMITH_AGENT_PID", pid.to_string())
         .stdin(Stdio::null())

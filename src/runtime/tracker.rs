@@ -297,9 +297,65 @@ pub(crate) fn end_orphans() -> usize {
     done.killed.len()
 }
 
-/// Kills what a previous daemon left behind according to the state file in
-/// `dir`. Returns how many groups or processes were swept.
+/// Every process the daemon starts (agents, health checks) carries this
+/// variable with the run directory, and so does whatever they start unless
+/// it clears its environment: what a killed daemon left behind that no
+/// scan saw (a `setsid` just before the SIGKILL) is found by it.
+pub(crate) const RUN_DIR_ENV: &str = "MISTER_SMITH_RUN_DIR";
+
+static RUN_MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the run directory children are marked with (once, at start).
+pub(crate) fn mark_children(dir: &Path) {
+    let _ = RUN_MARK.set(dir.display().to_string());
+}
+
+/// The `RUN_DIR_ENV` value for children, once set.
+pub(crate) fn run_mark() -> Option<&'static str> {
+    RUN_MARK.get().map(String::as_str)
+}
+
+/// Kills what a previous daemon left behind: by the state file in `dir`,
+/// then every process of this user marked with `dir` (the caller holds the
+/// run directory's lock and has started nothing yet, so none of them is a
+/// live daemon's). Returns how many groups or processes were swept.
 pub(crate) fn sweep(dir: &Path) -> usize {
+    sweep_recorded(dir) + sweep_marked(dir)
+}
+
+fn sweep_marked(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let want = format!("{RUN_DIR_ENV}={}", dir.display()).into_bytes();
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut swept = 0;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || e.metadata().map_or(true, |m| m.uid() != sys::uid()) {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|&b| b == 0).any(|kv| kv == want.as_slice()) {
+            continue;
+        }
+        let Some((_, _, start)) = stat(pid) else {
+            continue;
+        };
+        if kill_escaped(&Proc { pid, start }) {
+            log::warn!("sweeping leftover process {pid} of a previous daemon (marked with its run directory)");
+            swept += 1;
+        }
+    }
+    swept
+}
+
+fn sweep_recorded(dir: &Path) -> usize {
     let path = dir.join("state.json");
     let Ok(text) = fs::read(&path) else { return 0 };
     let Ok(state) = serde_json::from_slice::<State>(&text) else {

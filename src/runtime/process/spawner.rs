@@ -30,6 +30,7 @@ use super::io::{io_loop, StderrSink, StdoutSink};
 use crate::config::{Limits, Protocol};
 use crate::runtime::claude;
 use crate::runtime::error::ProcessError;
+use crate::runtime::tracker;
 use crate::sys;
 use crate::sys::spawn::{Plan, Spawned};
 
@@ -132,7 +133,8 @@ fn start(req: SpawnRequest, sink: ChildSink) -> Result<(RunningChild, IoStart), 
         spec.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain([("MISTER_SMITH_AGENT_ID", spec.id.as_str())]),
+            .chain([("MISTER_SMITH_AGENT_ID", spec.id.as_str())])
+            .chain(tracker::run_mark().map(|dir| (tracker::RUN_DIR_ENV, dir))),
         &claude::REMOVED_ENV,
     );
     let spawn_error = |source| ProcessError::Spawn {
