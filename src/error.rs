@@ -106,9 +106,14 @@ pub enum SystemError {
     /// A daemon refused the request; its alert code says why.
     #[error("{message}")]
     Refused { code: AlertCode, message: String },
-    /// Nobody answered within the wait.
+    /// Nobody is there to answer (69).
     #[error("{0}")]
     NoAnswer(String),
+    /// Someone is there (NATS found a subscriber, or the socket took the
+    /// request) but did not answer within the wait: frozen or overloaded,
+    /// and what was asked may still happen. Retry later (75).
+    #[error("{0}")]
+    Unanswered(String),
     /// NATS says nobody subscribes to the subject.
     #[error("nothing answers on {subject} (no responders)")]
     NoResponders { subject: String },
@@ -150,6 +155,7 @@ impl SystemError {
                 _ => exit::UNAVAILABLE,
             },
             SystemError::NoAnswer(_) | SystemError::NoResponders { .. } => exit::UNAVAILABLE,
+            SystemError::Unanswered(_) => exit::TEMPORARY,
             SystemError::ConnectionLost { .. } => exit::TEMPORARY,
             SystemError::UnreadableAnswer { .. } => exit::INTERNAL,
             SystemError::Io { .. } => exit::IO,

@@ -501,3 +501,40 @@ fn the_same_envelope_twice_runs_once() {
         .count();
     assert_eq!(runs, 1);
 }
+
+/// A daemon that NATS knows is there but that does not answer (frozen,
+/// overloaded) is a temporary failure (75), not "no such agent" (69): the
+/// request may still be carried out once it wakes, and says so.
+#[test]
+fn a_frozen_daemon_over_nats_is_a_timeout_not_unavailable() {
+    let server = NatsServer::start();
+    let d = daemon(
+        "frozen-nats",
+        &server,
+        json!({"agents": [fake_agent("fz", json!({}))]}),
+    );
+    d.wait_seen("agent fz: initializing -> idle", T);
+    let url = server.url();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--nats", url.as_str()];
+        all.extend_from_slice(args);
+        let (status, out, err) = run_cli_stdin(&all, &[], None);
+        (status.code(), format!("{out}{err}"))
+    };
+    crate::support::kill(d.pid(), libc::SIGSTOP);
+    let (code, out) = cli(&["pause", "fz"]);
+    assert_eq!(code, Some(75), "{out}");
+    assert!(out.contains("may still be done"), "{out}");
+    let (code, out) = cli(&["send", "--to", "fz", "hi"]);
+    assert_eq!(code, Some(75), "{out}");
+    let (code, out) = cli(&["status"]);
+    assert_eq!(code, Some(75), "{out}");
+    // Nobody at all for an id is still 69.
+    let (code, out) = cli(&["pause", "nobody-here"]);
+    assert_eq!(code, Some(69), "{out}");
+    crate::support::kill(d.pid(), libc::SIGCONT);
+    // The pause the client gave up on happened after all.
+    let (code, out) = cli(&["status", "fz"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("paused"), "{out}");
+}

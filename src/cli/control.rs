@@ -84,8 +84,8 @@ pub(super) fn run(cli: &Cli, id: &str, op: CommandType) -> Result<u8, SystemErro
             e => e,
         })?;
     let Some(answer) = answers.into_iter().next() else {
-        return Err(SystemError::NoAnswer(format!(
-            "no answer about agent {id} within {} ms",
+        return Err(SystemError::Unanswered(format!(
+            "no answer about agent {id} within {} ms (it may still be done)",
             client::ACK_WAIT.as_millis()
         )));
     };

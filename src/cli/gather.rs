@@ -129,7 +129,7 @@ pub(super) fn reports(
         };
     }
     if parts.is_empty() {
-        return Err(SystemError::NoAnswer(format!(
+        return Err(SystemError::Unanswered(format!(
             "no daemon answered within {} ms ({})",
             within.as_millis(),
             client.describe()
@@ -164,7 +164,7 @@ impl Parts {
                 .next()
                 .map(|r| r.daemon_id.clone())
                 .unwrap_or_default();
-            return Err(SystemError::NoAnswer(format!(
+            return Err(SystemError::Unanswered(format!(
                 "daemon {daemon} answered with {} of the {} parts of its report in time",
                 self.got.len(),
                 self.total

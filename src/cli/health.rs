@@ -102,6 +102,7 @@ fn no_daemon(e: &SystemError) -> bool {
     matches!(
         e,
         SystemError::NoAnswer(_)
+            | SystemError::Unanswered(_)
             | SystemError::NoResponders { .. }
             | SystemError::Transport(
                 TransportError::LocalConnect { .. } | TransportError::LocalTimeout { .. }

@@ -389,8 +389,8 @@ fn send_tasks(
         }
         let Some(m) = next else {
             if waiting_ack {
-                let e = SystemError::NoAnswer(format!(
-                    "{unacked} task(s) not acknowledged within {} ms on {} ({subject})",
+                let e = SystemError::Unanswered(format!(
+                    "{unacked} task(s) not acknowledged within {} ms on {} ({subject}); they may still run",
                     client::ACK_WAIT.as_millis(),
                     client.describe()
                 ));
@@ -518,7 +518,7 @@ fn send_other(
     for mut env in envelopes {
         let answers = client.ask(subject, &mut env, Instant::now() + client::ACK_WAIT, None)?;
         let Some(answer) = answers.into_iter().next() else {
-            return Err(SystemError::NoAnswer(format!(
+            return Err(SystemError::Unanswered(format!(
                 "no answer on {subject} within {} ms",
                 client::ACK_WAIT.as_millis()
             )));

@@ -320,10 +320,19 @@ pub(crate) fn run_mark() -> Option<&'static str> {
 /// run directory's lock and has started nothing yet, so none of them is a
 /// live daemon's). Returns how many groups or processes were swept.
 pub(crate) fn sweep(dir: &Path) -> usize {
-    sweep_recorded(dir) + sweep_marked(dir)
+    let mut killed = Killed::default();
+    sweep_recorded(dir, &mut killed) + sweep_marked(dir, &killed)
 }
 
-fn sweep_marked(dir: &Path) -> usize {
+/// What the sweep of the state file killed: a SIGKILL takes a moment, so
+/// the marked sweep after it must not count the same processes again.
+#[derive(Default)]
+struct Killed {
+    groups: HashSet<u32>,
+    pids: HashSet<u32>,
+}
+
+fn sweep_marked(dir: &Path, killed: &Killed) -> usize {
     use std::os::unix::fs::MetadataExt;
     let want = format!("{RUN_DIR_ENV}={}", dir.display()).into_bytes();
     let me = std::process::id();
@@ -344,9 +353,12 @@ fn sweep_marked(dir: &Path) -> usize {
         if !env.split(|&b| b == 0).any(|kv| kv == want.as_slice()) {
             continue;
         }
-        let Some((_, _, start)) = stat(pid) else {
+        let Some((_, pgid, start)) = stat(pid) else {
             continue;
         };
+        if killed.pids.contains(&pid) || killed.groups.contains(&pgid) {
+            continue;
+        }
         if kill_escaped(&Proc { pid, start }) {
             log::warn!("sweeping leftover process {pid} of a previous daemon (marked with its run directory)");
             swept += 1;
@@ -355,7 +367,7 @@ fn sweep_marked(dir: &Path) -> usize {
     swept
 }
 
-fn sweep_recorded(dir: &Path) -> usize {
+fn sweep_recorded(dir: &Path, killed: &mut Killed) -> usize {
     let path = dir.join("state.json");
     let Ok(text) = fs::read(&path) else { return 0 };
     let Ok(state) = serde_json::from_slice::<State>(&text) else {
@@ -394,6 +406,7 @@ fn sweep_recorded(dir: &Path) -> usize {
                 leader.pid
             );
             let _ = sys::killpg(leader.pid, libc::SIGKILL);
+            killed.groups.insert(leader.pid);
             swept += 1;
         }
     }
@@ -404,6 +417,8 @@ fn sweep_recorded(dir: &Path) -> usize {
                     "sweeping leftover process {} of agent {id} (left its group)",
                     p.pid
                 );
+                killed.pids.insert(p.pid);
+                killed.groups.insert(p.pid);
                 swept += 1;
             }
         }
