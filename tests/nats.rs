@@ -538,3 +538,23 @@ fn a_frozen_daemon_over_nats_is_a_timeout_not_unavailable() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("paused"), "{out}");
 }
+
+/// One config with an explicit `daemon_id` copied to two hosts: two daemons
+/// answer as one. `health` says so (CRITICAL), and `status` lists both.
+#[test]
+fn two_daemons_sharing_a_daemon_id_are_reported() {
+    let server = NatsServer::start();
+    let config = json!({"daemon_id": "dd", "agents": [fake_agent("s1", json!({}))]});
+    let a = daemon("shared-a", &server, config.clone());
+    let b = daemon("shared-b", &server, config);
+    a.wait_seen("agent s1: initializing -> idle", T);
+    b.wait_seen("agent s1: initializing -> idle", T);
+    let url = server.url();
+    let (status, out, _) = run_cli_stdin(&["--nats", &url, "health", "--expect", "dd"], &[], None);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("daemon id dd is used by 2 daemons"), "{out}");
+    let (status, out, err) = run_cli_stdin(&["--nats", &url, "status", "--json"], &[], None);
+    assert!(status.success(), "{err}");
+    let agents: Vec<Value> = serde_json::from_str(&out).expect("a JSON array");
+    assert_eq!(agents.len(), 2, "{out}");
+}

@@ -95,7 +95,8 @@ pub(super) fn reports(
     let reply = client.request(&subject, &mut env)?;
     let left = deadline.saturating_duration_since(Instant::now());
     client.flush_within(left)?;
-    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+    // By daemon process: two that share a daemon_id by mistake both count.
+    let mut parts: BTreeMap<(String, Option<String>), Parts> = BTreeMap::new();
     let mut until = deadline;
     while let Some(m) = client.next_until(until)? {
         if m.subject != reply {
@@ -117,9 +118,10 @@ pub(super) fn reports(
         else {
             continue;
         };
-        parts.entry(r.daemon_id.clone()).or_default().add(r);
+        let key = (r.daemon_id.clone(), r.instance.clone());
+        parts.entry(key).or_default().add(r);
         // With daemons expected, wait for them all (until the deadline).
-        let answered: Vec<&str> = parts.keys().map(String::as_str).collect();
+        let answered: Vec<&str> = parts.keys().map(|(d, _)| d.as_str()).collect();
         let complete =
             parts.values().all(Parts::complete) && expect.is_none_or(|e| e.met(&answered));
         until = match (complete, several) {

@@ -161,7 +161,20 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
             LinkState::Off | LinkState::Connected => {}
         }
     }
-    let answered: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();
+    let mut answered: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();
+    answered.sort_unstable();
+    let shared: std::collections::BTreeSet<&str> = answered
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    for id in shared {
+        critical.push(format!(
+            "daemon id {id} is used by {} daemons",
+            answered.iter().filter(|a| **a == id).count()
+        ));
+    }
+    answered.dedup();
     if let Some(gone) = expect.and_then(|e| e.missing(&answered)) {
         critical.insert(0, gone);
     }

@@ -139,6 +139,9 @@ pub struct Sub {
 #[derive(Debug)]
 pub struct RoutingTable {
     pub daemon_id: String,
+    /// This daemon process, among any that share its `daemon_id` by
+    /// mistake (one config copied to two hosts): a new id each start.
+    pub instance: String,
     agents: Vec<Route>,
     by_id: HashMap<String, AgentIx>,
     by_type: HashMap<String, Vec<AgentIx>>,
@@ -168,6 +171,7 @@ impl RoutingTable {
         }
         RoutingTable {
             daemon_id: config.daemon_id.clone(),
+            instance: uuid::Uuid::new_v4().to_string(),
             agents,
             by_id,
             by_type,

@@ -460,6 +460,10 @@ pub struct SystemHealthCheck {
 #[serde(deny_unknown_fields)]
 pub struct HealthReport {
     pub daemon_id: String,
+    /// The daemon process that answered (new at each start): two reports
+    /// with one `daemon_id` and two instances are two daemons sharing an id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub uptime_seconds: f64,
     pub nats: LinkState,
     pub queued: usize,
@@ -576,6 +580,7 @@ mod tests {
         };
         let report = HealthReport {
             daemon_id: "host".into(),
+            instance: None,
             uptime_seconds: 1.0,
             nats: LinkState::Off,
             queued: 0,

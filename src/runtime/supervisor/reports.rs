@@ -58,6 +58,7 @@ impl Supervisor {
         };
         HealthReport {
             daemon_id: self.links.table.daemon_id.clone(),
+            instance: Some(self.links.table.instance.clone()),
             uptime_seconds: (self
                 .now()
                 .saturating_duration_since(self.started)
