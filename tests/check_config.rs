@@ -230,3 +230,41 @@ fn configs_this_host_cannot_run_fail_the_check() {
     }
     assert_eq!(lines.len(), want.len(), "unexpected extra lines:\n{err}");
 }
+
+/// Execute bits are not enough: the program and the working directory must
+/// be usable by the user who runs the check (as the daemon will be).
+#[test]
+fn programs_another_user_cannot_run_are_problems_for_that_user() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // Only root can set up another user's view here.
+    }
+    let dir = TempDir::new("cc-other-user");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.join("private.sh");
+    std::fs::write(&private, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.config(&json!({"agents": [
+        {"id": "p", "command": private, "working_dir": locked}
+    ]}));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", crate::support::BIN])
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.code() != Some(127)) else {
+        return; // No runuser here.
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("agents[0].command: \""), "{err}");
+    assert!(err.contains("is not an executable file"), "{err}");
+    assert!(err.contains("cannot be entered by this user"), "{err}");
+    // Root itself may run both.
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(0), "{err}");
+}

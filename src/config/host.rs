@@ -59,6 +59,14 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 path: at("working_dir"),
                 message: format!("{} is not a directory", agent.working_dir.display()),
             });
+        } else if !crate::sys::may_execute(&agent.working_dir) {
+            problems.push(Problem {
+                path: at("working_dir"),
+                message: format!(
+                    "{} cannot be entered by this user",
+                    agent.working_dir.display()
+                ),
+            });
         }
         problems.extend(open_files(agent, nr_open, hard).map(|message| Problem {
             path: at("limits.open_files"),
@@ -98,9 +106,12 @@ fn find(command: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
+/// A file this user may run: root passes `access(X_OK)` for any file
+/// with one execute bit, so the bits are checked too.
 fn executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        && crate::sys::may_execute(p)
 }
 
 /// Why the kernel would not run `program` as a script, if it would not:

@@ -346,6 +346,17 @@ pub fn open_files_hard_limit() -> io::Result<u64> {
     Ok(lim.rlim_max)
 }
 
+/// Whether this process may execute `path` (its permissions for this
+/// user, not just some execute bit), as `exec` will judge it.
+pub fn may_execute(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
 /// Whether this process runs as root (and so may raise its limits).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
