@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::knobs::{CrashMode, Hang, Knobs, ResultKind};
+use crate::failures::ResultKind;
+use crate::knobs::{parse_cost, CrashMode, Hang, Knobs};
 
 /// Per-task settings: env knobs overridden by `[[fake:…]]` directives in the prompt.
 pub(crate) struct TaskCfg {
@@ -14,6 +15,10 @@ pub(crate) struct TaskCfg {
     pub(crate) big: u64,
     pub(crate) result: ResultKind,
     pub(crate) retries: u32,
+    /// Seconds from the task's start until a usage limit resets (unless `LIMITED_UNTIL` is set).
+    pub(crate) reset_in_s: u64,
+    /// `total_cost_usd` of a run that reached the model (`None`: the fake's own figure).
+    pub(crate) cost: Option<f64>,
     /// Faults no sound agent has, for the daemon's robustness tests.
     pub(crate) fault: Fault,
 }
@@ -66,6 +71,8 @@ impl TaskCfg {
             big: k.big_line_bytes,
             result: k.result,
             retries: k.api_retries,
+            reset_in_s: k.reset_in_s,
+            cost: k.cost,
             fault: Fault::None,
         };
         for (name, value) in directives(prompt) {
@@ -90,6 +97,8 @@ impl TaskCfg {
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(cfg.retries)
                 }
+                "reset_in" => cfg.reset_in_s = num().unwrap_or(cfg.reset_in_s),
+                "cost" => cfg.cost = v.and_then(parse_cost).or(cfg.cost),
                 "nest" => {
                     cfg.fault =
                         Fault::Nest(num().and_then(|n| u32::try_from(n).ok()).unwrap_or(200))

@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::failures::ResultKind;
+
 const DEFAULT_VERSION: &str = "2.1.197";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -57,26 +59,6 @@ impl CrashMode {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum ResultKind {
-    Success,
-    ApiError,
-    MaxTurns,
-    DuringExecution,
-}
-
-impl ResultKind {
-    pub(crate) fn parse(s: &str) -> Option<ResultKind> {
-        match s {
-            "success" => Some(ResultKind::Success),
-            "api_error" => Some(ResultKind::ApiError),
-            "max_turns" => Some(ResultKind::MaxTurns),
-            "during_execution" => Some(ResultKind::DuringExecution),
-            _ => None,
-        }
-    }
-}
-
 /// Everything read from `FAKE_CLAUDE_*` (and `IS_SANDBOX`).
 pub(crate) struct Knobs {
     pub(crate) version: String,
@@ -100,6 +82,21 @@ pub(crate) struct Knobs {
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) root_check: bool,
     pub(crate) is_sandbox: bool,
+    /// `FAKE_CLAUDE_CREDENTIALS`: tasks are `not_logged_in` while this file is missing.
+    pub(crate) credentials: Option<PathBuf>,
+    /// `FAKE_CLAUDE_LIMITED_UNTIL`: epoch seconds until which every task hits the limit.
+    pub(crate) limited_until: Option<u64>,
+    /// `FAKE_CLAUDE_LIMIT_SHAPE`: how a limited task fails.
+    pub(crate) limit_shape: ResultKind,
+    /// `FAKE_CLAUDE_FAIL_FIRST`: the first N tasks fail as `fail_as`.
+    pub(crate) fail_first: u64,
+    pub(crate) fail_as: ResultKind,
+    /// `FAKE_CLAUDE_COUNTER`: file counting task starts across processes.
+    pub(crate) counter: Option<PathBuf>,
+    /// `FAKE_CLAUDE_RESET_IN_S`: a usage limit resets this many seconds after the task starts.
+    pub(crate) reset_in_s: u64,
+    /// `FAKE_CLAUDE_COST`: `total_cost_usd` of runs that reached the model.
+    pub(crate) cost: Option<f64>,
 }
 
 pub(crate) fn env_str(name: &str) -> Option<String> {
@@ -118,6 +115,15 @@ fn env_with<T>(name: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
         let _ = writeln!(io::stderr(), "fake-claude: ignoring invalid {name}={raw}");
     }
     value
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    env_str(name).filter(|s| !s.is_empty()).map(PathBuf::from)
+}
+
+/// A cost in USD: a finite, non-negative number.
+pub(crate) fn parse_cost(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|c| c.is_finite() && *c >= 0.0)
 }
 
 fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -153,11 +159,19 @@ impl Knobs {
             grandchild: env_str("FAKE_CLAUDE_SPAWN_GRANDCHILD").filter(|s| !s.trim().is_empty()),
             grandchild_setsid: env_flag("FAKE_CLAUDE_GRANDCHILD_SETSID"),
             record: env_str("FAKE_CLAUDE_RECORD").filter(|s| !s.is_empty()),
-            state_dir: env_str("FAKE_CLAUDE_STATE_DIR")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            state_dir: env_path("FAKE_CLAUDE_STATE_DIR"),
             root_check: env_flag("FAKE_CLAUDE_ROOT_CHECK"),
             is_sandbox: env_flag("IS_SANDBOX"),
+            credentials: env_path("FAKE_CLAUDE_CREDENTIALS"),
+            limited_until: env_num("FAKE_CLAUDE_LIMITED_UNTIL"),
+            limit_shape: env_with("FAKE_CLAUDE_LIMIT_SHAPE", ResultKind::parse_limit_shape)
+                .unwrap_or(ResultKind::UsageLimit),
+            fail_first: env_num("FAKE_CLAUDE_FAIL_FIRST").unwrap_or(0),
+            fail_as: env_with("FAKE_CLAUDE_FAIL_AS", ResultKind::parse)
+                .unwrap_or(ResultKind::Overloaded),
+            counter: env_path("FAKE_CLAUDE_COUNTER"),
+            reset_in_s: env_num("FAKE_CLAUDE_RESET_IN_S").unwrap_or(3),
+            cost: env_with("FAKE_CLAUDE_COST", parse_cost),
         }
     }
 }

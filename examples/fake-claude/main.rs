@@ -12,11 +12,12 @@
 //! * One-shot: `fake-claude -p PROMPT [--output-format text|json|stream-json --verbose]`.
 //!   When stdin is not a TTY it waits for the first byte (see `FAKE_CLAUDE_STDIN_WAIT_MS`), then
 //!   reads stdin to EOF and appends it as `PROMPT\nSTDIN`. One task runs; its final text is
-//!   `done: <prompt>`. Exit 0, or 1 when the result has `is_error`.
+//!   `done: <prompt>`. Exit 0, or 1 when the turn failed (the result has `is_error`, or an
+//!   `error_*` subtype such as `overloaded_midstream`'s).
 //! * Stream-json: `fake-claude -p --input-format stream-json --output-format stream-json --verbose`.
 //!   Prints nothing until a stdin line arrives; answers `control_request`s at once (also mid-turn);
 //!   runs `user` messages one after another; on stdin EOF finishes the queue and exits 1 if the last
-//!   result had `is_error`, else 0.
+//!   turn failed (as in one-shot mode), else 0.
 //!
 //! # Knobs (environment variables)
 //!
@@ -27,7 +28,7 @@
 //! | `FAKE_CLAUDE_STDIN_WAIT_MS` | ms or `forever` (3000) | one-shot wait for the first stdin byte |
 //! | `FAKE_CLAUDE_TURNS` | K (1) | tool round trips (assistant `tool_use` + user `tool_result`) per task |
 //! | `FAKE_CLAUDE_LINE_DELAY_MS` | ms (0) | sleep before every output line of a task |
-//! | `FAKE_CLAUDE_RESULT` | `success`, `api_error`, `max_turns`, `during_execution` (`success`) | result shape |
+//! | `FAKE_CLAUDE_RESULT` | a result kind, see below (`success`) | result shape |
 //! | `FAKE_CLAUDE_EXIT_CODE` | n (unset) | forced exit status at the normal end (one-shot and stream EOF) |
 //! | `FAKE_CLAUDE_API_RETRIES` | N (0) | `system/api_retry` lines before the first assistant line of a task |
 //! | `FAKE_CLAUDE_CRASH_AFTER_TASKS` | N (unset) | die when task N+1 starts (before any of its output) |
@@ -41,6 +42,14 @@
 //! | `FAKE_CLAUDE_RECORD` | file path (unset) | append JSON lines describing what happened (below) |
 //! | `FAKE_CLAUDE_STATE_DIR` | dir (unset) | session store for `--resume`/`--continue`/duplicate `--session-id` |
 //! | `FAKE_CLAUDE_ROOT_CHECK` | `1` (unset) | refuse bypass mode as root unless `IS_SANDBOX=1` |
+//! | `FAKE_CLAUDE_CREDENTIALS` | file path (unset) | every task is `not_logged_in` while the file is missing |
+//! | `FAKE_CLAUDE_LIMITED_UNTIL` | epoch seconds (unset) | tasks fail as `FAKE_CLAUDE_LIMIT_SHAPE` until then |
+//! | `FAKE_CLAUDE_LIMIT_SHAPE` | `usage_limit`, `usage_limit_text`, `usage_limit_old`, `rate_limit` (`usage_limit`) | how a limited task fails |
+//! | `FAKE_CLAUDE_RESET_IN_S` | S (3) | a usage limit resets S seconds after the task starts |
+//! | `FAKE_CLAUDE_FAIL_FIRST` | N (0) | the first N tasks fail as `FAKE_CLAUDE_FAIL_AS` |
+//! | `FAKE_CLAUDE_FAIL_AS` | a result kind (`overloaded`) | how those tasks fail |
+//! | `FAKE_CLAUDE_COUNTER` | file path (unset) | counts task starts across processes (for `FAIL_FIRST`) |
+//! | `FAKE_CLAUDE_COST` | USD (unset) | `total_cost_usd` of runs that reached the model |
 //!
 //! Details:
 //! * `FAKE_CLAUDE_HANG`: `startup` and `forever` behave the same: after startup (grandchild spawned,
@@ -49,14 +58,47 @@
 //!   for good (stdin EOF, `interrupt` and SIGINT don't end it; TERM/HUP do). `after_result` prints
 //!   the whole task but then never exits, not even on stdin EOF (stream-json mode keeps serving
 //!   further tasks until EOF, then hangs).
-//! * `FAKE_CLAUDE_RESULT`: `api_error` = assistant line with `"error":"authentication_failed"` and
-//!   model `<synthetic>`, then `subtype:"success","is_error":true,"result":"Not logged in · Please
-//!   run /login"`. `max_turns` = `error_max_turns` with cap = `--max-turns` if given, else K
+//! * `FAKE_CLAUDE_RESULT` kinds. `success`: the round trips, the final text, a `success` result.
+//!   `max_turns` = `error_max_turns` with cap = `--max-turns` if given, else K
 //!   (`errors:["Reached maximum number of turns (cap)"]`, `num_turns` cap+1, `terminal_reason`
 //!   `max_turns`, no `result`). `during_execution` = the tool round trips, then
 //!   `error_during_execution` with `errors:["fake-claude: simulated error during execution"]`,
 //!   `terminal_reason` `model_error`. Independently of the knob, `--max-turns N` with K+1 > N
 //!   prints N round trips and then the `error_max_turns` result.
+//! * API failures (as the real CLI reports a failed API call, no round trips): after
+//!   `system/init` and any `system/api_retry` lines, an assistant line with model `<synthetic>`,
+//!   `stop_reason` `stop_sequence`, all-zero usage, one text block with the error text and a
+//!   top-level `error`; then `subtype:"success","is_error":true,"result":<the same text>`,
+//!   `api_error_status`, `num_turns` 1, `stop_reason` `stop_sequence`, `terminal_reason`
+//!   `completed`, `total_cost_usd` 0, empty `modelUsage`. Kind → `error` / status / text:
+//!   - `not_logged_in` → `authentication_failed` / null / `Not logged in · Please run /login`
+//!   - `api_error` → `server_error` / 500 / `API Error: 500 {"type":"error","error":{"type":"api_error","message":"Internal server error"}}`
+//!   - `overloaded` → `server_error` / 529 / `API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`
+//!   - `rate_limit` → `rate_limit` / 429 / `API Error: 429 {"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your account's rate limit. Please try again later."}}`
+//!   - `usage_limit` → `rate_limit` / null / `You've hit your session limit · resets 3pm (UTC)`
+//!     (the reset time in UTC, `3:07pm` when not on the hour), preceded by
+//!     `{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":<epoch s>,"rateLimitType":"five_hour","overageStatus":"rejected","isUsingOverage":false},"uuid","session_id"}`
+//!   - `usage_limit_text` → the same without the `rate_limit_event` line
+//!   - `usage_limit_old` → `rate_limit` / null / `Claude AI usage limit reached|<resetsAt>`
+//!   - `prompt_too_long` → `invalid_request` / 400 / `Prompt is too long`, `terminal_reason`
+//!     `prompt_too_long`
+//! * `overloaded_midstream`: the round trips, then `error_during_execution` with `"is_error":false`,
+//!   `errors:["API error: Overloaded"]`, `terminal_reason` `model_error`, no `result`; the process
+//!   still counts it as a failed turn (exit 1). `max_budget`: the round trips, then
+//!   `error_max_budget_usd`, `is_error` true, `errors:["Reached maximum budget ($0.01)"]`.
+//! * The reset time (`resetsAt`) is `FAKE_CLAUDE_LIMITED_UNTIL` when set, else the task's start
+//!   plus `FAKE_CLAUDE_RESET_IN_S` (`[[fake:reset_in=S]]`), in whole epoch seconds.
+//! * Which kind a task gets is settled when it starts, first match wins:
+//!   `FAKE_CLAUDE_CREDENTIALS` set and that file missing (checked at every task start, so a test
+//!   can "log in" a running stream-json process by creating it) → `not_logged_in`; the wall clock
+//!   before `FAKE_CLAUDE_LIMITED_UNTIL` → `FAKE_CLAUDE_LIMIT_SHAPE`; the task's number ≤
+//!   `FAKE_CLAUDE_FAIL_FIRST` → `FAKE_CLAUDE_FAIL_AS`; else `[[fake:result=…]]` /
+//!   `FAKE_CLAUDE_RESULT`. The task's number counts this process's tasks, or, with
+//!   `FAKE_CLAUDE_COUNTER`, every task start of every process sharing that file: each start
+//!   appends one byte (`O_APPEND`) and its number is the file offset after that write, which is
+//!   race-free between processes.
+//! * `FAKE_CLAUDE_COST` / `[[fake:cost=X]]`: `total_cost_usd` and `modelUsage.<model>.costUSD`
+//!   of every result except the API failures' (which stay 0); without it 0.0012 per API call.
 //! * An interrupted task (control `interrupt`, or SIGINT in stream-json mode) ends with
 //!   `error_during_execution`, `errors:["Interrupted by user"]`, `terminal_reason`
 //!   `aborted_streaming`. Interrupts are checked before every line (and during line delays).
@@ -89,7 +131,8 @@
 //! `FAKE_CLAUDE_CRASH_MODE`, default from env), `[[fake:hang]]` (= `before_result`) /
 //! `[[fake:hang=before_result|after_result|forever]]`, `[[fake:delay=MS]]`, `[[fake:turns=K]]`,
 //! `[[fake:stderr=N]]` (N bytes of stderr during the task), `[[fake:big=N]]`,
-//! `[[fake:result=success|api_error|max_turns|during_execution]]`, `[[fake:retries=N]]`.
+//! `[[fake:result=KIND]]` (any kind above), `[[fake:retries=N]]`, `[[fake:reset_in=S]]`,
+//! `[[fake:cost=X]]`.
 //!
 //! Faults no sound agent has, for the daemon's robustness tests: `[[fake:nest=N]]` (an assistant
 //! event whose tool input is nested N levels deep), `[[fake:double_result]]` (the result line
@@ -102,7 +145,8 @@
 //! Opened with `O_APPEND`; one `write` per JSON line:
 //! `{"event":"start","pid","pgid","ppid","time_us","exe","argv":[args without argv0],"cwd","env":{"CLAUDECODE","CLAUDE_CODE_ENTRYPOINT","CLAUDE_CONFIG_DIR","ANTHROPIC_API_KEY_present"}}`,
 //! `{"event":"grandchild","pid","setsid"}`, `{"event":"stdin","line"}`, `{"event":"signal","signal","pid"}`,
-//! `{"event":"task_start","n","prompt"}`, `{"event":"result","n","is_error","subtype"}`,
+//! `{"event":"task_start","n","prompt"}`, `{"event":"result","n","is_error","subtype","kind"}` (`kind`:
+//! the result kind the task got),
 //! `{"event":"crash","n","mode","pid"}` (just before a simulated crash) and
 //! `{"event":"exit","pid","code","time_us"}` (just before every voluntary exit).
 //!
@@ -123,6 +167,7 @@
 //! | `side_effects` | the grandchild process and stderr noise |
 //! | `session_store` | session files in `FAKE_CLAUDE_STATE_DIR` |
 //! | `session` | the session and the JSON lines it prints (init, assistant, result), usage |
+//! | `failures` | the result kinds, the API-failure shapes, which kind a task gets |
 //! | `task` | running one task: the event sequence, delays, interrupts, hangs |
 //! | `crash` | simulated crashes |
 //! | `oneshot` | one-shot mode and its stdin wait |
@@ -132,6 +177,7 @@ mod args;
 mod cli;
 mod crash;
 mod directives;
+mod failures;
 mod json;
 mod knobs;
 mod oneshot;

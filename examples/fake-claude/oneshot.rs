@@ -84,5 +84,5 @@ pub(crate) fn run_oneshot(session: &mut Session, arg: &str) -> ! {
     if outcome.never_exit {
         hang_forever();
     }
-    exit_now(final_code(&session.knobs, outcome.is_error))
+    exit_now(final_code(&session.knobs, outcome.failed))
 }

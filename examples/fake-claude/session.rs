@@ -28,6 +28,32 @@ pub(crate) struct Session {
     pub(crate) tasks_started: u64,
 }
 
+/// What a `result` line says (see [`Session::result_line`]).
+pub(crate) struct ResultSpec {
+    pub(crate) subtype: &'static str,
+    pub(crate) is_error: bool,
+    pub(crate) num_turns: u32,
+    /// `Ok(result)` for `subtype:"success"`, `Err(errors)` for the `error_*` subtypes.
+    pub(crate) text: Result<String, Vec<String>>,
+    /// Only on `Ok` results; `None` = null.
+    pub(crate) api_error_status: Option<u32>,
+    pub(crate) stop_reason: Option<&'static str>,
+    pub(crate) terminal_reason: &'static str,
+    pub(crate) usage: Usage,
+    /// `None`: no model was reached (cost 0, empty `modelUsage`).
+    pub(crate) cost: Option<f64>,
+}
+
+/// A number as JavaScript prints it: whole numbers without `.0` (a zero cost is `0`).
+fn js_number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9e15 {
+        // Exact: whole and within 2^53.
+        Value::from(x as i64)
+    } else {
+        Value::from(x)
+    }
+}
+
 /// Token counts of the fake: they grow with the number of API calls.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Usage {
@@ -120,21 +146,20 @@ impl Session {
         }
     }
 
-    /// A `result` line. `result_text` is `Ok(text)` for `subtype:"success"` and `Err(errors)`
-    /// for the `error_*` subtypes (which carry `errors` and no `result`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn result_line(
-        &self,
-        subtype: &str,
-        is_error: bool,
-        started: Instant,
-        num_turns: u32,
-        result_text: Result<&str, Vec<String>>,
-        stop_reason: Option<&str>,
-        terminal_reason: &str,
-        usage: Usage,
-        cost: f64,
-    ) -> J {
+    /// A `result` line: `Ok(text)` results (`subtype:"success"`) carry `api_error_status` and
+    /// `result`, the `error_*` ones `errors` and no `result`.
+    pub(crate) fn result_line(&self, started: Instant, spec: ResultSpec) -> J {
+        let ResultSpec {
+            subtype,
+            is_error,
+            num_turns,
+            text: result_text,
+            api_error_status,
+            stop_reason,
+            terminal_reason,
+            usage,
+            cost,
+        } = spec;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut fields: Vec<(&'static str, J)> = vec![
             ("type", "result".into()),
@@ -143,7 +168,7 @@ impl Session {
         ];
         match result_text {
             Ok(text) => {
-                fields.push(("api_error_status", null()));
+                fields.push(("api_error_status", api_error_status.into()));
                 fields.push(("duration_ms", duration_ms.into()));
                 fields.push(("duration_api_ms", (duration_ms * 3 / 4).into()));
                 fields.push(("num_turns", num_turns.into()));
@@ -158,7 +183,7 @@ impl Session {
         }
         // `modelUsage` is keyed by the model name, so it is built as a plain serde_json map.
         let mut model_usage = serde_json::Map::new();
-        if cost > 0.0 {
+        if let Some(cost) = cost {
             model_usage.insert(
                 self.model.clone(),
                 serde_json::json!({
@@ -167,7 +192,7 @@ impl Session {
                     "cacheReadInputTokens": usage.cache_read,
                     "cacheCreationInputTokens": 0,
                     "webSearchRequests": 0,
-                    "costUSD": cost,
+                    "costUSD": js_number(cost),
                     "contextWindow": 200_000,
                     "maxOutputTokens": 32_000,
                 }),
@@ -177,11 +202,7 @@ impl Session {
         fields.extend([
             ("stop_reason", stop_reason.into()),
             ("session_id", self.session_id.as_str().into()),
-            // JavaScript prints a zero cost as `0`, not `0.0`.
-            (
-                "total_cost_usd",
-                if cost > 0.0 { cost.into() } else { 0u32.into() },
-            ),
+            ("total_cost_usd", js_number(cost.unwrap_or(0.0)).into()),
             ("usage", usage.to_j()),
             ("modelUsage", model_usage),
             ("permission_denials", arr![]),

@@ -150,7 +150,7 @@ pub(crate) fn run_stream(mut session: Session, replay: bool) -> ! {
             hang_forever(); // the signal thread is exiting the process
         }
         let outcome = session.run_task(&task.prompt, task.replay);
-        last_is_error = outcome.is_error;
+        last_is_error = outcome.failed;
         never_exit |= outcome.never_exit;
     }
     if never_exit {

@@ -8,19 +8,20 @@ use std::time::{Duration, Instant};
 
 use crate::cli::Format;
 use crate::directives::{Fault, TaskCfg};
+use crate::failures::ResultKind;
 use crate::json::{api_id, arr, new_uuid, null, obj, J};
-use crate::knobs::{Hang, ResultKind};
+use crate::knobs::Hang;
 use crate::output::{emit, emit_str, hang_forever, record};
-use crate::session::{text_of_result, usage, Session, Usage};
+use crate::session::{text_of_result, usage, ResultSpec, Session, Usage};
 use crate::session_store::session_path;
 use crate::side_effects::stderr_noise;
 use crate::signals::{ABORT_TASK, CURRENT_TASK};
 
-const NOT_LOGGED_IN: &str = "Not logged in · Please run /login";
-
 /// How a task ended.
 pub(crate) struct Outcome {
-    pub(crate) is_error: bool,
+    /// The result had `is_error`, or the turn failed anyway (`overloaded_midstream`): the real
+    /// CLI exits 1 after it.
+    pub(crate) failed: bool,
     /// `hang=after_result`: the process must never exit on its own afterwards.
     pub(crate) never_exit: bool,
 }
@@ -78,7 +79,10 @@ impl Session {
 
     fn task_body(&mut self, n: u64, prompt: &str, replay: Option<J>) -> Outcome {
         let started = Instant::now();
-        let cfg = TaskCfg::new(&self.knobs, prompt);
+        let mut cfg = TaskCfg::new(&self.knobs, prompt);
+        let (kind, resets_at) = self.choose_kind(n, &cfg);
+        cfg.result = kind;
+        let failure = kind.api_failure(resets_at);
         if cfg.hang == Some(Hang::Forever) || cfg.hang == Some(Hang::Startup) {
             hang_forever();
         }
@@ -151,27 +155,12 @@ impl Session {
                 Ok(())
             };
 
-            if cfg.result == ResultKind::ApiError {
+            if let Some(f) = &failure {
                 retries(&w)?;
-                let line = obj! {
-                    "type": "assistant",
-                    "message": obj! {
-                        "id": new_uuid(),
-                        "container": null(),
-                        "model": "<synthetic>",
-                        "role": "assistant",
-                        "stop_reason": "stop_sequence",
-                        "stop_sequence": "",
-                        "type": "message",
-                        "usage": Usage::default().to_j(),
-                        "content": arr![obj! {"type": "text", "text": NOT_LOGGED_IN}],
-                    },
-                    "parent_tool_use_id": null(),
-                    "session_id": self.session_id.as_str(),
-                    "uuid": new_uuid(),
-                    "error": "authentication_failed",
-                };
-                ok(w.event(&line))?;
+                if let Some(at) = f.rate_limit_event {
+                    ok(w.event(&self.rate_limit_event_line(at)))?;
+                }
+                ok(w.event(&self.synthetic_line(f)))?;
                 calls = 1;
                 if let Some(mode) = crash_pending.take() {
                     self.crash(n, mode, &self.init_line());
@@ -238,91 +227,86 @@ impl Session {
             Ok(())
         })();
 
-        let cost = f64::from(calls.max(1) * 12) / 10_000.0;
-        let (result, is_error, subtype) = if body.is_err() {
-            let line = self.result_line(
+        let cost = Some(cfg.cost.unwrap_or(f64::from(calls.max(1) * 12) / 10_000.0));
+        let used = usage(calls, prompt.len());
+        let failed_run = |subtype, is_error, error: &str, terminal_reason| ResultSpec {
+            subtype,
+            is_error,
+            num_turns: calls,
+            text: Err(vec![error.to_owned()]),
+            api_error_status: None,
+            stop_reason: None,
+            terminal_reason,
+            usage: used,
+            cost,
+        };
+        let capped_at = match (cfg.result, self.max_turns) {
+            (_, Some(cap)) if cfg.turns + 1 > cap => Some(cap),
+            (ResultKind::MaxTurns, cap) => Some(cap.unwrap_or(cfg.turns).min(cfg.turns)),
+            _ => None,
+        };
+        let spec = match (&body, &failure, capped_at, cfg.result) {
+            (Err(()), ..) => failed_run(
                 "error_during_execution",
                 true,
-                started,
-                calls,
-                Err(vec!["Interrupted by user".to_owned()]),
-                None,
+                "Interrupted by user",
                 "aborted_streaming",
-                usage(calls, prompt.len()),
-                cost,
-            );
-            (line, true, "error_during_execution")
-        } else {
-            let capped_at = match (cfg.result, self.max_turns) {
-                (_, Some(cap)) if cfg.turns + 1 > cap => Some(cap),
-                (ResultKind::MaxTurns, cap) => Some(cap.unwrap_or(cfg.turns).min(cfg.turns)),
-                _ => None,
-            };
-            match (cfg.result, capped_at) {
-                (ResultKind::ApiError, _) => (
-                    self.result_line(
-                        "success",
-                        true,
-                        started,
-                        1,
-                        Ok(NOT_LOGGED_IN),
-                        Some("stop_sequence"),
-                        "completed",
-                        Usage::default(),
-                        0.0,
-                    ),
-                    true,
-                    "success",
-                ),
-                (_, Some(cap)) => (
-                    self.result_line(
-                        "error_max_turns",
-                        true,
-                        started,
-                        cap + 1,
-                        Err(vec![format!("Reached maximum number of turns ({cap})")]),
-                        Some("tool_use"),
-                        "max_turns",
-                        usage(calls, prompt.len()),
-                        cost,
-                    ),
-                    true,
+            ),
+            (Ok(()), Some(f), ..) => ResultSpec {
+                subtype: "success",
+                is_error: true,
+                num_turns: 1,
+                text: Ok(f.text.clone()),
+                api_error_status: f.status,
+                stop_reason: Some("stop_sequence"),
+                terminal_reason: f.terminal_reason,
+                usage: Usage::default(),
+                cost: None,
+            },
+            (Ok(()), None, Some(cap), _) => ResultSpec {
+                num_turns: cap + 1,
+                stop_reason: Some("tool_use"),
+                ..failed_run(
                     "error_max_turns",
-                ),
-                (ResultKind::DuringExecution, None) => (
-                    self.result_line(
-                        "error_during_execution",
-                        true,
-                        started,
-                        calls,
-                        Err(vec![
-                            "fake-claude: simulated error during execution".to_owned()
-                        ]),
-                        None,
-                        "model_error",
-                        usage(calls, prompt.len()),
-                        cost,
-                    ),
                     true,
-                    "error_during_execution",
-                ),
-                _ => (
-                    self.result_line(
-                        "success",
-                        false,
-                        started,
-                        calls,
-                        Ok(&final_text),
-                        Some("end_turn"),
-                        "completed",
-                        usage(calls, prompt.len()),
-                        cost,
-                    ),
-                    false,
-                    "success",
-                ),
-            }
+                    &format!("Reached maximum number of turns ({cap})"),
+                    "max_turns",
+                )
+            },
+            (Ok(()), None, None, ResultKind::DuringExecution) => failed_run(
+                "error_during_execution",
+                true,
+                "fake-claude: simulated error during execution",
+                "model_error",
+            ),
+            (Ok(()), None, None, ResultKind::OverloadedMidstream) => failed_run(
+                "error_during_execution",
+                false,
+                "API error: Overloaded",
+                "model_error",
+            ),
+            (Ok(()), None, None, ResultKind::MaxBudget) => failed_run(
+                "error_max_budget_usd",
+                true,
+                "Reached maximum budget ($0.01)",
+                "completed",
+            ),
+            (Ok(()), None, None, _) => ResultSpec {
+                subtype: "success",
+                is_error: false,
+                num_turns: calls,
+                text: Ok(final_text.clone()),
+                api_error_status: None,
+                stop_reason: Some("end_turn"),
+                terminal_reason: "completed",
+                usage: used,
+                cost,
+            },
         };
+        let (is_error, subtype) = (spec.is_error, spec.subtype);
+        // An `error_*` result is a failed turn even without `is_error` (`overloaded_midstream`).
+        let failed = is_error || subtype != "success";
+        let result = self.result_line(started, spec);
 
         if body.is_ok() {
             if cfg.hang == Some(Hang::BeforeResult) {
@@ -352,9 +336,15 @@ impl Session {
                 emit_str(&text);
             }
         }
-        record(obj! {"event": "result", "n": n, "is_error": is_error, "subtype": subtype});
+        record(obj! {
+            "event": "result",
+            "n": n,
+            "is_error": is_error,
+            "subtype": subtype,
+            "kind": kind.name(),
+        });
         Outcome {
-            is_error,
+            failed,
             never_exit: cfg.hang == Some(Hang::AfterResult),
         }
     }
