@@ -9,6 +9,7 @@
 
 use crate::config::ConfigError;
 use crate::message::error::MessageError;
+use crate::message::failures::ErrorKind;
 use crate::message::schemas::{AlertCode, TaskStatus};
 use crate::runtime::error::RuntimeError;
 use crate::transport::TransportError;
@@ -78,12 +79,32 @@ impl HealthState {
     }
 }
 
-/// The exit code of `send --wait` for a task that ended with `status`.
-pub(crate) fn task_exit_code(status: TaskStatus) -> u8 {
-    match status {
-        TaskStatus::Completed => exit::OK,
-        TaskStatus::Failed => exit::TASK_FAILED,
-        TaskStatus::Timeout | TaskStatus::Cancelled => exit::TEMPORARY,
+/// The exit code of `send --wait` for a task that ended with `status`, by
+/// its `error_kind`: a logged-out account is the config's (78), a limit, an
+/// overload or a timeout passes (75, retry later), and the task's own
+/// failures are 1. A result without a kind (an older daemon) goes by its
+/// status.
+pub(crate) fn task_exit_code(status: TaskStatus, kind: Option<ErrorKind>) -> u8 {
+    if status == TaskStatus::Completed {
+        return exit::OK;
+    }
+    match kind {
+        Some(ErrorKind::Auth) => exit::CONFIG,
+        Some(
+            ErrorKind::Timeout
+            | ErrorKind::RateLimited
+            | ErrorKind::Overloaded
+            | ErrorKind::ApiError
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Undeliverable
+            | ErrorKind::Cancelled,
+        ) => exit::TEMPORARY,
+        Some(_) => exit::TASK_FAILED,
+        None => match status {
+            TaskStatus::Completed => exit::OK,
+            TaskStatus::Failed => exit::TASK_FAILED,
+            TaskStatus::Timeout | TaskStatus::Cancelled => exit::TEMPORARY,
+        },
     }
 }
 

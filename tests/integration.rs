@@ -4,6 +4,7 @@
 
 mod support;
 
+mod accounts;
 mod chaos;
 mod check_config;
 mod contract;

@@ -10,14 +10,16 @@ use crate::cli::Cli;
 use crate::cli::{bound, client};
 use crate::config::names::check_token;
 use crate::error::{HealthState, SystemError};
+use crate::message::failures::{AccountState, HoldReason};
 use crate::message::schemas::{AgentState, AgentStatus, HealthReport, LinkState, ReasonCode};
 
 /// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
-/// or stopped by hand, or NATS reconnecting), 2 CRITICAL (an agent gave up,
-/// none is healthy, an agent id runs on two daemons, NATS refuses a daemon's
-/// credentials, or an expected daemon did not answer), 3 UNKNOWN (no daemon
-/// answered).
+/// or stopped by hand, an account held for rate_limited, overloaded or
+/// budget_exhausted, or NATS reconnecting), 2 CRITICAL (an agent gave up,
+/// none is healthy, an account held for auth, an agent id runs on two
+/// daemons, NATS refuses a daemon's credentials, or an expected daemon did
+/// not answer), 3 UNKNOWN (no daemon answered).
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -149,6 +151,23 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
         }
     }
     for r in reports {
+        for c in &r.accounts {
+            let Some(reason) = c.reason.filter(|_| c.state != AccountState::Open) else {
+                continue;
+            };
+            let until = c
+                .until
+                .as_deref()
+                .map(|u| format!(" until {u}"))
+                .unwrap_or_else(|| " (probing)".into());
+            let line = format!("account {} held ({reason}){until}", c.name);
+            // A login does not come back by itself; a limit does.
+            if reason == HoldReason::Auth {
+                critical.push(line);
+            } else {
+                warning.push(line);
+            }
+        }
         match r.nats {
             LinkState::Reconnecting | LinkState::Closed => {
                 warning.push(format!("daemon {} NATS {}", r.daemon_id, r.nats.as_str()));

@@ -35,7 +35,7 @@ mod status;
     example = "mister-smith --config examples/demo.json run",
     example = "echo 'fix the flaky test' | mister-smith send --to coder-1 --wait",
     example = "mister-smith health || page-oncall",
-    note = "Exit codes: 0 ok, 1 a task failed, 64 usage, 65 bad input, 69 unavailable, 70 internal, 74 I/O, 75 temporary (retry), 78 config; health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. See mister-smith(1)."
+    note = "Exit codes: 0 ok, 1 a task failed, 64 usage, 65 bad input, 69 unavailable, 70 internal, 74 I/O, 75 temporary (retry: a timeout, a usage limit, an overload), 78 config (also: the account is not logged in); health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. See mister-smith(1)."
 )]
 pub struct Cli {
     /// config file (default: $MISTER_SMITH_CONFIG, else ./mister-smith.json)
@@ -148,7 +148,7 @@ fn usage_code(args: &[String]) -> u8 {
 /// lone `-` for an unknown flag, so it is dropped before parsing (unless it
 /// is the value of an option).
 fn drop_stdin_dash(args: &mut Vec<String>) {
-    const TAKES_VALUE: [&str; 17] = [
+    const TAKES_VALUE: [&str; 18] = [
         "--config",
         "--nats",
         "--socket",
@@ -166,6 +166,7 @@ fn drop_stdin_dash(args: &mut Vec<String>) {
         "--timeout",
         "--correlation-id",
         "--meta",
+        "--retries",
     ];
     let Some(send) = args.iter().position(|a| a == "send") else {
         return;
@@ -241,7 +242,7 @@ pub fn main() -> u8 {
         Some(Command::Stop(a)) => control::run(&cli, &a.id, CommandType::Stop),
         Some(Command::Restart(a)) => control::run(&cli, &a.id, CommandType::Restart),
         Some(Command::Pause(a)) => control::run(&cli, &a.id, CommandType::Pause),
-        Some(Command::Resume(a)) => control::run(&cli, &a.id, CommandType::Resume),
+        Some(Command::Resume(a)) => control::resume(&cli, a),
         Some(Command::Listen(a)) => listen::run(&cli, a),
     };
     finish(result)

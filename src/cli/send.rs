@@ -23,8 +23,11 @@ use crate::transport::TransportKind;
 /// send a task (or any message) to an agent. BODY is the prompt as plain
 /// text, or a JSON object as the payload; read from stdin when absent or
 /// "-". Prints the task id, or with --wait the task_result envelope as one
-/// JSON line. Exit: 0 completed, 1 failed, 65 bad input, 69 no such agent or
-/// daemon, 75 timeout or queue full.
+/// JSON line. Exit: 0 completed, 1 the task failed (max_turns, max_budget,
+/// prompt_too_long, crashed, hung, other), 65 bad input, 69 no such agent or
+/// daemon, 75 retry later (timeout, rate_limited, overloaded, api_error,
+/// budget_exhausted, cancelled, queue full), 78 the account is not logged in
+/// (auth).
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -76,6 +79,11 @@ pub struct SendArgs {
     /// metadata entry KEY=VALUE (repeatable)
     #[argh(option, arg_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+
+    /// retry an overloaded, api_error, crashed or hung task up to N times
+    /// (default: the daemon's message.retry_attempts)
+    #[argh(option, arg_name = "N")]
+    pub retries: Option<u32>,
 }
 
 fn bad(message: impl Into<String>) -> SystemError {
@@ -110,6 +118,12 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     }
     if args.timeout == Some(0) {
         return Err(bad("--timeout must be at least 1 ms"));
+    }
+    if let Some(n) = args.retries.filter(|n| *n > crate::config::MAX_RETRIES) {
+        return Err(bad(format!(
+            "--retries {n} is more than {}",
+            crate::config::MAX_RETRIES
+        )));
     }
     let correlation_id = match &args.correlation_id {
         None => None,
@@ -151,7 +165,7 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     }
     let mut envelopes = Vec::with_capacity(bodies.len());
     for (n, b) in bodies.iter().enumerate() {
-        let payload = payload(message_type, b).map_err(|e| {
+        let payload = payload(message_type, b, args.retries).map_err(|e| {
             if args.lines {
                 bad(format!("line {}: {e}", n + 1))
             } else {
@@ -254,7 +268,7 @@ fn destination(args: &SendArgs) -> Result<(String, Option<String>, String), Syst
 
 /// The payload for one body: plain text is a prompt; a JSON object is the
 /// payload itself (a task without `task_id` gets one).
-fn payload(t: MessageType, body: &str) -> Result<Payload, SystemError> {
+fn payload(t: MessageType, body: &str, retries: Option<u32>) -> Result<Payload, SystemError> {
     let trimmed = body.trim();
     if trimmed.starts_with('{') {
         let mut v: Value = serde_json::from_str(trimmed)
@@ -263,6 +277,9 @@ fn payload(t: MessageType, body: &str) -> Result<Payload, SystemError> {
             if let Value::Object(m) = &mut v {
                 m.entry("task_id")
                     .or_insert_with(|| Value::String(Uuid::new_v4().to_string()));
+                if let Some(n) = retries {
+                    m.insert("retries".into(), Value::from(n));
+                }
             }
         }
         return Payload::from_value(t, v).map_err(|e| bad(e.to_string()));
@@ -276,6 +293,7 @@ fn payload(t: MessageType, body: &str) -> Result<Payload, SystemError> {
         task_id: Uuid::new_v4().to_string(),
         prompt: trimmed.to_string(),
         context: None,
+        retries,
     }))
 }
 
@@ -459,7 +477,7 @@ fn send_tasks(
                 }
             }
             Payload::TaskResult(r) => {
-                let code = task_exit_code(r.status);
+                let code = task_exit_code(r.status, r.error_kind);
                 if wait {
                     print_line(&mut stdout, &m.data)?;
                 }

@@ -10,12 +10,14 @@ use crate::cli::gather::reports;
 use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
+use crate::message::failures::{AccountState, AccountView};
 use crate::message::schemas::AgentStatus;
 use crate::transport::TransportKind;
 
 /// show each agent's state, pid, uptime, restarts, tasks done and failed,
-/// cost and memory. Exit: 0, or 69 when no daemon answers or there is no
-/// such agent.
+/// cost and memory, then each account: open or held (why, until when) and
+/// today's spend. Exit: 0, or 69 when no daemon answers or there is no such
+/// agent.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -89,7 +91,38 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
         if let Some(others) = a.also_on.as_ref().filter(|o| !o.is_empty()) {
             line.push_str(&format!("  ALSO ON {}", others.join(",")));
         }
+        if let Some(acc) = a.account.as_ref().filter(|c| c.state != AccountState::Open) {
+            line.push_str(&format!("  HELD ({})", acc.name));
+        }
         print_line(&mut out, line.as_bytes())?;
+    }
+    // The accounts, one line each per daemon: held ones say why and until
+    // when; every one says today's spend.
+    let accounts: Vec<(&str, &AccountView)> = reports
+        .iter()
+        .flat_map(|r| r.accounts.iter().map(move |c| (r.daemon_id.as_str(), c)))
+        .collect();
+    if !accounts.is_empty() && args.id.is_none() {
+        print_line(&mut out, b"")?;
+        let header = format!(
+            "{:<20} {:<12} {:<10} {:<16} {:<21} {:>11} {:>9}",
+            "ACCOUNT", "DAEMON", "STATE", "REASON", "UNTIL", "SPENT TODAY", "BUDGET"
+        );
+        print_line(&mut out, header.trim_end().as_bytes())?;
+        for (daemon, c) in accounts {
+            let line = format!(
+                "{:<20} {:<12} {:<10} {:<16} {:<21} {:>11} {:>9}",
+                c.name,
+                daemon,
+                c.state.as_str(),
+                c.reason.map_or("-", |r| r.as_str()),
+                c.until.as_deref().unwrap_or("-"),
+                format!("${:.4}", c.spent_today_usd),
+                c.daily_budget_usd
+                    .map_or("-".to_string(), |b| format!("${b:.2}")),
+            );
+            print_line(&mut out, line.trim_end().as_bytes())?;
+        }
     }
     out.flush().map_err(|source| SystemError::Io {
         what: "write to stdout",

@@ -47,6 +47,11 @@ pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// An agent's `type` and `command` when the config does not say.
 pub const DEFAULT_AGENT_TYPE: &str = "claude";
 pub const DEFAULT_COMMAND: &str = "claude";
+/// The account of an agent that names none.
+pub const DEFAULT_ACCOUNT: &str = "default";
+/// The most retries a task may ask for (`message.retry_attempts`,
+/// `send --retries`).
+pub const MAX_RETRIES: u32 = 100;
 /// `stop_timeout_ms` and `startup_timeout_ms` when the config does not say.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_millis(30_000);
@@ -119,7 +124,56 @@ pub struct Config {
     pub daemon_id: String,
     pub transport: TransportConfig,
     pub message: MessageConfig,
+    /// The `accounts` map; an account an agent names that is not listed
+    /// takes [`AccountSpec::default`].
+    pub accounts: BTreeMap<String, AccountSpec>,
     pub agents: Vec<AgentSpec>,
+}
+
+impl Config {
+    /// Every account its agents draw on, each with its settings, in name
+    /// order.
+    pub fn used_accounts(&self) -> Vec<(String, AccountSpec)> {
+        let names: std::collections::BTreeSet<&str> = self
+            .agents
+            .iter()
+            .filter(|a| a.protocol.takes_tasks())
+            .map(|a| a.account.as_str())
+            .collect();
+        names
+            .into_iter()
+            .map(|n| {
+                let spec = self.accounts.get(n).cloned().unwrap_or_default();
+                (n.to_string(), spec)
+            })
+            .collect()
+    }
+}
+
+/// One entry of `accounts`: the credentials some agents share, and so
+/// their limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSpec {
+    /// Reaching this spend since 00:00 UTC holds the account until the
+    /// next 00:00 UTC.
+    pub daily_budget_usd: Option<f64>,
+    /// The first hold without a reset time from claude; doubled per
+    /// consecutive hold up to `hold_max`.
+    pub hold_initial: Duration,
+    pub hold_max: Duration,
+    /// This many `overloaded` or `api_error` failures in a row hold it.
+    pub overload_threshold: u32,
+}
+
+impl Default for AccountSpec {
+    fn default() -> Self {
+        AccountSpec {
+            daily_budget_usd: None,
+            hold_initial: Duration::from_millis(30_000),
+            hold_max: Duration::from_millis(900_000),
+            overload_threshold: 3,
+        }
+    }
 }
 
 /// A value that must never reach a log line, an error message or `status`:
@@ -171,6 +225,10 @@ pub struct MessageConfig {
     pub default_timeout_ms: u64,
     pub max_message_size: usize,
     pub queue_capacity: usize,
+    /// Retries of a transient failure, for tasks that do not say.
+    pub retry_attempts: u32,
+    /// The wait before the first retry, doubled for each one after.
+    pub retry_delay_ms: u64,
 }
 
 impl Default for MessageConfig {
@@ -179,6 +237,8 @@ impl Default for MessageConfig {
             default_timeout_ms: 300_000,
             max_message_size: 1_048_576,
             queue_capacity: 10_000,
+            retry_attempts: 0,
+            retry_delay_ms: 1_000,
         }
     }
 }
@@ -326,6 +386,8 @@ pub struct AgentSpec {
     pub startup_timeout: Duration,
     pub health: HealthSpec,
     pub limits: Limits,
+    /// The entry of `accounts` whose credentials it uses.
+    pub account: String,
 }
 
 impl AgentSpec {
@@ -345,6 +407,7 @@ impl AgentSpec {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             health: HealthSpec::default(),
             limits: Limits::default(),
+            account: DEFAULT_ACCOUNT.to_string(),
         }
     }
 }
@@ -365,6 +428,7 @@ impl fmt::Debug for AgentSpec {
             .field("startup_timeout", &self.startup_timeout)
             .field("health", &self.health)
             .field("limits", &self.limits)
+            .field("account", &self.account)
             .finish()
     }
 }

@@ -16,9 +16,10 @@ use super::names::{check_token, MAX_TOKEN_LEN};
 use super::problems::{kind, Problems};
 use super::url::check_nats_url;
 use super::{
-    AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig, PolicyKind,
-    Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_AGENT_TYPE, DEFAULT_COMMAND,
-    DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CONFIG_BYTES, MAX_REPLICAS,
+    AccountSpec, AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig,
+    PolicyKind, Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT,
+    DEFAULT_AGENT_TYPE, DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    MAX_CONFIG_BYTES, MAX_REPLICAS, MAX_RETRIES,
 };
 
 /// Reads and checks the config file at `path`, including that every
@@ -109,7 +110,11 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     let Some(top) = p.object(value, "") else {
         return (None, p.0);
     };
-    p.known_keys(top, "", &["daemon_id", "transport", "message", "agents"]);
+    p.known_keys(
+        top,
+        "",
+        &["daemon_id", "transport", "message", "accounts", "agents"],
+    );
 
     let daemon_id = match top.get("daemon_id") {
         None | Some(Value::Null) => default_daemon_id(),
@@ -123,6 +128,7 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     };
     let transport = transport(&mut p, top.get("transport"));
     let message = message(&mut p, top.get("message"));
+    let accounts = accounts(&mut p, top.get("accounts"));
 
     let mut agents = Vec::new();
     match top.get("agents") {
@@ -152,6 +158,7 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
         daemon_id,
         transport,
         message,
+        accounts,
         agents: agents.into_iter().map(|(a, _)| a).collect(),
     };
     (Some(config), p.0)
@@ -234,7 +241,13 @@ fn message(p: &mut Problems, v: Option<&Value>) -> MessageConfig {
     p.known_keys(
         m,
         "message",
-        &["default_timeout_ms", "max_message_size", "queue_capacity"],
+        &[
+            "default_timeout_ms",
+            "max_message_size",
+            "queue_capacity",
+            "retry_attempts",
+            "retry_delay_ms",
+        ],
     );
     c.default_timeout_ms = p
         .opt_millis(m, "message", "default_timeout_ms", 1)
@@ -247,7 +260,92 @@ fn message(p: &mut Problems, v: Option<&Value>) -> MessageConfig {
         256,
     ) as usize;
     c.queue_capacity = p.uint(m, "message", "queue_capacity", c.queue_capacity as u64, 1) as usize;
+    let retries = p.uint(
+        m,
+        "message",
+        "retry_attempts",
+        u64::from(c.retry_attempts),
+        0,
+    );
+    if retries > u64::from(MAX_RETRIES) {
+        p.push(
+            "message.retry_attempts",
+            format!("{retries} is more than {MAX_RETRIES}"),
+        );
+    }
+    c.retry_attempts = u32::try_from(retries.min(u64::from(MAX_RETRIES))).unwrap_or(MAX_RETRIES);
+    c.retry_delay_ms = p
+        .opt_millis(m, "message", "retry_delay_ms", 0)
+        .unwrap_or(c.retry_delay_ms);
     c
+}
+
+/// The `accounts` map: each name a token, each entry's keys checked.
+fn accounts(p: &mut Problems, v: Option<&Value>) -> BTreeMap<String, AccountSpec> {
+    let mut out = BTreeMap::new();
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return out;
+    };
+    let Some(m) = p.object(v, "accounts") else {
+        return out;
+    };
+    for (name, entry) in m {
+        let path = format!("accounts.{name}");
+        if let Err(why) = check_token(name) {
+            p.push(&path, format!("account name {name:?} {why}"));
+            continue;
+        }
+        let mut a = AccountSpec::default();
+        if entry.is_null() {
+            out.insert(name.clone(), a);
+            continue;
+        }
+        let Some(e) = p.object(entry, &path) else {
+            continue;
+        };
+        p.known_keys(
+            e,
+            &path,
+            &[
+                "daily_budget_usd",
+                "hold_initial_ms",
+                "hold_max_ms",
+                "overload_threshold",
+            ],
+        );
+        match e.get("daily_budget_usd") {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => a.daily_budget_usd = Some(x),
+                _ => p.push(
+                    &format!("{path}.daily_budget_usd"),
+                    format!("expected a number of dollars above 0, found {v}"),
+                ),
+            },
+        }
+        a.hold_initial = p.duration(e, &path, "hold_initial_ms", a.hold_initial, 1);
+        a.hold_max = p.duration(e, &path, "hold_max_ms", a.hold_max, 1);
+        if a.hold_max < a.hold_initial {
+            p.push(
+                &format!("{path}.hold_max_ms"),
+                format!(
+                    "{} is less than hold_initial_ms ({})",
+                    a.hold_max.as_millis(),
+                    a.hold_initial.as_millis()
+                ),
+            );
+        }
+        let threshold = p.uint(
+            e,
+            &path,
+            "overload_threshold",
+            u64::from(a.overload_threshold),
+            1,
+        );
+        a.overload_threshold = u32::try_from(threshold).unwrap_or(u32::MAX);
+        out.insert(name.clone(), a);
+    }
+    out
 }
 
 /// Checks one entry of `agents` and expands its replicas. Each agent comes
@@ -273,6 +371,7 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
             "startup_timeout_ms",
             "health",
             "limits",
+            "account",
         ],
     );
     let before = p.0.len();
@@ -347,6 +446,15 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
     let startup_timeout = p.duration(m, path, "startup_timeout_ms", DEFAULT_STARTUP_TIMEOUT, 1);
     let health = health(p, m.get("health"), &format!("{path}.health"));
     let limits = limits(p, m.get("limits"), &format!("{path}.limits"));
+    let account = match p.opt_string(m, path, "account") {
+        None => DEFAULT_ACCOUNT.to_string(),
+        Some(a) => {
+            if let Err(why) = check_token(&a) {
+                p.push(&format!("{path}.account"), format!("{a:?} {why}"));
+            }
+            a
+        }
+    };
 
     if p.0.len() != before {
         return Vec::new();
@@ -365,6 +473,7 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
         startup_timeout,
         health,
         limits,
+        account,
     };
     if replicas == 1 {
         return vec![(spec, path.to_string())];

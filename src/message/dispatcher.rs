@@ -55,6 +55,10 @@ pub struct Task {
     pub submitted: Instant,
     /// Arrival order, set by the queue.
     pub seq: u64,
+    /// How many times it has been run so far.
+    pub attempts: u32,
+    /// How many times a transient failure may be retried.
+    pub retries: u32,
 }
 
 /// The order of the heaps: a smaller priority number first, then the

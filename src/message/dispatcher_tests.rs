@@ -18,6 +18,8 @@ fn task(id: &str, priority: u8, target: Target) -> Task {
         origin: Origin::default(),
         submitted: now,
         seq: 0,
+        attempts: 0,
+        retries: 0,
     }
 }
 

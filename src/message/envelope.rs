@@ -163,10 +163,19 @@ impl Payload {
                 if t.prompt.trim().is_empty() {
                     return Err(MessageError::field("payload.prompt", "must not be empty"));
                 }
+                if let Some(n) = t.retries.filter(|n| *n > crate::config::MAX_RETRIES) {
+                    return Err(MessageError::field(
+                        "payload.retries",
+                        format!("{n} is more than {}", crate::config::MAX_RETRIES),
+                    ));
+                }
             }
             Payload::AgentCommand(c) => {
                 if let Some(a) = &c.agent_id {
                     id("agent_id", a)?;
+                }
+                if let Some(a) = &c.account {
+                    id("account", a)?;
                 }
             }
             Payload::AgentStatus(s) => id("agent_id", &s.agent_id)?,

@@ -2,6 +2,7 @@
 //! round-trip exactly.
 
 use super::*;
+use crate::message::failures::ErrorKind;
 use crate::message::schemas::*;
 use serde_json::json;
 
@@ -152,6 +153,7 @@ fn payload(g: &mut Gen) -> Payload {
             task_id: g.id(),
             prompt: format!("p{}", g.text()),
             context: g.opt(Gen::value),
+            retries: g.opt(|g| (g.next() % 5) as u32),
         }),
         1 => Payload::TaskProgress(TaskProgress {
             task_id: g.id(),
@@ -174,6 +176,8 @@ fn payload(g: &mut Gen) -> Payload {
             total_cost_usd: g.opt(|g| (g.next() % 1000) as f64 / 1e4),
             usage: g.opt(|g| RawJson::from_value(&g.value())),
             session_id: g.opt(Gen::id),
+            error_kind: g.opt(|g| ErrorKind::ALL[(g.next() % 14) as usize]),
+            attempts: (g.next() % 4) as u32,
         }),
         3 => Payload::AgentCommand(AgentCommand {
             command_type: [CommandType::Stop, CommandType::Pause, CommandType::Execute]
@@ -181,6 +185,7 @@ fn payload(g: &mut Gen) -> Payload {
             agent_id: g.opt(Gen::id),
             prompt: g.opt(Gen::text),
             task_id: g.opt(Gen::id),
+            account: None,
         }),
         4 => Payload::AgentStatus(AgentStatus {
             agent_id: g.id(),
@@ -203,6 +208,7 @@ fn payload(g: &mut Gen) -> Payload {
                 [ReasonCode::Hung, ReasonCode::StoppedByOperator][(g.next() % 2) as usize]
             }),
             also_on: g.opt(|g| vec![g.id()]),
+            account: None,
         }),
         5 => Payload::AgentRegistration(AgentRegistration {
             agent_id: g.id(),
@@ -267,6 +273,8 @@ fn a_result_too_large_as_encoded_is_cut_to_fit_and_says_so() {
             total_cost_usd: Some(0.5),
             usage: Some(RawJson::from_value(&json!({"input_tokens": 3}))),
             session_id: None,
+            error_kind: None,
+            attempts: 1,
         }))
     };
     // 20,000 raw bytes, 120,000 once escaped: the raw length would pass.

@@ -7,5 +7,6 @@
 pub mod dispatcher;
 pub mod envelope;
 pub mod error;
+pub mod failures;
 pub mod router;
 pub mod schemas;

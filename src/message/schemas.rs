@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::message::failures::{AccountView, ErrorKind};
+
 /// An agent's state (DESIGN's lifecycle). The names are a contract:
 /// lowercase on the wire. The legal moves between them are the runtime's
 /// business (`runtime::lifecycle`).
@@ -157,11 +159,15 @@ pub enum AlertCode {
     /// The same request (`message_id`) was accepted before, from another
     /// sender: it is not run again.
     Duplicate,
+    /// An account is held: its agents take no tasks until the hold ends.
+    AccountHeld,
+    /// A held account works again (or an operator lifted the hold).
+    AccountRecovered,
     Other(String),
 }
 
 impl AlertCode {
-    const KNOWN: [AlertCode; 10] = [
+    const KNOWN: [AlertCode; 12] = [
         AlertCode::QueueFull,
         AlertCode::NoRoute,
         AlertCode::BadRequest,
@@ -172,6 +178,8 @@ impl AlertCode {
         AlertCode::AgentDown,
         AlertCode::DuplicateAgent,
         AlertCode::Duplicate,
+        AlertCode::AccountHeld,
+        AlertCode::AccountRecovered,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -186,6 +194,8 @@ impl AlertCode {
             AlertCode::AgentDown => "agent_down",
             AlertCode::DuplicateAgent => "duplicate_agent",
             AlertCode::Duplicate => "duplicate",
+            AlertCode::AccountHeld => "account_held",
+            AlertCode::AccountRecovered => "account_recovered",
             AlertCode::Other(s) => s,
         }
     }
@@ -247,6 +257,11 @@ pub struct TaskAssignment {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
+    /// How many times a transient failure (`overloaded`, `api_error`,
+    /// `crashed`, `hung`) is retried; absent = the daemon's
+    /// `message.retry_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 /// `task_progress`: one raw stream-json event of a running task.
@@ -323,6 +338,12 @@ pub struct TaskResult {
     pub usage: Option<RawJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Why the task did not complete; absent when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
+    /// How many times the task was run (0: it never reached an agent).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// What an `agent_command` asks for.
@@ -368,6 +389,9 @@ pub struct AgentCommand {
     /// For `execute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// For `resume` of an account's hold (instead of an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// Memory and CPU of an agent's process.
@@ -417,6 +441,9 @@ pub struct AgentStatus {
     /// the id runs on only one of them, chosen by NATS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub also_on: Option<Vec<String>>,
+    /// The account the agent draws on, and whether it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountView>,
 }
 
 /// `agent_registration`: an agent this daemon runs, published at start.
@@ -469,6 +496,9 @@ pub struct HealthReport {
     pub queued: usize,
     pub queue_capacity: usize,
     pub agents: Vec<AgentStatus>,
+    /// The accounts its agents draw on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountView>,
     /// A report too large for one message comes in parts, numbered from 1;
     /// absent when it fits in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -540,9 +570,9 @@ mod tests {
         for code in AlertCode::KNOWN {
             assert_eq!(text(&code), format!("\"{}\"", code.as_str()));
         }
-        let odd: AlertCode = serde_json::from_str("\"account_held\"").unwrap();
-        assert_eq!(odd, AlertCode::Other("account_held".into()));
-        assert_eq!(text(&odd), "\"account_held\"");
+        let odd: AlertCode = serde_json::from_str("\"newer_code\"").unwrap();
+        assert_eq!(odd, AlertCode::Other("newer_code".into()));
+        assert_eq!(text(&odd), "\"newer_code\"");
         let known: AlertCode = serde_json::from_str("\"queue_full\"").unwrap();
         assert_eq!(known, AlertCode::QueueFull);
     }
@@ -577,6 +607,7 @@ mod tests {
             reason: None,
             reason_code: None,
             also_on: None,
+            account: None,
         };
         let report = HealthReport {
             daemon_id: "host".into(),
@@ -586,6 +617,7 @@ mod tests {
             queued: 0,
             queue_capacity: 10,
             agents: (0..100).map(agent).collect(),
+            accounts: Vec::new(),
             part: None,
             parts: None,
         };

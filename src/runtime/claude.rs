@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::config::{AgentSpec, Protocol};
+use crate::message::failures::ErrorKind;
 use crate::message::schemas::{RawJson, TaskResult, TaskStatus};
 
 /// Variables the child must not inherit: they would make claude think it
@@ -99,8 +100,9 @@ pub enum Line {
     },
     /// The `result` event that ends a turn, read leniently.
     Result(TurnResult),
-    /// Any other JSON event (progress), as the agent wrote it.
-    Event(RawJson),
+    /// Any other JSON event (progress), as the agent wrote it, with what it
+    /// says about a failure to come, if anything.
+    Event(RawJson, Option<Signal>),
     /// A line that is not a JSON object.
     NotJson(String),
     /// A line too long to keep; it still counts as output.
@@ -123,6 +125,10 @@ impl Line {
             kind: Option<Cow<'a, str>>,
             #[serde(default, borrow)]
             subtype: Option<Cow<'a, str>>,
+            /// An `assistant` line's failure class (`authentication_failed`,
+            /// `rate_limit`, ...). Anything but a string is no class.
+            #[serde(default, deserialize_with = "lenient_str")]
+            error: Option<String>,
         }
         let not_json = || {
             let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
@@ -137,16 +143,21 @@ impl Line {
         };
         match head.kind.as_deref() {
             Some("result" | "control_response") => {}
-            kind if raw.len() > limit => {
-                // A huge event becomes a stub without its body ever being
-                // held as a JSON tree.
-                return Line::Event(stub(kind, head.subtype.as_deref(), raw.len()));
-            }
-            _ => {
-                return match RawJson::from_text(raw) {
-                    Ok(ev) => Line::Event(ev),
-                    Err(_) => not_json(),
+            kind => {
+                let signal = match kind {
+                    Some("assistant") => head.error.map(Signal::AssistantError),
+                    Some("rate_limit_event") => Signal::rate_limit(raw),
+                    _ => None,
+                };
+                if raw.len() > limit {
+                    // A huge event becomes a stub without its body ever
+                    // being held as a JSON tree.
+                    return Line::Event(stub(kind, head.subtype.as_deref(), raw.len()), signal);
                 }
+                return match RawJson::from_text(raw) {
+                    Ok(ev) => Line::Event(ev, signal),
+                    Err(_) => not_json(),
+                };
             }
         }
         if head.kind.as_deref() == Some("result") {
@@ -217,6 +228,10 @@ pub struct TurnResult {
     pub total_cost_usd: Option<f64>,
     pub usage: Option<RawJson>,
     pub session_id: Option<String>,
+    pub subtype: Option<String>,
+    /// The HTTP status of the API call that failed, when one did.
+    pub api_error_status: Option<u16>,
+    pub terminal_reason: Option<String>,
 }
 
 impl TurnResult {
@@ -248,26 +263,33 @@ impl TurnResult {
                 .filter(|c| c.is_finite() && *c >= 0.0),
             usage: get("usage").and_then(|u| RawJson::from_text(u.as_bytes()).ok()),
             session_id: text("session_id"),
+            subtype: text("subtype"),
+            api_error_status: field("api_error_status")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| u16::try_from(n).ok()),
+            terminal_reason: text("terminal_reason"),
         })
     }
 
     /// The `task_result` of task `task_id` on `agent_id` that this turn
-    /// ends; `timed_out` when its deadline passed first.
+    /// ends, with its failure class (see [`classify`]); `timed_out` when
+    /// its deadline passed first.
     pub fn into_task_result(
         self,
         task_id: &str,
         agent_id: &str,
         duration_ms: u64,
+        failure: Option<ErrorKind>,
         timed_out: Option<String>,
     ) -> TaskResult {
         let mut errors = self.errors;
-        let status = if let Some(why) = timed_out {
+        let (status, error_kind) = if let Some(why) = timed_out {
             errors.insert(0, why);
-            TaskStatus::Timeout
-        } else if self.is_error {
-            TaskStatus::Failed
+            (TaskStatus::Timeout, Some(ErrorKind::Timeout))
+        } else if let Some(kind) = failure {
+            (TaskStatus::Failed, Some(kind))
         } else {
-            TaskStatus::Completed
+            (TaskStatus::Completed, None)
         };
         TaskResult {
             task_id: task_id.to_string(),
@@ -280,8 +302,188 @@ impl TurnResult {
             total_cost_usd: self.total_cost_usd,
             usage: self.usage,
             session_id: self.session_id,
+            error_kind,
+            attempts: 0,
         }
     }
+}
+
+/// What a progress line says about how the turn will end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// An `assistant` line's `error` (`authentication_failed`,
+    /// `billing_error`, `rate_limit`, `invalid_request`, `server_error`,
+    /// `unknown`).
+    AssistantError(String),
+    /// A `rate_limit_event`: `rejected` says the account is at a limit
+    /// until `resets_at` (epoch seconds), when given.
+    RateLimit {
+        rejected: bool,
+        resets_at: Option<i64>,
+    },
+}
+
+impl Signal {
+    /// Reads a `rate_limit_event` leniently: each field on its own.
+    fn rate_limit(raw: &[u8]) -> Option<Signal> {
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(default, borrow)]
+            rate_limit_info: Option<&'a RawValue>,
+        }
+        let info = serde_json::from_slice::<Event>(raw).ok()?.rate_limit_info?;
+        let fields: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(info.get()).ok()?;
+        let field = |k: &str| -> Option<Value> { serde_json::from_str(fields.get(k)?.get()).ok() };
+        let rejected = field("status").as_ref().and_then(Value::as_str) == Some("rejected");
+        let resets_at = field("resetsAt").and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        });
+        Some(Signal::RateLimit {
+            rejected,
+            resets_at,
+        })
+    }
+}
+
+/// What the progress lines of one turn said, gathered as they come.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TurnSignals {
+    pub assistant_error: Option<String>,
+    /// A `rate_limit_event` said `rejected`.
+    pub limit_rejected: bool,
+    pub resets_at: Option<i64>,
+}
+
+impl TurnSignals {
+    pub fn note(&mut self, signal: Signal) {
+        match signal {
+            Signal::AssistantError(e) => self.assistant_error = Some(e),
+            Signal::RateLimit {
+                rejected,
+                resets_at,
+            } => {
+                if rejected {
+                    self.limit_rejected = true;
+                    self.resets_at = resets_at.or(self.resets_at);
+                }
+            }
+        }
+    }
+}
+
+/// How a turn failed, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    /// When a limit resets (epoch seconds), when claude said.
+    pub resets_at: Option<i64>,
+}
+
+/// The one place that decides whether a turn failed and why: from the
+/// `result` event (its subtype, `is_error`, `api_error_status`,
+/// `terminal_reason` and text), the turn's `assistant` `error` and any
+/// `rate_limit_event`. `is_error` alone is not enough: an overload mid-stream
+/// ends `error_during_execution` with `is_error: false`, an API failure is
+/// `subtype: "success"` with `is_error: true`, and old versions wrote a
+/// usage limit as the result text `Claude AI usage limit reached|<epoch>`.
+/// A failed turn of no known shape is `other`. `None`: it completed.
+pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
+    let text = turn
+        .result
+        .iter()
+        .chain(turn.errors.iter())
+        .map(|t| t.to_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let old_limit = turn.result.as_deref().and_then(old_usage_limit);
+    if !turn.is_error && old_limit.is_none() {
+        return None;
+    }
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    let status = turn.api_error_status;
+    let assistant = signals.assistant_error.as_deref();
+    let terminal = turn.terminal_reason.as_deref();
+    let fail = |kind| {
+        Some(Failure {
+            kind,
+            resets_at: None,
+        })
+    };
+    // The task's own limits first: they say what happened exactly.
+    match turn.subtype.as_deref() {
+        Some("error_max_turns") => return fail(ErrorKind::MaxTurns),
+        Some("error_max_budget_usd") => return fail(ErrorKind::MaxBudget),
+        _ => {}
+    }
+    if terminal == Some("max_turns") {
+        return fail(ErrorKind::MaxTurns);
+    }
+    if terminal == Some("prompt_too_long") || has(&["prompt is too long"]) {
+        return fail(ErrorKind::PromptTooLong);
+    }
+    // The account: logged out, or at a limit.
+    if matches!(status, Some(401 | 403))
+        || matches!(assistant, Some("authentication_failed" | "billing_error"))
+        || has(&[
+            "not logged in",
+            "please run /login",
+            "oauth token has expired",
+            "oauth session expired",
+            "invalid api key",
+            "authentication_error",
+            "credit balance is too low",
+        ])
+    {
+        return fail(ErrorKind::Auth);
+    }
+    if signals.limit_rejected
+        || old_limit.is_some()
+        || status == Some(429)
+        || assistant == Some("rate_limit")
+        || matches!(terminal, Some("blocking_limit" | "rapid_refill_breaker"))
+        || has(&[
+            "usage limit",
+            "session limit",
+            "weekly limit",
+            "hit your limit",
+            "rate limit",
+            "rate_limit",
+            "grace_daily_limit_reached",
+        ])
+    {
+        return Some(Failure {
+            kind: ErrorKind::RateLimited,
+            resets_at: signals.resets_at.or(old_limit),
+        });
+    }
+    // The API.
+    if status == Some(529) || has(&["overloaded"]) {
+        return fail(ErrorKind::Overloaded);
+    }
+    if status.is_some_and(|s| s >= 500 || s == 408)
+        || assistant == Some("server_error")
+        || has(&["api error", "internal server error", "connection error"])
+    {
+        return fail(ErrorKind::ApiError);
+    }
+    fail(ErrorKind::Other)
+}
+
+/// The reset time of an old-style usage limit text,
+/// `Claude AI usage limit reached|<epoch seconds>`.
+fn old_usage_limit(text: &str) -> Option<i64> {
+    let rest = text.trim().strip_prefix("Claude AI usage limit reached|")?;
+    rest.trim().parse().ok()
+}
+
+/// A string field, or nothing when it is of another type.
+fn lenient_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -312,7 +514,7 @@ mod tests {
         ));
         assert!(matches!(
             Line::classify(br#"{"type":"brand_new_kind"}"#, 1000),
-            Line::Event(_)
+            Line::Event(_, None)
         ));
         assert!(matches!(Line::classify(b"[1,2]", 1000), Line::NotJson(_)));
         assert!(matches!(
@@ -321,9 +523,12 @@ mod tests {
         ));
         assert_eq!(
             Line::classify(br#"{"type":"user","message":"a long tool result"}"#, 20),
-            Line::Event(RawJson::from_value(
-                &json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
-            ))
+            Line::Event(
+                RawJson::from_value(
+                    &json!({"type": "user", "subtype": null, "truncated_by_mister_smith": true, "bytes": 46})
+                ),
+                None
+            )
         );
     }
 
@@ -332,8 +537,13 @@ mod tests {
         let ok = json!({"type":"result","subtype":"success","is_error":false,"result":"4",
             "num_turns":1,"total_cost_usd":0.01,"session_id":"s","usage":{"input_tokens":3}});
         let parse = |v: &Value| TurnResult::parse(v.to_string().as_bytes()).unwrap();
-        let r = parse(&ok).into_task_result("t", "a", 5, None);
+        let done = |t: TurnResult| {
+            let f = classify(&t, &TurnSignals::default()).map(|f| f.kind);
+            t.into_task_result("t", "a", 5, f, None)
+        };
+        let r = done(parse(&ok));
         assert_eq!(r.status, TaskStatus::Completed);
+        assert_eq!(r.error_kind, None);
         assert_eq!(r.result.as_deref(), Some("4"));
         assert_eq!((r.num_turns, r.total_cost_usd), (Some(1), Some(0.01)));
         assert_eq!(r.session_id.as_deref(), Some("s"));
@@ -341,16 +551,18 @@ mod tests {
 
         let failed = json!({"type":"result","subtype":"error_max_turns","is_error":false,
             "errors":["max turns"]});
-        let r = parse(&failed).into_task_result("t", "a", 5, None);
+        let r = done(parse(&failed));
         assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.error_kind, Some(ErrorKind::MaxTurns));
         assert_eq!(r.errors, Some(vec!["max turns".to_string()]));
 
         // No is_error at all: not proof of success.
         let bare = json!({"type":"result","subtype":"success"});
         assert!(parse(&bare).is_error);
 
-        let late = parse(&ok).into_task_result("t", "a", 5, Some("late".into()));
+        let late = parse(&ok).into_task_result("t", "a", 5, None, Some("late".into()));
         assert_eq!(late.status, TaskStatus::Timeout);
+        assert_eq!(late.error_kind, Some(ErrorKind::Timeout));
         assert_eq!(late.errors, Some(vec!["late".to_string()]));
 
         // Lenient: a number no f64 holds, a field of the wrong type, a
@@ -399,3 +611,7 @@ mod tests {
         assert_eq!(argv(&spec, None), ["--allowedTools", "Read"]);
     }
 }
+
+#[cfg(test)]
+#[path = "classify_tests.rs"]
+mod classify_tests;

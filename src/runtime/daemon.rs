@@ -15,12 +15,13 @@ use crate::config::Config;
 use crate::message::dispatcher::Dispatcher;
 use crate::message::router::RoutingTable;
 use crate::message::schemas::LinkState;
+use crate::runtime::accounts::{Accounts, HoldBoard};
 use crate::runtime::dispatch;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::health_monitor;
 use crate::runtime::inbound::{DaemonSink, Inbound};
 use crate::runtime::process::OsSpawner;
-use crate::runtime::supervisor::timers::SystemClock;
+use crate::runtime::supervisor::timers::{Clock, SystemClock};
 use crate::runtime::supervisor::{Links, Outcome, Supervisor};
 use crate::runtime::tracker;
 use crate::transport::health_check::NatsState;
@@ -116,6 +117,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         outbox: outbox.clone(),
         max_size: config.message.max_message_size,
         default_timeout: Duration::from_millis(config.message.default_timeout_ms),
+        retry_attempts: config.message.retry_attempts,
     };
     let handler: Handler = Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
         inbound.handle(subject, reply, data)
@@ -143,10 +145,12 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
     let max_frame = config.message.max_message_size + 64 * 1024;
     let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame, locals)?;
 
+    let holds = Arc::new(HoldBoard::new(config.agents.len()));
     let sink = DaemonSink {
         table: table.clone(),
         events: events_tx.clone(),
         outbox: outbox.clone(),
+        holds: holds.clone(),
     };
     let capacity = config.message.queue_capacity;
     let dispatcher = Dispatcher::new(capacity, table.types());
@@ -193,6 +197,18 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         queued,
         queue_capacity: capacity,
         max_message_size: config.message.max_message_size,
+        accounts: Accounts::new(
+            config.used_accounts(),
+            &config
+                .agents
+                .iter()
+                .map(|a| a.account.clone())
+                .collect::<Vec<_>>(),
+            crate::runtime::spend::read(&run_dir),
+            SystemClock.wall_ms(),
+        ),
+        holds,
+        retry_delay: Duration::from_millis(config.message.retry_delay_ms),
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(

@@ -67,6 +67,8 @@ pub(crate) enum Command {
     Shutdown,
     /// Another daemon announced an agent with the id of one of ours.
     PeerClaims { agent: AgentIx, daemon: String },
+    /// `resume --account NAME`: lift the account's hold.
+    ResumeAccount { account: String, origin: Origin },
 }
 
 /// The shape a report is answered in.

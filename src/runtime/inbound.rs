@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::message::dispatcher::{Cancel, DispatchCmd, DispatchSink, Refusal, Target, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::error::MessageError;
+use crate::message::failures::{ErrorKind, HoldReason};
 use crate::message::router::{
     agent_subject, alert, answer_to, parse_subject, AgentIx, Dest, Origin, RoutingTable,
 };
@@ -26,6 +27,7 @@ use crate::message::schemas::{
     check_subject, AgentCommand, AgentRegistration, AlertCode, CommandType, RawJson, Severity,
     TaskAssignment, TaskProgress, TaskResult, TaskStatus,
 };
+use crate::runtime::accounts::HoldBoard;
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::transport::hub::Outbox;
 
@@ -38,6 +40,8 @@ pub(crate) struct Inbound {
     pub outbox: Outbox,
     pub max_size: usize,
     pub default_timeout: Duration,
+    /// Retries of a task that does not say.
+    pub retry_attempts: u32,
 }
 
 impl Inbound {
@@ -203,6 +207,8 @@ impl Inbound {
                 origin: origin.clone(),
                 submitted: now,
                 seq: 0,
+                attempts: 0,
+                retries: t.retries.unwrap_or(self.retry_attempts),
             })
             .collect();
         let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
@@ -245,6 +251,7 @@ impl Inbound {
                     .unwrap_or_else(|| Uuid::new_v4().to_string()),
                 prompt,
                 context: None,
+                retries: None,
             };
             let dest = Dest::Agent {
                 id: id.into(),
@@ -289,6 +296,20 @@ impl Inbound {
                 self.report(h.agent_id.as_deref(), ReportKind::Health, origin.clone())
             }
             ("status" | "health", _) => self.report(None, ReportKind::Health, origin.clone()),
+            ("agent_command", Payload::AgentCommand(c)) if c.account.is_some() => {
+                let (Some(account), CommandType::Resume) = (&c.account, c.command_type) else {
+                    return Err(MessageError::field(
+                        "payload.account",
+                        "only resume takes an account",
+                    ));
+                };
+                let cmd = Command::ResumeAccount {
+                    account: account.clone(),
+                    origin: origin.clone(),
+                };
+                let _ = self.events.send(Event::Command(cmd));
+                Ok(())
+            }
             ("agent_command", Payload::AgentCommand(c)) => {
                 let id = c.agent_id.clone().or_else(|| env.target_agent_id.clone());
                 match (c.command_type, id) {
@@ -314,6 +335,8 @@ pub(crate) struct DaemonSink {
     pub table: Arc<RoutingTable>,
     pub events: Sender<Event>,
     pub outbox: Outbox,
+    /// Which agents' accounts are held, and why.
+    pub holds: Arc<HoldBoard>,
 }
 
 impl DaemonSink {
@@ -340,7 +363,29 @@ impl DaemonSink {
         }
     }
 
-    fn finish(&self, t: &Task, status: TaskStatus, why: String) {
+    /// The hold that kept `t` from running: its agent's, or for a task to
+    /// any agent of a type, the one every agent of the type is under.
+    fn hold(&self, t: &Task) -> Option<HoldReason> {
+        match &t.target {
+            Target::Agent(i) => self.holds.get(*i),
+            Target::Type(ty) => {
+                let reasons: Option<Vec<HoldReason>> = self
+                    .table
+                    .of_type(ty)?
+                    .iter()
+                    .map(|&i| self.holds.get(i))
+                    .collect();
+                let reasons = reasons?;
+                reasons
+                    .iter()
+                    .copied()
+                    .find(|r| *r == HoldReason::Auth)
+                    .or_else(|| reasons.first().copied())
+            }
+        }
+    }
+
+    fn finish(&self, t: &Task, status: TaskStatus, kind: ErrorKind, why: String) {
         let result = TaskResult {
             task_id: t.task_id.clone(),
             agent_id: self.agent_id(t),
@@ -352,6 +397,8 @@ impl DaemonSink {
             total_cost_usd: None,
             usage: None,
             session_id: None,
+            error_kind: Some(kind),
+            attempts: t.attempts,
         };
         let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
         self.outbox.publish_and_reply(
@@ -428,14 +475,25 @@ impl DispatchSink for DaemonSink {
     }
 
     fn expired(&self, t: &Task) {
-        self.finish(
-            t,
-            TaskStatus::Timeout,
-            format!(
-                "timed out after {} ms waiting in the queue",
-                t.timeout.as_millis()
+        // A task that waited behind a hold says which: a script told `auth`
+        // knows a login is needed, not a retry.
+        let (kind, why) = match self.hold(t) {
+            Some(r) => (
+                r.kind(),
+                format!(
+                    "timed out after {} ms waiting in the queue: the account is held ({r})",
+                    t.timeout.as_millis()
+                ),
             ),
-        );
+            None => (
+                ErrorKind::Timeout,
+                format!(
+                    "timed out after {} ms waiting in the queue",
+                    t.timeout.as_millis()
+                ),
+            ),
+        };
+        self.finish(t, TaskStatus::Timeout, kind, why);
     }
 
     fn cancelled(&self, t: &Task, why: Cancel) {
@@ -445,7 +503,7 @@ impl DispatchSink for DaemonSink {
                 format!("{} before the task started", self.down_text(t, &why))
             }
         };
-        self.finish(t, TaskStatus::Cancelled, why);
+        self.finish(t, TaskStatus::Cancelled, ErrorKind::Cancelled, why);
     }
 
     fn closed(&self) {

@@ -5,15 +5,18 @@
 //! Imports point down only: `runtime` uses `transport`, `message`,
 //! `config` and `sys`, never `cli`.
 
+pub(crate) mod accounts;
 pub(crate) mod backoff;
 pub mod claude;
 pub(crate) mod daemon;
 pub(crate) mod dispatch;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod files;
 pub(crate) mod health_monitor;
 pub(crate) mod inbound;
 pub(crate) mod lifecycle;
 pub(crate) mod process;
+pub(crate) mod spend;
 pub(crate) mod supervisor;
 pub(crate) mod tracker;

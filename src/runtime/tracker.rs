@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +45,8 @@ pub(crate) enum TrackCmd {
     Own { pid: u32 },
     /// That child has been reaped.
     Disown { pid: u32 },
+    /// Today's spend per account, to keep in `spend.json` across restarts.
+    Spend(crate::runtime::accounts::SpendBook),
 }
 
 /// One process, identified beyond pid reuse.
@@ -447,9 +448,16 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     // come back to us), made with the write that follows it: a crash loop
     // then costs one scan of /proc per write, not one per exit.
     let mut pass_due = false;
+    let (mut spend, mut spend_due) = (None, None::<std::time::Instant>);
     loop {
         let debounce = pending_write.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        let spend_timer = spend_due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let changed = select_biased! {
+            recv(spend_timer) -> _ => {
+                spend_due = None;
+                crate::runtime::spend::write(dir, spend.take());
+                false
+            },
             recv(debounce) -> _ => {
                 pending_write = None;
                 if std::mem::take(&mut pass_due) {
@@ -491,8 +499,16 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                     orphans.own.remove(&pid);
                     false
                 }
+                Ok(TrackCmd::Spend(book)) => {
+                    // A burst of results costs one write, of the last word.
+                    spend = Some(book);
+                    spend_due.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
+                    false
+                }
                 Err(_) => {
-                    // The daemon is done: its agents are gone.
+                    // The daemon is done: its agents are gone. Its spend
+                    // stays for the next start.
+                    crate::runtime::spend::write(dir, spend.take());
                     let _ = fs::remove_file(&path);
                     return;
                 }
@@ -558,25 +574,10 @@ fn adopt(state: &mut State, pass: Pass, noticed: &mut Vec<String>) -> bool {
 }
 
 /// Writes the state atomically (a rename), so a crash never leaves half a
-/// file. The temporary file is created fresh, never through a symlink.
+/// file.
 fn write(path: &Path, state: &mut State) {
-    use std::os::unix::fs::OpenOptionsExt;
     state.updated = now_ticks();
-    let tmp: PathBuf = path.with_extension("json.tmp");
-    let _ = fs::remove_file(&tmp);
-    let ok = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        // No fsync: the rename is atomic, and the file only has to outlive
-        // the daemon, not the machine (after a reboot it is ignored anyway).
-        .and_then(|mut f| f.write_all(&serde_json::to_vec(state).unwrap_or_default()))
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = ok {
-        log::warn!("cannot write {}: {e}", path.display());
-    }
+    crate::runtime::files::write_atomic(path, &serde_json::to_vec(state).unwrap_or_default());
 }
 
 /// The run directory: `$XDG_RUNTIME_DIR/mister-smith/<daemon_id>`, else

@@ -21,6 +21,8 @@ pub(crate) fn dispatcher(n: usize) -> Vec<Row> {
         origin: Origin::default(),
         submitted: now,
         seq: 0,
+        attempts: 0,
+        retries: 0,
     };
     let priorities = [5u8, 1, 10, 3, 7];
     // Steady state: a standing queue of 10,000 tasks, then one push and one

@@ -68,6 +68,9 @@ pub(super) struct Running {
     /// An event of this task's turn has come: a `result` before any is a
     /// stray from an earlier turn, not this task's.
     pub(super) turn_started: bool,
+    /// What the turn's events said about a failure (an `assistant`
+    /// error, a rejected rate limit).
+    pub(super) signals: crate::runtime::claude::TurnSignals,
 }
 
 /// One agent: its spec, its state, its process (if any) and its counters.

@@ -12,6 +12,7 @@ use super::{Supervisor, STDIN_GRACE};
 use crate::config::Protocol;
 use crate::message::dispatcher::DispatchCmd;
 use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::failures::ErrorKind;
 use crate::message::router::{alert, AgentIx};
 use crate::message::schemas::{
     AgentState, AlertCode, CommandType, ReasonCode, Severity, TaskStatus,
@@ -73,13 +74,15 @@ impl Supervisor {
             } else if from == AgentState::Terminated {
                 let _ = self.links.dispatch.send(DispatchCmd::Up(i));
             }
+        }
+        if a.spec.protocol.takes_tasks() {
             if to == AgentState::Idle {
-                let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
+                self.offer(i);
             } else if from == AgentState::Idle && to != AgentState::Busy {
                 // Busy only ever follows the dispatcher's own assignment, so
                 // it knows already; waking its thread in the task's first
                 // microseconds would cost the agent a CPU on a small host.
-                let _ = self.links.dispatch.send(DispatchCmd::NotReady(i));
+                self.withdraw(i);
             }
         }
         self.publish_status(i, from);
@@ -334,36 +337,37 @@ impl Supervisor {
         let takedown = a.takedown.take();
         if let Some(r) = a.task.take() {
             // The task did not get its result: answer it from what we know.
-            let (status, why) = match takedown {
+            let (status, kind, why) = match takedown {
                 _ if r.timed_out => (
                     TaskStatus::Timeout,
+                    ErrorKind::Timeout,
                     format!("timed out after {} ms", r.task.timeout.as_millis()),
                 ),
                 Some(Takedown::Stop) | Some(Takedown::Restart) => (
                     TaskStatus::Cancelled,
+                    ErrorKind::Cancelled,
                     format!("the agent was stopped ({how})"),
                 ),
                 Some(Takedown::Failure(why)) => (
                     TaskStatus::Failed,
+                    if why == ReasonCode::Hung {
+                        ErrorKind::Hung
+                    } else {
+                        ErrorKind::Crashed
+                    },
                     format!("the agent was taken down: {}", words(why)),
                 ),
                 None => (
                     TaskStatus::Failed,
+                    ErrorKind::Crashed,
                     format!("the agent's process ended before its result ({how})"),
                 ),
             };
-            if status == TaskStatus::Failed {
-                a.tasks_failed += 1;
-            }
-            log::warn!(
-                "agent {}: task {} {}: {why}",
-                a.spec.id,
-                r.task.task_id,
-                super::tasks::status_word(status)
-            );
+            log::warn!("agent {}: task {} ended: {why}", a.spec.id, r.task.task_id);
             let mut errors = vec![why];
             errors.extend(tail.iter().rev().take(5).rev().cloned());
-            self.answer_with(i, &r.task, status, errors, r.started);
+            let result = self.bare_result(i, &r.task, status, kind, errors, r.started);
+            self.settle(i, r.task, result, None);
         }
         let a = &mut self.agents[i.0];
         match takedown {

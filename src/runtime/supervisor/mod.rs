@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select_biased, Receiver, Sender};
 
 use crate::config::AgentSpec;
-use crate::message::dispatcher::DispatchCmd;
+use crate::message::dispatcher::{DispatchCmd, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{alert, AgentIx, RoutingTable};
 use crate::message::schemas::{AgentRegistration, AgentState, AlertCode, ReasonCode, Severity};
+use crate::runtime::accounts::{Accounts, HoldBoard};
 use crate::runtime::backoff::Jitter;
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::runtime::health_monitor::HealthCmd;
@@ -37,6 +38,7 @@ use self::agent::{Agent, Takedown};
 use self::timers::{Clock, Timer, Timers};
 
 mod agent;
+mod holds;
 mod lifecycle;
 mod reports;
 mod tasks;
@@ -82,6 +84,12 @@ pub(crate) struct Links {
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
     pub max_message_size: usize,
+    /// The accounts the agents draw on (the supervisor owns them).
+    pub accounts: Accounts,
+    /// Which agents' accounts are held, for the dispatcher's answers.
+    pub holds: Arc<HoldBoard>,
+    /// The wait before a task's first retry (doubled for each one after).
+    pub retry_delay: Duration,
 }
 
 pub(crate) struct Supervisor {
@@ -102,6 +110,8 @@ pub(crate) struct Supervisor {
     pending_spawns: usize,
     /// Whether a [`Timer::Claims`] is pending.
     claims_timer: bool,
+    /// Tasks waiting out their retry delay, by sequence number.
+    retrying: std::collections::HashMap<u64, (AgentIx, Task)>,
 }
 
 impl Supervisor {
@@ -131,6 +141,7 @@ impl Supervisor {
             claims_timer: false,
             started: now,
             pending_spawns: 0,
+            retrying: std::collections::HashMap::new(),
         }
     }
 
@@ -175,6 +186,17 @@ impl Supervisor {
     /// Announces every agent and starts them all at once (the spawner pool
     /// execs them side by side).
     fn start_all(&mut self) {
+        let (now, wall) = (self.now(), self.clock.wall_ms());
+        for change in self.links.accounts.at_start(now, wall) {
+            let account = match &change {
+                crate::runtime::accounts::Change::Held { account, .. } => *account,
+                _ => continue,
+            };
+            let first = self.links.accounts.agents_of(account).next();
+            if let Some(i) = first {
+                self.apply(i, change);
+            }
+        }
         for i in self.indexes().collect::<Vec<_>>() {
             self.announce(i);
             self.start_pooled(i);
@@ -315,7 +337,18 @@ impl Supervisor {
         if self.links.dispatch.send(DispatchCmd::Shutdown).is_err() {
             self.dispatcher_open = false;
         }
-        self.timers.cancel(|t| matches!(t, Timer::Restart(_)));
+        self.timers
+            .cancel(|t| matches!(t, Timer::Restart(_) | Timer::Retry { .. }));
+        let mut waiting: Vec<(AgentIx, Task)> = self.retrying.drain().map(|(_, t)| t).collect();
+        waiting.sort_by_key(|(_, t)| t.seq);
+        for (i, task) in waiting {
+            self.answer_unstarted(
+                i,
+                &task,
+                crate::message::schemas::TaskStatus::Cancelled,
+                "the daemon shut down before the task's retry".into(),
+            );
+        }
         for i in self.indexes().collect::<Vec<_>>() {
             self.stop(i, Takedown::Stop);
         }
@@ -457,6 +490,11 @@ impl Supervisor {
                 }
             }
             Timer::Claims => self.refresh_claims(),
+            Timer::HoldEnds {
+                account,
+                generation,
+            } => self.hold_ends(account, generation),
+            Timer::Retry { seq } => self.retry_now(seq),
             Timer::ShutdownDeadline => {
                 if self.agents.iter().any(|a| a.child.is_some()) {
                     log::warn!("shutdown deadline passed: killing what is left");
@@ -484,6 +522,7 @@ impl Supervisor {
                 origin,
             } => self.answer_report(agent, kind == ReportKind::AgentStatus, &origin),
             Command::PeerClaims { agent, daemon } => self.peer_claims(agent, daemon),
+            Command::ResumeAccount { account, origin } => self.resume_account(&account, &origin),
             Command::Control { agent, op, origin } => {
                 let r = if self.shutdown.is_some() {
                     Err("the daemon is shutting down".to_string())

@@ -37,6 +37,13 @@ impl Supervisor {
             reason: a.reason.as_ref().map(|r| r.text.clone()),
             reason_code: a.reason.as_ref().map(|r| r.code),
             also_on: (!a.also_on.is_empty()).then(|| a.also_on.keys().cloned().collect()),
+            account: if a.spec.protocol.takes_tasks() {
+                self.links
+                    .accounts
+                    .view(self.links.accounts.account_of(i), self.clock.wall_ms())
+            } else {
+                None
+            },
         }
     }
 
@@ -68,6 +75,14 @@ impl Supervisor {
             queued: self.links.queued.load(std::sync::atomic::Ordering::Relaxed),
             queue_capacity: self.links.queue_capacity,
             agents,
+            accounts: self.links.accounts.views(
+                &self
+                    .agents
+                    .iter()
+                    .map(|a| a.spec.protocol.takes_tasks())
+                    .collect::<Vec<_>>(),
+                self.clock.wall_ms(),
+            ),
             part: None,
             parts: None,
         }

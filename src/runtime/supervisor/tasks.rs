@@ -10,11 +10,12 @@ use super::{Supervisor, INTERRUPT_GRACE, LINGER_AFTER_RESULT};
 use crate::config::Protocol;
 use crate::message::dispatcher::{DispatchCmd, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::failures::ErrorKind;
 use crate::message::router::{answer_to, AgentIx};
 use crate::message::schemas::{
     AgentState, CommandType, ReasonCode, TaskProgress, TaskResult, TaskStatus,
 };
-use crate::runtime::claude::{self, Line, TurnResult};
+use crate::runtime::claude::{self, Line, TurnResult, TurnSignals};
 use crate::runtime::process::SpawnRequest;
 use crate::runtime::tracker::TrackCmd;
 
@@ -44,13 +45,16 @@ impl Supervisor {
             );
             return;
         }
-        if self.agents[i.0].state != AgentState::Idle {
+        // Not idle any more, or its account was held after it was lent:
+        // the task keeps its place in the queue.
+        if self.agents[i.0].state != AgentState::Idle || !self.links.accounts.may_start(i) {
             let _ = self
                 .links
                 .dispatch
                 .send(DispatchCmd::Requeue(Box::new(task)));
             return;
         }
+        let mut task = task;
         let seq = task.seq;
         let deadline = task.deadline;
         match self.agents[i.0].spec.protocol {
@@ -95,7 +99,14 @@ impl Supervisor {
                         let a = &mut self.agents[i.0];
                         a.reason = Some(Reason::new(ReasonCode::SpawnFailed, why.clone()));
                         a.tasks_failed += 1;
-                        self.answer_unstarted(i, &task, TaskStatus::Failed, why);
+                        self.answer_with(
+                            i,
+                            &task,
+                            TaskStatus::Failed,
+                            ErrorKind::Other,
+                            vec![why],
+                            task.submitted,
+                        );
                         self.set_state(i, AgentState::Error);
                         self.after_exit(i, true, std::time::Duration::ZERO, Vec::new());
                         return;
@@ -103,15 +114,18 @@ impl Supervisor {
                 }
             }
             Protocol::None => {
-                self.answer_unstarted(
+                self.answer_with(
                     i,
                     &task,
                     TaskStatus::Failed,
-                    "this agent takes no tasks".into(),
+                    ErrorKind::Other,
+                    vec!["this agent takes no tasks".into()],
+                    task.submitted,
                 );
                 return;
             }
         }
+        task.attempts += 1;
         let now = self.now();
         let a = &mut self.agents[i.0];
         log::info!(
@@ -126,6 +140,7 @@ impl Supervisor {
             started: now,
             timed_out: false,
             turn_started: false,
+            signals: TurnSignals::default(),
         });
         self.set_state(i, AgentState::Busy);
         self.arm_watchdog(i);
@@ -247,7 +262,7 @@ impl Supervisor {
                 }
             }
             Line::Result(turn) => self.on_result(i, turn),
-            Line::Event(ev) => {
+            Line::Event(ev, signal) => {
                 // The reader cut events to max_message_size; a NATS server
                 // may take less.
                 let limit = self.wire_limit().saturating_sub(ENVELOPE_ROOM);
@@ -255,6 +270,9 @@ impl Supervisor {
                 if let Some(r) = &mut a.task {
                     let ev = claude::fit_event(ev, limit);
                     r.turn_started = true;
+                    if let Some(s) = signal {
+                        r.signals.note(s);
+                    }
                     let progress = TaskProgress {
                         task_id: r.task.task_id.clone(),
                         agent_id: a.spec.id.clone(),
@@ -320,22 +338,17 @@ impl Supervisor {
             .timed_out
             .then(|| format!("timed out after {} ms", r.task.timeout.as_millis()));
         let duration_ms = now.saturating_duration_since(r.started).as_millis() as u64;
-        let result = turn.into_task_result(&r.task.task_id, &a.spec.id, duration_ms, timed_out);
-        let status = result.status;
-        a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
-        if status == TaskStatus::Completed {
-            a.tasks_done += 1;
-        } else {
-            a.tasks_failed += 1;
-        }
-        self.publish_result(i, &r.task, result);
-        let a = &mut self.agents[i.0];
-        log::info!(
-            "agent {}: task {} {}",
-            a.spec.id,
-            r.task.task_id,
-            status_word(status)
+        let failure = claude::classify(&turn, &r.signals);
+        let result = turn.into_task_result(
+            &r.task.task_id,
+            &a.spec.id,
+            duration_ms,
+            failure.map(|f| f.kind),
+            timed_out,
         );
+        a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
+        self.settle(i, r.task, result, failure.and_then(|f| f.resets_at));
+        let a = &mut self.agents[i.0];
         match a.spec.protocol {
             Protocol::Oneshot => {
                 // The task is answered; the agent is free once its process
@@ -358,7 +371,7 @@ impl Supervisor {
     /// cut to the largest message that can go out (the configured
     /// `max_message_size`, or the NATS server's `max_payload` when smaller):
     /// a completed, paid-for result must reach its sender, if shortened.
-    fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
+    pub(super) fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
         let limit = self.wire_limit();
@@ -387,7 +400,7 @@ impl Supervisor {
             .map_or(configured, |p| p.min(configured))
     }
 
-    /// Answers a task that never ran.
+    /// Answers a task that was not run (again): `cancelled`.
     pub(super) fn answer_unstarted(
         &self,
         i: AgentIx,
@@ -395,7 +408,14 @@ impl Supervisor {
         status: TaskStatus,
         why: String,
     ) {
-        self.answer_with(i, task, status, vec![why], task.submitted);
+        self.answer_with(
+            i,
+            task,
+            status,
+            ErrorKind::Cancelled,
+            vec![why],
+            task.submitted,
+        );
     }
 
     /// Answers a task with no result of its own (it never ran, or its agent
@@ -405,10 +425,28 @@ impl Supervisor {
         i: AgentIx,
         task: &Task,
         status: TaskStatus,
+        kind: ErrorKind,
         errors: Vec<String>,
         since: Instant,
     ) {
-        let result = TaskResult {
+        self.publish_result(
+            i,
+            task,
+            self.bare_result(i, task, status, kind, errors, since),
+        );
+    }
+
+    /// A result with no output of the agent's: what we know of the task.
+    pub(super) fn bare_result(
+        &self,
+        i: AgentIx,
+        task: &Task,
+        status: TaskStatus,
+        kind: ErrorKind,
+        errors: Vec<String>,
+        since: Instant,
+    ) -> TaskResult {
+        TaskResult {
             task_id: task.task_id.clone(),
             agent_id: self.agents[i.0].spec.id.clone(),
             status,
@@ -419,7 +457,8 @@ impl Supervisor {
             total_cost_usd: None,
             usage: None,
             session_id: None,
-        };
-        self.publish_result(i, task, result);
+            error_kind: Some(kind),
+            attempts: task.attempts,
+        }
     }
 }

@@ -18,6 +18,9 @@ use crate::message::router::AgentIx;
 /// Where the supervisor reads the time.
 pub(crate) trait Clock {
     fn now(&self) -> Instant;
+    /// The wall clock, in milliseconds since the epoch: for reset times
+    /// and days, never for timers.
+    fn wall_ms(&self) -> i64;
 }
 
 /// The system's monotonic clock.
@@ -27,6 +30,13 @@ pub(crate) struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -54,6 +64,10 @@ pub(super) enum Timer {
     /// Refresh the clashes with other daemons: announce ours again, forget
     /// theirs that went quiet.
     Claims,
+    /// An account's hold of this generation runs out.
+    HoldEnds { account: usize, generation: u64 },
+    /// A task waiting to be retried goes back to the queue.
+    Retry { seq: u64 },
 }
 
 /// Pending timers, earliest first (equal times in the order set).

@@ -21,6 +21,7 @@ use crate::message::dispatcher::{DispatchCmd, Target, Task};
 use crate::message::envelope::{Envelope, Payload};
 use crate::message::router::{AgentIx, Origin, RoutingTable};
 use crate::message::schemas::{AgentState, CommandType, ReasonCode, ResourceUsage, TaskResult};
+use crate::runtime::accounts::{Accounts, HoldBoard};
 use crate::runtime::claude::Line;
 use crate::runtime::error::ProcessError;
 use crate::runtime::events::{Command, Event};
@@ -35,13 +36,22 @@ use crate::transport::hub::{HubCmd, Outbox};
 
 /// A clock that moves only when the test says so.
 #[derive(Clone)]
-struct ManualClock(Rc<Cell<Instant>>);
+struct ManualClock(Rc<Cell<Instant>>, Instant);
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.0.get()
     }
+
+    /// The wall clock moves with the monotonic one, from 2026-01-01
+    /// 12:00:00 UTC when the harness was made.
+    fn wall_ms(&self) -> i64 {
+        let moved = self.0.get().saturating_duration_since(self.1);
+        WALL_START_MS + i64::try_from(moved.as_millis()).unwrap_or(0)
+    }
 }
+
+pub(super) const WALL_START_MS: i64 = 1_767_268_800_000;
 
 /// What happened to the fake children.
 #[derive(Default)]
@@ -182,6 +192,7 @@ impl Harness {
             daemon_id: "test".into(),
             transport: Default::default(),
             message: Default::default(),
+            accounts: Default::default(),
             agents: specs.clone(),
         };
         let table = Arc::new(RoutingTable::new(&config));
@@ -204,6 +215,14 @@ impl Harness {
             queued: Arc::new(AtomicUsize::new(0)),
             queue_capacity: 100,
             max_message_size: 1 << 20,
+            accounts: Accounts::new(
+                config.used_accounts(),
+                &specs.iter().map(|s| s.account.clone()).collect::<Vec<_>>(),
+                None,
+                WALL_START_MS,
+            ),
+            holds: Arc::new(HoldBoard::new(specs.len())),
+            retry_delay: Duration::from_millis(1000),
         };
         let now = Rc::new(Cell::new(Instant::now()));
         let world = Shared::default();
@@ -214,7 +233,7 @@ impl Harness {
             signals_rx,
             links,
             Box::new(FakeSpawner(world.clone())),
-            Box::new(ManualClock(now.clone())),
+            Box::new(ManualClock(now.clone(), now.get())),
         );
         // Jitter would make backoff delays vary; the tests read exact ones.
         sup.jitter = crate::runtime::backoff::Jitter::zero();
@@ -371,8 +390,39 @@ impl Harness {
             .collect()
     }
 
+    /// The tasks handed back to the dispatcher since the last look (other
+    /// commands are dropped).
+    pub(super) fn requeued(&self) -> Vec<Task> {
+        self.dispatch
+            .try_iter()
+            .filter_map(|c| match c {
+                DispatchCmd::Requeue(t) => Some(*t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Hands `agent` `task` again, as the dispatcher would.
+    pub(super) fn assign_task(&mut self, agent: usize, task: Task) {
+        let _ = self
+            .events
+            .send(Event::Assign(AgentIx(agent), Box::new(task)));
+        self.pump();
+    }
+
     /// Hands `agent` a task with `timeout_ms`, as the dispatcher would.
     pub(super) fn assign(&mut self, agent: usize, id: &str, timeout_ms: u64) {
+        self.assign_with_retries(agent, id, timeout_ms, 0);
+    }
+
+    /// [`Harness::assign`] with a retry budget.
+    pub(super) fn assign_with_retries(
+        &mut self,
+        agent: usize,
+        id: &str,
+        timeout_ms: u64,
+        retries: u32,
+    ) {
         self.seq += 1;
         let now = self.now.get();
         let timeout = Duration::from_millis(timeout_ms);
@@ -390,6 +440,8 @@ impl Harness {
             },
             submitted: now,
             seq: self.seq,
+            attempts: 0,
+            retries,
         };
         let _ = self
             .events

@@ -3,5 +3,6 @@
 //! concern.
 
 mod harness;
+mod holds;
 mod lifecycle;
 mod tasks;

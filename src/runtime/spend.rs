@@ -1,0 +1,26 @@
+//! Today's spend per account, kept in the run directory (`spend.json`) so
+//! that a restart does not reset a daily budget. Written by the tracker
+//! thread, off the supervisor's path, a burst of results at a time.
+
+use std::fs;
+use std::path::Path;
+
+use crate::runtime::accounts::SpendBook;
+
+const FILE: &str = "spend.json";
+
+/// Today's spend as an earlier daemon kept it, if any.
+pub(crate) fn read(dir: &Path) -> Option<SpendBook> {
+    let text = fs::read(dir.join(FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes `book`, if there is one.
+pub(crate) fn write(dir: &Path, book: Option<SpendBook>) {
+    if let Some(book) = book {
+        crate::runtime::files::write_atomic(
+            &dir.join(FILE),
+            &serde_json::to_vec(&book).unwrap_or_default(),
+        );
+    }
+}
