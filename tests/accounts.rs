@@ -481,8 +481,16 @@ fn real_claude() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-claude");
     let bin = root.join("node_modules/.bin/claude");
     if !bin.exists() {
-        let installed = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        // Bounded: without a registry npm retries for minutes.
+        let installed = Command::new("timeout")
+            .args([
+                "180",
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
             .arg(&root)
             .arg("@anthropic-ai/claude-code")
             .stdout(Stdio::null())
