@@ -225,37 +225,33 @@ impl Accounts {
         self.list.iter().position(|a| a.name == name)
     }
 
-    /// Whether idle agent `i` may be given tasks now. In a half-open
-    /// account the first agent asked becomes its probe, and only it.
-    pub(crate) fn admit(&mut self, i: AgentIx) -> bool {
+    /// Whether idle agent `i` may be lent to the dispatcher now: not while
+    /// its account is held. A half-open account lends every idle agent, so
+    /// the probe is whichever task comes first, whatever agent it names.
+    pub(crate) fn admit(&self, i: AgentIx) -> bool {
+        !matches!(self.list[self.of_agent[i.0]].phase, Phase::Held { .. })
+    }
+
+    /// Whether agent `i` may start the task it was handed: not while its
+    /// account is held, and in a half-open account only the first task
+    /// (the probe) until its outcome is known.
+    pub(crate) fn start(&mut self, i: AgentIx) -> bool {
         let a = &mut self.list[self.of_agent[i.0]];
         match a.phase {
             Phase::Open => true,
             Phase::Held { .. } => false,
-            Phase::HalfOpen { .. } => match a.probe {
-                None => {
-                    a.probe = Some(i);
-                    true
-                }
-                Some(p) => p == i,
-            },
+            Phase::HalfOpen { .. } if a.probe.is_none() => {
+                a.probe = Some(i);
+                true
+            }
+            Phase::HalfOpen { .. } => false,
         }
     }
 
-    /// Whether agent `i` may start a task now (it was admitted, and its
-    /// account has not been held since).
-    pub(crate) fn may_start(&self, i: AgentIx) -> bool {
-        let a = &self.list[self.of_agent[i.0]];
-        match a.phase {
-            Phase::Open => true,
-            Phase::Held { .. } => false,
-            Phase::HalfOpen { .. } => a.probe == Some(i),
-        }
-    }
-
-    /// Agent `i` left idle without taking a task (paused, stopped): if it
-    /// was the probe, another may be.
-    pub(crate) fn withdrawn(&mut self, i: AgentIx) -> Option<Change> {
+    /// The task agent `i` was allowed to start did not run after all (its
+    /// process could not take it): if it was the probe, another task may
+    /// be.
+    pub(crate) fn unstart(&mut self, i: AgentIx) -> Option<Change> {
         let account = self.of_agent[i.0];
         let a = &mut self.list[account];
         if a.probe == Some(i) && matches!(a.phase, Phase::HalfOpen { .. }) {

@@ -58,7 +58,7 @@ fn auth_holds_the_whole_account_and_nothing_else() {
         Some((HoldReason::Auth, Duration::from_secs(30), true, 1))
     );
     assert!(!acc.admit(A0) && !acc.admit(A1));
-    assert!(!acc.may_start(A1));
+    assert!(!acc.start(A1));
     assert!(acc.admit(B0), "another account is not slowed");
     let board = HoldBoard::new(3);
     acc.mark(&board, 0);
@@ -98,10 +98,10 @@ fn a_rate_limit_holds_until_its_reset_then_one_probe_decides() {
         Some(Change::HalfOpen { account: 0 })
     );
     assert_eq!(acc.view(0, T0_MS).unwrap().state, AccountState::HalfOpen);
-    // One probe only.
-    assert!(acc.admit(A1));
-    assert!(!acc.admit(A0));
-    assert!(acc.may_start(A1) && !acc.may_start(A0));
+    // Every idle agent is lent, but one task only probes.
+    assert!(acc.admit(A1) && acc.admit(A0));
+    assert!(acc.start(A1));
+    assert!(!acc.start(A0));
     // It succeeds: open for all.
     let c = acc.on_result(A1, None, None, 0.0, later, T0_MS + 3000);
     assert_eq!(
@@ -136,13 +136,14 @@ fn a_failed_probe_holds_again_for_twice_as_long() {
     );
     // A probe that crashed says nothing: another agent may probe.
     acc.hold_ended(0, 3, now, T0_MS);
-    assert!(acc.admit(A0));
+    assert!(acc.start(A0));
     let c = acc.on_result(A0, Some(ErrorKind::Crashed), None, 0.0, now, T0_MS);
     assert_eq!(c, vec![Change::HalfOpen { account: 0 }]);
-    assert!(acc.admit(A1));
-    // A probe taken back before it ran frees the slot too.
-    assert_eq!(acc.withdrawn(A1), Some(Change::HalfOpen { account: 0 }));
-    assert!(acc.admit(A0));
+    assert!(acc.start(A1));
+    // A probe that could not start frees the slot too.
+    assert_eq!(acc.unstart(A1), Some(Change::HalfOpen { account: 0 }));
+    assert_eq!(acc.unstart(A1), None);
+    assert!(acc.start(A0));
     // The task's own failure proves the API answered: open.
     let c = acc.on_result(A0, Some(ErrorKind::MaxTurns), None, 0.0, now, T0_MS);
     assert!(matches!(c[..], [Change::Recovered { .. }]));

@@ -26,17 +26,22 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 impl Supervisor {
     /// Agent `i` is idle: lend it to the dispatcher if its account takes
     /// tasks (a held account's agents wait; a half-open one lends one).
-    pub(super) fn offer(&mut self, i: AgentIx) {
+    pub(super) fn offer(&self, i: AgentIx) {
         if self.links.accounts.admit(i) {
             let _ = self.links.dispatch.send(DispatchCmd::Ready(i));
         }
     }
 
     /// Agent `i` left idle without a task: the dispatcher's loan is taken
-    /// back, and a half-open probe it held goes to another agent.
+    /// back.
     pub(super) fn withdraw(&mut self, i: AgentIx) {
         let _ = self.links.dispatch.send(DispatchCmd::NotReady(i));
-        if let Some(change) = self.links.accounts.withdrawn(i) {
+    }
+
+    /// Agent `i` was allowed to start a task that then did not run: a
+    /// half-open account's probe slot is free again.
+    pub(super) fn release_probe(&mut self, i: AgentIx) {
+        if let Some(change) = self.links.accounts.unstart(i) {
             self.apply(i, change);
         }
     }
@@ -103,7 +108,7 @@ impl Supervisor {
                     "account {}: hold over; one task probes it",
                     self.links.accounts.name(account)
                 );
-                if let Some(a) = self.idle_of(account).into_iter().next() {
+                for a in self.idle_of(account) {
                     self.offer(a);
                 }
             }

@@ -47,7 +47,7 @@ impl Supervisor {
         }
         // Not idle any more, or its account was held after it was lent:
         // the task keeps its place in the queue.
-        if self.agents[i.0].state != AgentState::Idle || !self.links.accounts.may_start(i) {
+        if self.agents[i.0].state != AgentState::Idle || !self.links.accounts.start(i) {
             let _ = self
                 .links
                 .dispatch
@@ -64,6 +64,7 @@ impl Supervisor {
                     .as_ref()
                     .is_some_and(|c| c.write_line(claude::user_message(&task.prompt)));
                 if !sent {
+                    self.release_probe(i);
                     let _ = self
                         .links
                         .dispatch
@@ -108,6 +109,7 @@ impl Supervisor {
                             task.submitted,
                         );
                         self.set_state(i, AgentState::Error);
+                        self.release_probe(i);
                         self.after_exit(i, true, std::time::Duration::ZERO, Vec::new());
                         return;
                     }
@@ -122,6 +124,7 @@ impl Supervisor {
                     vec!["this agent takes no tasks".into()],
                     task.submitted,
                 );
+                self.release_probe(i);
                 return;
             }
         }

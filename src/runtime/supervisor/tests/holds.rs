@@ -64,10 +64,15 @@ fn an_auth_failure_puts_the_task_back_and_withholds_the_accounts_agents() {
     // A task the dispatcher handed b before it heard goes back too.
     h.assign(1, "t2", 60_000);
     assert_eq!(h.dispatched(), ["requeue t2"]);
-    // At the hold's end (30 s) one agent probes; a success opens all.
+    // At the hold's end (30 s) every idle agent is lent, but only the
+    // first task runs (the probe); a second goes back until it is known.
     h.advance(30_000);
-    assert_eq!(h.dispatched(), ["ready 0"]);
+    assert_eq!(h.dispatched(), ["ready 0", "ready 1"]);
     h.assign(0, "t1", 60_000);
+    h.assign(1, "t2", 60_000);
+    assert_eq!(h.dispatched(), ["requeue t2"]);
+    assert_eq!(h.state(1), AgentState::Idle);
+    // Its success opens the account: every idle agent is lent again.
     h.result_line(0, "ok");
     assert_eq!(h.results()[0].status, TaskStatus::Completed);
     assert_eq!(h.dispatched(), ["ready 1", "ready 0"]);
