@@ -292,7 +292,11 @@ impl Accounts {
         match kind {
             None => {
                 a.overloads_in_row = 0;
-                a.holds_in_row = 0;
+                // A task that began before a hold and succeeds proves
+                // nothing about it: the doubling goes on.
+                if !matches!(a.phase, Phase::Held { .. }) {
+                    a.holds_in_row = 0;
+                }
                 if half_open {
                     a.phase = Phase::Open;
                     out.push(Change::Recovered {

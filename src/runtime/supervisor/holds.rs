@@ -23,6 +23,9 @@ use crate::runtime::tracker::TrackCmd;
 /// The longest wait before a retry, however many came before.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 
+/// How often today's spend is handed to the tracker to keep, at most.
+const SAVE_SPEND_EVERY: Duration = Duration::from_secs(1);
+
 impl Supervisor {
     /// Agent `i` is idle: lend it to the dispatcher if its account takes
     /// tasks (a held account's agents wait; a half-open one lends one).
@@ -228,9 +231,11 @@ impl Supervisor {
         for change in changes {
             self.apply(i, change);
         }
-        if cost > 0.0 {
-            let book = self.links.accounts.book(wall);
-            let _ = self.links.tracker.send(TrackCmd::Spend(book));
+        if cost > 0.0 && !self.spend_timer {
+            // Kept at most once a second: a burst of results costs one
+            // message to the tracker, not one each.
+            self.spend_timer = true;
+            self.schedule(SAVE_SPEND_EVERY, Timer::SaveSpend);
         }
         let running = self.shutdown.is_none() && now < task.deadline;
         let failed = result.status == TaskStatus::Failed;
@@ -297,6 +302,13 @@ impl Supervisor {
         );
         self.publish_result(i, &task, result);
         true
+    }
+
+    /// [`Timer::SaveSpend`], and at the end: today's spend to the tracker.
+    pub(super) fn save_spend(&mut self) {
+        self.spend_timer = false;
+        let book = self.links.accounts.book(self.clock.wall_ms());
+        let _ = self.links.tracker.send(TrackCmd::Spend(book));
     }
 
     /// [`Timer::Retry`]: the task goes back to the queue.

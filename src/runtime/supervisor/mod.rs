@@ -112,6 +112,8 @@ pub(crate) struct Supervisor {
     claims_timer: bool,
     /// Tasks waiting out their retry delay, by sequence number.
     retrying: std::collections::HashMap<u64, (AgentIx, Task)>,
+    /// Whether a [`Timer::SaveSpend`] is pending.
+    spend_timer: bool,
 }
 
 impl Supervisor {
@@ -142,6 +144,7 @@ impl Supervisor {
             started: now,
             pending_spawns: 0,
             retrying: std::collections::HashMap::new(),
+            spend_timer: false,
         }
     }
 
@@ -301,6 +304,9 @@ impl Supervisor {
             if let Event::Assign(i, task) = ev {
                 self.assign(i, *task);
             }
+        }
+        if self.spend_timer {
+            self.save_spend();
         }
         Some(outcome)
     }
@@ -495,6 +501,7 @@ impl Supervisor {
                 generation,
             } => self.hold_ends(account, generation),
             Timer::Retry { seq } => self.retry_now(seq),
+            Timer::SaveSpend => self.save_spend(),
             Timer::ShutdownDeadline => {
                 if self.agents.iter().any(|a| a.child.is_some()) {
                     log::warn!("shutdown deadline passed: killing what is left");

@@ -68,6 +68,8 @@ pub(super) enum Timer {
     HoldEnds { account: usize, generation: u64 },
     /// A task waiting to be retried goes back to the queue.
     Retry { seq: u64 },
+    /// Hand today's spend to the tracker to keep.
+    SaveSpend,
 }
 
 /// Pending timers, earliest first (equal times in the order set).
