@@ -12,7 +12,7 @@ use super::timers::Timer;
 use super::Supervisor;
 use crate::message::dispatcher::{DispatchCmd, Task};
 use crate::message::envelope::{Envelope, MessageType, Payload};
-use crate::message::failures::ErrorKind;
+use crate::message::failures::{ErrorKind, HoldReason};
 use crate::message::router::{alert, answer_to, AgentIx, Origin};
 use crate::message::schemas::{
     AgentState, AlertCode, RawJson, Severity, TaskProgress, TaskResult, TaskStatus,
@@ -78,18 +78,18 @@ impl Supervisor {
                     log::info!("account {name}: held ({reason}) until {until_text}");
                     return;
                 }
+                let auth = reason == HoldReason::Auth;
+                let hint = if auth {
+                    format!("; log in again, then run `mister-smith resume --account {name}`")
+                } else {
+                    String::new()
+                };
                 let message = format!(
-                    "account {name} held ({reason}) until {until_text}: its agents take no tasks until then{}",
-                    match reason {
-                        crate::message::failures::HoldReason::Auth =>
-                            "; log in again, then run `mister-smith resume --account NAME`",
-                        _ => "",
-                    }
-                    .replace("NAME", &name)
+                    "account {name} held ({reason}) until {until_text}: its agents take no tasks until then{hint}"
                 );
                 log::error!("ALERT {message}");
                 let mut env = alert(
-                    if reason == crate::message::failures::HoldReason::Auth {
+                    if auth {
                         Severity::Critical
                     } else {
                         Severity::Warning
