@@ -59,6 +59,50 @@ fn every_problem_of_a_bad_config_is_listed_and_exits_78() {
 }
 
 #[test]
+fn bad_accounts_and_retries_are_listed_too() {
+    let dir = TempDir::new("cc-accounts");
+    let fake = fake_claude();
+    let path = dir.config(&json!({
+        "message": {"retry_attempts": 101, "retry_delay_ms": -1},
+        "accounts": {
+            "team": {"daily_budget_usd": -5, "hold_initial_ms": 60000, "hold_max_ms": 1000,
+                     "overload_threshold": 0, "hold_ms": 1},
+            "Default": {"daily_budget_usd": 1},
+            "a.b": {}
+        },
+        "agents": [
+            {"id": "a", "command": fake, "account": "team"},
+            {"id": "b", "command": fake, "account": "x y"}
+        ]
+    }));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    for w in [
+        "message.retry_attempts: 101 is more than 100",
+        "message.retry_delay_ms: expected a whole number",
+        "accounts.team.hold_ms: unknown key",
+        "accounts.team.daily_budget_usd: expected a number of dollars above 0, found -5",
+        "accounts.team.hold_max_ms: 1000 is less than hold_initial_ms (60000)",
+        "accounts.team.overload_threshold: 0 is less than 1",
+        "accounts.a.b: account name \"a.b\" contains '.'",
+        "agents[1].account: \"x y\" contains ' '",
+    ] {
+        assert!(err.contains(w), "missing {w:?} in:\n{err}");
+    }
+    // With the agents sound, an account nobody names is a typo to fix.
+    let path = dir.config(&json!({
+        "accounts": {"Default": {"daily_budget_usd": 1}},
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("accounts.Default: no agent names this account"),
+        "{err}"
+    );
+}
+
+#[test]
 fn duplicate_ids_after_replica_expansion_are_caught() {
     let dir = TempDir::new("cc-dup");
     let path = dir.config(&json!({"agents": [{"id": "w", "replicas": 2}, {"id": "w-2"}]}));

@@ -119,7 +119,7 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
                 c.until.as_deref().unwrap_or("-"),
                 format!("${:.4}", c.spent_today_usd),
                 c.daily_budget_usd
-                    .map_or("-".to_string(), |b| format!("${b:.2}")),
+                    .map_or("-".to_string(), |b| format!("${b:.4}")),
             );
             print_line(&mut out, line.trim_end().as_bytes())?;
         }

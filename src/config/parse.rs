@@ -143,6 +143,18 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
             format!("expected an array, found {}", kind(other)),
         ),
     }
+    // An account no agent names is a typo somewhere (`Default` for
+    // `default`): its budget and holds would never apply.
+    let named: HashSet<&str> = agents.iter().map(|(a, _)| a.account.as_str()).collect();
+    let broken = p.0.iter().any(|q| q.path.starts_with("agents"));
+    for name in accounts.keys() {
+        if !named.contains(name.as_str()) && !broken {
+            p.push(
+                &format!("accounts.{name}"),
+                "no agent names this account (agents[].account); remove it or fix the name",
+            );
+        }
+    }
     let mut seen = HashSet::new();
     for (a, path) in &agents {
         if !seen.insert(a.id.clone()) {

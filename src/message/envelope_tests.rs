@@ -223,6 +223,9 @@ fn payload(g: &mut Gen) -> Payload {
             agent_id: g.opt(Gen::id),
             task_id: g.opt(Gen::id),
             stderr: g.opt(|g| vec![g.text(), g.text()]),
+            account: g.opt(Gen::id),
+            reason: None,
+            until: g.opt(Gen::text),
         }),
         _ => Payload::SystemHealthCheck(SystemHealthCheck {
             agent_id: g.opt(Gen::id),

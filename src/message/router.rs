@@ -292,6 +292,9 @@ pub fn alert(
         agent_id: agent_id.map(String::from),
         task_id: task_id.map(String::from),
         stderr: None,
+        account: None,
+        reason: None,
+        until: None,
     }))
 }
 

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::message::failures::{AccountView, ErrorKind};
+use crate::message::failures::{AccountView, ErrorKind, HoldReason};
 
 /// An agent's state (DESIGN's lifecycle). The names are a contract:
 /// lowercase on the wire. The legal moves between them are the runtime's
@@ -469,6 +469,15 @@ pub struct SystemAlert {
     pub task_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<Vec<String>>,
+    /// For `account_held` and `account_recovered`: the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// For `account_held`: why it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HoldReason>,
+    /// For `account_held`: when the hold ends (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 /// `system_health_check`: a request (all fields optional) or, with

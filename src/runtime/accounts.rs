@@ -152,7 +152,13 @@ impl Accounts {
         let mut list: Vec<Account> = accounts
             .into_iter()
             .map(|(name, spec)| Account {
-                spent: book.spent.get(&name).copied().unwrap_or(0.0),
+                // Only a spend that could have been summed is kept.
+                spent: book
+                    .spent
+                    .get(&name)
+                    .copied()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .unwrap_or(0.0),
                 name,
                 spec,
                 phase: Phase::Open,
@@ -195,13 +201,21 @@ impl Accounts {
         let spent: Vec<usize> = (0..self.list.len())
             .filter(|&n| {
                 let a = &self.list[n];
-                a.spec.daily_budget_usd.is_some_and(|b| a.spent >= b)
+                a.spec.daily_budget_usd.is_some_and(|b| reached(a.spent, b))
             })
             .collect();
         spent
             .into_iter()
             .filter_map(|n| self.hold(n, HoldReason::BudgetExhausted, Some(midnight), now, wall_ms))
             .collect()
+    }
+
+    /// Whether agent `i`'s account has a daily budget.
+    pub(crate) fn has_budget(&self, i: AgentIx) -> bool {
+        self.list[self.account_of(i)]
+            .spec
+            .daily_budget_usd
+            .is_some()
     }
 
     pub(crate) fn account_of(&self, i: AgentIx) -> usize {
@@ -346,7 +360,7 @@ impl Accounts {
                     ..
                 }
             );
-            if a.spent >= budget && !already {
+            if reached(a.spent, budget) && !already {
                 let midnight = (today + 1) * DAY_MS;
                 out.extend(self.hold(
                     account,
@@ -377,7 +391,10 @@ impl Accounts {
         if fresh {
             a.holds_in_row = a.holds_in_row.saturating_add(1);
         }
-        let delay = match until_ms {
+        // A reset time already past (a skewed clock, a stale event) says
+        // nothing of when the limit ends: the backoff decides, not a probe a
+        // second.
+        let delay = match until_ms.filter(|t| *t > wall_ms) {
             Some(t) => {
                 let ms = u64::try_from(t.saturating_sub(wall_ms)).unwrap_or(0);
                 Duration::from_millis(ms).clamp(Duration::from_secs(1), MAX_RESET)
@@ -448,7 +465,7 @@ impl Accounts {
                 a.day = today;
                 a.spent = 0.0;
             }
-            if a.spec.daily_budget_usd.is_some_and(|b| a.spent >= b) {
+            if a.spec.daily_budget_usd.is_some_and(|b| reached(a.spent, b)) {
                 // The clock says it is still the same day: wait for it.
                 let midnight = (today + 1) * DAY_MS;
                 a.phase = Phase::Open;
@@ -551,6 +568,12 @@ impl Accounts {
                 .collect(),
         }
     }
+}
+
+/// Whether `spent` reaches `budget`. Spend is a sum of floats: ten tasks
+/// of $0.10 add up to 0.9999999999999999, which must count as $1.00.
+fn reached(spent: f64, budget: f64) -> bool {
+    spent + 1e-9 >= budget
 }
 
 /// Which reason wins when two hold one account: the one a person must fix.

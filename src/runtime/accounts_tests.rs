@@ -191,7 +191,28 @@ fn resets_far_ahead_or_behind_are_clamped() {
         now,
         T0_MS,
     );
-    assert_eq!(held(&c).map(|h| h.1), Some(Duration::from_secs(1)));
+    // A reset already past is no reset time: the backoff decides.
+    assert_eq!(held(&c).map(|h| h.1), Some(Duration::from_secs(30)));
+    let c = acc.on_result(
+        A1,
+        Some(ErrorKind::RateLimited),
+        Some(T0_MS / 1000),
+        0.0,
+        now,
+        T0_MS,
+    );
+    assert_eq!(held(&c), None, "no shorter, no new alert");
+    // One a moment ahead holds at least a second.
+    let mut other = accounts();
+    let c = other.on_result(
+        A0,
+        Some(ErrorKind::RateLimited),
+        Some(T0_MS / 1000 + 1),
+        0.0,
+        now,
+        T0_MS - 900,
+    );
+    assert!(held(&c).is_some_and(|h| h.1 >= Duration::from_secs(1)));
     let c = acc.on_result(
         B0,
         Some(ErrorKind::RateLimited),
@@ -229,6 +250,26 @@ fn a_daily_budget_holds_until_midnight_and_survives_a_restart() {
     let mut acc = Accounts::new(vec![("a".into(), s.clone())], &["a".into()], None, T0_MS);
     let now = base();
     let noon = T0_MS + DAY_MS / 2;
+    // A kept spend that no sum gives is not trusted.
+    let bad = SpendBook {
+        day: day_of(noon),
+        spent: [("a".to_string(), -100.0)].into(),
+    };
+    let odd = Accounts::new(
+        vec![("a".into(), s.clone())],
+        &["a".into()],
+        Some(bad),
+        noon,
+    );
+    assert_eq!(odd.view(0, noon).unwrap().spent_today_usd, 0.0);
+    // Ten tasks of $0.10 reach $1.00, float sums notwithstanding.
+    let mut dollar = spec();
+    dollar.daily_budget_usd = Some(1.0);
+    let mut ten = Accounts::new(vec![("a".into(), dollar)], &["a".into()], None, noon);
+    for n in 1..=10 {
+        let c = ten.on_result(A0, None, None, 0.1, now, noon);
+        assert_eq!(held(&c).is_some(), n == 10, "task {n}");
+    }
     assert!(acc.on_result(A0, None, None, 0.004, now, noon).is_empty());
     assert!(acc.on_result(A0, None, None, 0.004, now, noon).is_empty());
     let c = acc.on_result(A0, None, None, 0.004, now, noon);

@@ -175,6 +175,19 @@ fn overloads_and_api_errors() {
         kind(&[api_failure("upstream went away", json!(502))]),
         Some(ErrorKind::ApiError)
     );
+    assert_eq!(
+        kind(&[api_failure("API Error: 408 request timed out", json!(408))]),
+        Some(ErrorKind::ApiError)
+    );
+    // A request the API refused as it was is the task's own failure.
+    let e400 = "API Error: 400 {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"image exceeds 5 MB\"}}";
+    assert_eq!(
+        kind(&[
+            assistant("invalid_request", e400),
+            api_failure(e400, json!(400))
+        ]),
+        Some(ErrorKind::Other)
+    );
     // The CLI's own retries are progress, not failure.
     let retry = json!({"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,
         "retry_delay_ms":500,"error_status":529,"error":"overloaded"});

@@ -461,6 +461,14 @@ pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
     if status == Some(529) || has(&["overloaded"]) {
         return fail(ErrorKind::Overloaded);
     }
+    // A request the API refused as it was (a 4xx: an image too large, a
+    // bad parameter) is the task's own fault: retrying it, or holding the
+    // account for it, helps nobody.
+    if status.is_some_and(|s| (400..500).contains(&s) && s != 408)
+        || assistant == Some("invalid_request")
+    {
+        return fail(ErrorKind::Other);
+    }
     if status.is_some_and(|s| s >= 500 || s == 408)
         || assistant == Some("server_error")
         || has(&["api error", "internal server error", "connection error"])

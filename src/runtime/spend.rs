@@ -11,8 +11,18 @@ const FILE: &str = "spend.json";
 
 /// Today's spend as an earlier daemon kept it, if any.
 pub(crate) fn read(dir: &Path) -> Option<SpendBook> {
-    let text = fs::read(dir.join(FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+    let path = dir.join(FILE);
+    let text = fs::read(&path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(book) => Some(book),
+        Err(e) => {
+            log::warn!(
+                "{} is unreadable ({e}): today's spend starts from $0",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Writes `book`, if there is one.

@@ -448,16 +448,9 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
     // come back to us), made with the write that follows it: a crash loop
     // then costs one scan of /proc per write, not one per exit.
     let mut pass_due = false;
-    let (mut spend, mut spend_due) = (None, None::<std::time::Instant>);
     loop {
         let debounce = pending_write.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
-        let spend_timer = spend_due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let changed = select_biased! {
-            recv(spend_timer) -> _ => {
-                spend_due = None;
-                crate::runtime::spend::write(dir, spend.take());
-                false
-            },
             recv(debounce) -> _ => {
                 pending_write = None;
                 if std::mem::take(&mut pass_due) {
@@ -500,15 +493,14 @@ pub(crate) fn run(inbox: &Receiver<TrackCmd>, dir: &Path) {
                     false
                 }
                 Ok(TrackCmd::Spend(book)) => {
-                    // A burst of results costs one write, of the last word.
-                    spend = Some(book);
-                    spend_due.get_or_insert_with(|| std::time::Instant::now() + WRITE_DELAY);
+                    // The supervisor already sends it at most once a second
+                    // (at once for an account with a budget).
+                    crate::runtime::spend::write(dir, Some(book));
                     false
                 }
                 Err(_) => {
                     // The daemon is done: its agents are gone. Its spend
-                    // stays for the next start.
-                    crate::runtime::spend::write(dir, spend.take());
+                    // (spend.json) stays for the next start.
                     let _ = fs::remove_file(&path);
                     return;
                 }

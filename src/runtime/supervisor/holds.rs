@@ -100,10 +100,11 @@ impl Supervisor {
                     None,
                 );
                 env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
-                env.metadata
-                    .insert("account".into(), self.links.accounts.name(account).into());
-                env.metadata.insert("reason".into(), reason.as_str().into());
-                env.metadata.insert("until".into(), until_text);
+                if let Payload::SystemAlert(al) = &mut env.payload {
+                    al.account = Some(name);
+                    al.reason = Some(reason);
+                    al.until = Some(until_text);
+                }
                 self.publish(i, MessageType::SystemAlert, &env);
             }
             Change::HalfOpen { account } => {
@@ -136,7 +137,9 @@ impl Supervisor {
                     Some(&self.agents[i.0].spec.id),
                     None,
                 );
-                env.metadata.insert("account".into(), name);
+                if let Payload::SystemAlert(al) = &mut env.payload {
+                    al.account = Some(name);
+                }
                 self.publish(i, MessageType::SystemAlert, &env);
                 for a in self.idle_of(account) {
                     self.offer(a);
@@ -200,7 +203,9 @@ impl Supervisor {
         };
         if let Some(reply) = &origin.reply_to {
             let mut env = alert(severity, code, message, None, None);
-            env.metadata.insert("account".into(), name.into());
+            if let Payload::SystemAlert(al) = &mut env.payload {
+                al.account = Some(name.to_string());
+            }
             env.metadata
                 .insert("daemon_id".into(), self.links.table.daemon_id.clone());
             self.links.outbox.reply(reply, &answer_to(env, origin));
@@ -231,8 +236,11 @@ impl Supervisor {
         for change in changes {
             self.apply(i, change);
         }
-        if cost > 0.0 && !self.spend_timer {
-            // Kept at most once a second: a burst of results costs one
+        if cost > 0.0 && self.links.accounts.has_budget(i) {
+            // A budget must not be overrun by a restart: kept at once.
+            self.save_spend();
+        } else if cost > 0.0 && !self.spend_timer {
+            // Else at most once a second: a burst of results costs one
             // message to the tracker, not one each.
             self.spend_timer = true;
             self.schedule(SAVE_SPEND_EVERY, Timer::SaveSpend);

@@ -75,14 +75,24 @@ impl Supervisor {
             queued: self.links.queued.load(std::sync::atomic::Ordering::Relaxed),
             queue_capacity: self.links.queue_capacity,
             agents,
-            accounts: self.links.accounts.views(
-                &self
-                    .agents
-                    .iter()
-                    .map(|a| a.spec.protocol.takes_tasks())
-                    .collect::<Vec<_>>(),
-                self.clock.wall_ms(),
-            ),
+            // A report on one agent speaks of its account only.
+            accounts: match agent {
+                Some(i) if self.agents[i.0].spec.protocol.takes_tasks() => self
+                    .links
+                    .accounts
+                    .view(self.links.accounts.account_of(i), self.clock.wall_ms())
+                    .into_iter()
+                    .collect(),
+                Some(_) => Vec::new(),
+                None => self.links.accounts.views(
+                    &self
+                        .agents
+                        .iter()
+                        .map(|a| a.spec.protocol.takes_tasks())
+                        .collect::<Vec<_>>(),
+                    self.clock.wall_ms(),
+                ),
+            },
             part: None,
             parts: None,
         }

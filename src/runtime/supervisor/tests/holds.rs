@@ -50,10 +50,12 @@ fn an_auth_failure_puts_the_task_back_and_withholds_the_accounts_agents() {
         .filter(|(s, _)| s.ends_with("system_alert"))
         .collect();
     assert_eq!(alerts.len(), 1);
-    assert_eq!(
-        alerts[0].1.metadata.get("account").map(String::as_str),
-        Some("default")
-    );
+    let crate::message::envelope::Payload::SystemAlert(al) = &alerts[0].1.payload else {
+        panic!("not an alert")
+    };
+    assert_eq!(al.account.as_deref(), Some("default"));
+    assert_eq!(al.reason, Some(HoldReason::Auth));
+    assert!(al.until.is_some());
     assert!(!out
         .iter()
         .any(|(_, e)| matches!(e.payload, crate::message::envelope::Payload::TaskResult(_))));
