@@ -245,8 +245,9 @@ impl TurnResult {
         let get = |k: &str| fields.get(k).map(|v| v.get());
         let field = |k: &str| -> Option<Value> { serde_json::from_str(get(k)?).ok() };
         let text = |k: &str| field(k).and_then(|v| v.as_str().map(String::from));
+        let subtype = text("subtype");
         let is_error = field("is_error").and_then(|v| v.as_bool()).unwrap_or(true)
-            || text("subtype").as_deref() != Some("success");
+            || subtype.as_deref() != Some("success");
         let errors = get("errors")
             .and_then(|e| serde_json::from_str::<Vec<&RawValue>>(e).ok())
             .unwrap_or_default()
@@ -263,7 +264,7 @@ impl TurnResult {
                 .filter(|c| c.is_finite() && *c >= 0.0),
             usage: get("usage").and_then(|u| RawJson::from_text(u.as_bytes()).ok()),
             session_id: text("session_id"),
-            subtype: text("subtype"),
+            subtype,
             api_error_status: field("api_error_status")
                 .and_then(|v| v.as_u64())
                 .and_then(|n| u16::try_from(n).ok()),
@@ -389,6 +390,10 @@ pub struct Failure {
 /// usage limit as the result text `Claude AI usage limit reached|<epoch>`.
 /// A failed turn of no known shape is `other`. `None`: it completed.
 pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
+    let old_limit = turn.result.as_deref().and_then(old_usage_limit);
+    if !turn.is_error && old_limit.is_none() {
+        return None;
+    }
     let text = turn
         .result
         .iter()
@@ -396,10 +401,6 @@ pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
         .map(|t| t.to_lowercase())
         .collect::<Vec<_>>()
         .join("\n");
-    let old_limit = turn.result.as_deref().and_then(old_usage_limit);
-    if !turn.is_error && old_limit.is_none() {
-        return None;
-    }
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
     let status = turn.api_error_status;
     let assistant = signals.assistant_error.as_deref();

@@ -37,7 +37,9 @@ impl Supervisor {
             reason: a.reason.as_ref().map(|r| r.text.clone()),
             reason_code: a.reason.as_ref().map(|r| r.code),
             also_on: (!a.also_on.is_empty()).then(|| a.also_on.keys().cloned().collect()),
-            account: if a.spec.protocol.takes_tasks() {
+            // Like memory and CPU, only in a report: a transition is on
+            // every task's path.
+            account: if previous.is_none() && a.spec.protocol.takes_tasks() {
                 self.links
                     .accounts
                     .view(self.links.accounts.account_of(i), self.clock.wall_ms())
