@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod accounts;
 mod dups;
 mod host;
 pub mod names;

@@ -16,10 +16,10 @@ use super::names::{check_token, MAX_TOKEN_LEN};
 use super::problems::{kind, Problems};
 use super::url::check_nats_url;
 use super::{
-    AccountSpec, AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig,
-    PolicyKind, Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT,
-    DEFAULT_AGENT_TYPE, DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT,
-    MAX_CONFIG_BYTES, MAX_REPLICAS, MAX_RETRIES,
+    AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig, PolicyKind,
+    Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT, DEFAULT_AGENT_TYPE,
+    DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CONFIG_BYTES, MAX_REPLICAS,
+    MAX_RETRIES,
 };
 
 /// Reads and checks the config file at `path`, including that every
@@ -128,7 +128,7 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     };
     let transport = transport(&mut p, top.get("transport"));
     let message = message(&mut p, top.get("message"));
-    let accounts = accounts(&mut p, top.get("accounts"));
+    let accounts = super::accounts::parse(&mut p, top.get("accounts"));
 
     let mut agents = Vec::new();
     match top.get("agents") {
@@ -290,74 +290,6 @@ fn message(p: &mut Problems, v: Option<&Value>) -> MessageConfig {
         .opt_millis(m, "message", "retry_delay_ms", 0)
         .unwrap_or(c.retry_delay_ms);
     c
-}
-
-/// The `accounts` map: each name a token, each entry's keys checked.
-fn accounts(p: &mut Problems, v: Option<&Value>) -> BTreeMap<String, AccountSpec> {
-    let mut out = BTreeMap::new();
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return out;
-    };
-    let Some(m) = p.object(v, "accounts") else {
-        return out;
-    };
-    for (name, entry) in m {
-        let path = format!("accounts.{name}");
-        if let Err(why) = check_token(name) {
-            p.push(&path, format!("account name {name:?} {why}"));
-            continue;
-        }
-        let mut a = AccountSpec::default();
-        if entry.is_null() {
-            out.insert(name.clone(), a);
-            continue;
-        }
-        let Some(e) = p.object(entry, &path) else {
-            continue;
-        };
-        p.known_keys(
-            e,
-            &path,
-            &[
-                "daily_budget_usd",
-                "hold_initial_ms",
-                "hold_max_ms",
-                "overload_threshold",
-            ],
-        );
-        match e.get("daily_budget_usd") {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_f64() {
-                Some(x) if x.is_finite() && x > 0.0 => a.daily_budget_usd = Some(x),
-                _ => p.push(
-                    &format!("{path}.daily_budget_usd"),
-                    format!("expected a number of dollars above 0, found {v}"),
-                ),
-            },
-        }
-        a.hold_initial = p.duration(e, &path, "hold_initial_ms", a.hold_initial, 1);
-        a.hold_max = p.duration(e, &path, "hold_max_ms", a.hold_max, 1);
-        if a.hold_max < a.hold_initial {
-            p.push(
-                &format!("{path}.hold_max_ms"),
-                format!(
-                    "{} is less than hold_initial_ms ({})",
-                    a.hold_max.as_millis(),
-                    a.hold_initial.as_millis()
-                ),
-            );
-        }
-        let threshold = p.uint(
-            e,
-            &path,
-            "overload_threshold",
-            u64::from(a.overload_threshold),
-            1,
-        );
-        a.overload_threshold = u32::try_from(threshold).unwrap_or(u32::MAX);
-        out.insert(name.clone(), a);
-    }
-    out
 }
 
 /// Checks one entry of `agents` and expands its replicas. Each agent comes
