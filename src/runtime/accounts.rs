@@ -304,24 +304,14 @@ impl Accounts {
         }
         let half_open = matches!(a.phase, Phase::HalfOpen { .. });
         match kind {
-            None => {
+            // It completed, or failed on its own limits: the API answered.
+            k if k.is_none_or(ErrorKind::account_answered) => {
                 a.overloads_in_row = 0;
-                // A task that began before a hold and succeeds proves
+                // A task that began before a hold and ends so proves
                 // nothing about it: the doubling goes on.
                 if !matches!(a.phase, Phase::Held { .. }) {
                     a.holds_in_row = 0;
                 }
-                if half_open {
-                    a.phase = Phase::Open;
-                    out.push(Change::Recovered {
-                        account,
-                        by_operator: false,
-                    });
-                }
-            }
-            Some(k) if k.account_answered() => {
-                a.overloads_in_row = 0;
-                a.holds_in_row = 0;
                 if half_open {
                     a.phase = Phase::Open;
                     out.push(Change::Recovered {
@@ -343,7 +333,7 @@ impl Accounts {
                     out.extend(self.hold(account, HoldReason::Overloaded, None, now, wall_ms));
                 }
             }
-            Some(_) => {
+            Some(_) | None => {
                 // Crashed, hung, timed out, cancelled: nothing about the
                 // account. A probe that ended so leaves room for another.
                 if was_probe && half_open {
