@@ -125,4 +125,7 @@ fn the_production_example_is_a_valid_config() {
     let c = mister_smith::config::load_unchecked(&examples().join("production.json")).unwrap();
     assert_eq!(c.agents.len(), 3);
     assert!(c.agents[0].args.iter().any(|a| a == "--strict-mcp-config"));
+    assert!(c.agents.iter().all(|a| a.account == "team"));
+    assert_eq!(c.accounts["team"].daily_budget_usd, Some(50.0));
+    assert_eq!(c.message.retry_attempts, 2);
 }
