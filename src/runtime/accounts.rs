@@ -296,7 +296,8 @@ impl Accounts {
             a.spent = 0.0;
         }
         if cost.is_finite() && cost > 0.0 {
-            a.spent += cost;
+            // Bounded, so the sum stays a number whatever agents report.
+            a.spent = (a.spent + cost).min(1e12);
         }
         let was_probe = a.probe == Some(i);
         if was_probe {

@@ -179,6 +179,19 @@ fn overloads_and_api_errors() {
         kind(&[api_failure("API Error: 408 request timed out", json!(408))]),
         Some(ErrorKind::ApiError)
     );
+    // The status as a float, a string, or only in the text.
+    let bad = "API Error: 400 {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"bad\"}}";
+    for status in [json!(400.0), json!("400"), Value::Null] {
+        assert_eq!(
+            kind(&[api_failure(bad, status.clone())]),
+            Some(ErrorKind::Other),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        kind(&[api_failure("API Error: 503 unavailable", Value::Null)]),
+        Some(ErrorKind::ApiError)
+    );
     // A request the API refused as it was is the task's own failure.
     let e400 = "API Error: 400 {\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"image exceeds 5 MB\"}}";
     assert_eq!(

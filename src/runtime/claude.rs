@@ -261,13 +261,11 @@ impl TurnResult {
             num_turns: field("num_turns").and_then(|v| v.as_u64()),
             total_cost_usd: field("total_cost_usd")
                 .and_then(|v| v.as_f64())
-                .filter(|c| c.is_finite() && *c >= 0.0),
+                .filter(|c| (0.0..=MAX_COST_USD).contains(c)),
             usage: get("usage").and_then(|u| RawJson::from_text(u.as_bytes()).ok()),
             session_id: text("session_id"),
             subtype,
-            api_error_status: field("api_error_status")
-                .and_then(|v| v.as_u64())
-                .and_then(|n| u16::try_from(n).ok()),
+            api_error_status: field("api_error_status").and_then(|v| http_status(&v)),
             terminal_reason: text("terminal_reason"),
         })
     }
@@ -402,7 +400,7 @@ pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
         .collect::<Vec<_>>()
         .join("\n");
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
-    let status = turn.api_error_status;
+    let status = turn.api_error_status.or_else(|| status_in_text(&text));
     let assistant = signals.assistant_error.as_deref();
     let terminal = turn.terminal_reason.as_deref();
     let fail = |kind| {
@@ -477,6 +475,29 @@ pub fn classify(turn: &TurnResult, signals: &TurnSignals) -> Option<Failure> {
         return fail(ErrorKind::ApiError);
     }
     fail(ErrorKind::Other)
+}
+
+/// The most one turn can have cost: anything more is a broken number, and
+/// summing a few of them would leave the finite range.
+const MAX_COST_USD: f64 = 1e6;
+
+/// An HTTP status as claude may write it: 400, 400.0 or "400".
+fn http_status(v: &Value) -> Option<u16> {
+    let n = match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }?;
+    u16::try_from(n).ok().filter(|s| (100..600).contains(s))
+}
+
+/// The HTTP status in an API failure's text, `API Error: 400 {...}`.
+fn status_in_text(lowered: &str) -> Option<u16> {
+    let at = lowered.find("api error: ")? + "api error: ".len();
+    let digits = lowered.get(at..at + 3)?;
+    http_status(&Value::String(digits.to_string()))
 }
 
 /// The reset time of an old-style usage limit text,

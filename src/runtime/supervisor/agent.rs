@@ -107,6 +107,9 @@ pub(super) struct Agent {
     pub(super) watchdog: u64,
     /// Other daemons that announced an agent with this id.
     pub(super) also_on: std::collections::BTreeMap<String, Instant>,
+    /// Terminated only on the way to a new run (`restart`): its queued
+    /// tasks are kept for it.
+    pub(super) restarting: bool,
 }
 
 impl Agent {
@@ -133,6 +136,7 @@ impl Agent {
             reason: None,
             watchdog: 0,
             also_on: std::collections::BTreeMap::new(),
+            restarting: false,
         }
     }
 }

@@ -63,7 +63,7 @@ impl Supervisor {
             _ => {}
         }
         if a.spec.protocol.takes_tasks() {
-            if to == AgentState::Terminated {
+            if to == AgentState::Terminated && !a.restarting {
                 // Tasks would wait for nobody: the dispatcher cancels the
                 // queued ones and refuses new ones until it starts again.
                 let why = a.reason.as_ref().map_or("terminated", |r| r.text.as_str());
@@ -287,7 +287,9 @@ impl Supervisor {
                 return;
             }
             if state == AgentState::Error {
+                self.agents[i.0].restarting = true;
                 self.set_state(i, AgentState::Terminated);
+                self.agents[i.0].restarting = false;
             }
             self.start(i);
             return;
@@ -380,7 +382,10 @@ impl Supervisor {
             }
             Some(Takedown::Restart) => {
                 log::info!("agent {}: {how}; starting it again", a.spec.id);
+                // Passing through: its queued tasks wait for the new run.
+                a.restarting = self.shutdown.is_none();
                 self.set_state(i, AgentState::Terminated);
+                self.agents[i.0].restarting = false;
                 if self.shutdown.is_none() {
                     self.agents[i.0].restarts += 1;
                     self.start(i);

@@ -349,7 +349,7 @@ impl Supervisor {
             failure.map(|f| f.kind),
             timed_out,
         );
-        a.cost_usd += result.total_cost_usd.unwrap_or(0.0);
+        a.cost_usd = (a.cost_usd + result.total_cost_usd.unwrap_or(0.0)).min(1e12);
         self.settle(i, r.task, result, failure.and_then(|f| f.resets_at));
         let a = &mut self.agents[i.0];
         match a.spec.protocol {

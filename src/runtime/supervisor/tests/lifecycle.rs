@@ -349,3 +349,16 @@ fn a_clash_with_another_daemon_is_reported_refreshed_and_ends() {
     h.advance(120_000);
     assert_eq!(registrations(&h.published()), 0, "no more announcements");
 }
+
+#[test]
+fn a_restart_keeps_the_agents_queued_tasks() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    h.control(0, CommandType::Restart);
+    h.exit(0, 143);
+    let seen = h.dispatched();
+    assert!(
+        seen.iter().all(|c| !c.starts_with("down")),
+        "a restart must not cancel queued tasks: {seen:?}"
+    );
+    assert_eq!(h.state(0), AgentState::Initializing);
+}
