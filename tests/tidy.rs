@@ -412,7 +412,16 @@ fn every_source_file_says_what_it_holds() {
 
 #[test]
 fn nothing_points_outside_the_repository() {
-    let needles = ["../shared", "shared/reference", "DESIGN.md", "/work/"];
+    // Spelled in pieces, so that this file does not match itself.
+    let shared = ["..", "/shared"].concat();
+    let reference = ["shared", "/reference"].concat();
+    let work = ["/", "work/"].concat();
+    let needles = [
+        shared.as_str(),
+        reference.as_str(),
+        "DESIGN.md",
+        work.as_str(),
+    ];
     let mut files: Vec<PathBuf> = ["src", "tests", "examples"]
         .iter()
         .flat_map(|d| rust_files(d))
