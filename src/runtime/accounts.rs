@@ -84,6 +84,22 @@ struct Account {
     day: i64,
 }
 
+impl Account {
+    fn new(name: String, spec: AccountSpec, spent: f64, day: i64) -> Account {
+        Account {
+            name,
+            spec,
+            phase: Phase::Open,
+            holds_in_row: 0,
+            overloads_in_row: 0,
+            probe: None,
+            generation: 0,
+            spent,
+            day,
+        }
+    }
+}
+
 /// The spend kept in the run directory, so a restart does not reset a
 /// daily budget.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,22 +167,15 @@ impl Accounts {
         let book = book.filter(|b| b.day == today).unwrap_or_default();
         let mut list: Vec<Account> = accounts
             .into_iter()
-            .map(|(name, spec)| Account {
+            .map(|(name, spec)| {
                 // Only a spend that could have been summed is kept.
-                spent: book
+                let spent = book
                     .spent
                     .get(&name)
                     .copied()
                     .filter(|s| s.is_finite() && *s >= 0.0)
-                    .unwrap_or(0.0),
-                name,
-                spec,
-                phase: Phase::Open,
-                holds_in_row: 0,
-                overloads_in_row: 0,
-                probe: None,
-                generation: 0,
-                day: today,
+                    .unwrap_or(0.0);
+                Account::new(name, spec, spent, today)
             })
             .collect();
         let of_agent = agents
@@ -176,17 +185,12 @@ impl Accounts {
                 None => {
                     // Plain processes draw on no account, but every agent
                     // has a row: give theirs the defaults.
-                    list.push(Account {
-                        name: name.clone(),
-                        spec: AccountSpec::default(),
-                        phase: Phase::Open,
-                        holds_in_row: 0,
-                        overloads_in_row: 0,
-                        probe: None,
-                        generation: 0,
-                        spent: 0.0,
-                        day: today,
-                    });
+                    list.push(Account::new(
+                        name.clone(),
+                        AccountSpec::default(),
+                        0.0,
+                        today,
+                    ));
                     list.len() - 1
                 }
             })
@@ -334,7 +338,7 @@ impl Accounts {
                     out.extend(self.hold(account, HoldReason::Overloaded, None, now, wall_ms));
                 }
             }
-            Some(_) | None => {
+            _ => {
                 // Crashed, hung, timed out, cancelled: nothing about the
                 // account. A probe that ended so leaves room for another.
                 if was_probe && half_open {
