@@ -10,7 +10,7 @@ use crate::error::{exit, SystemError};
 use crate::message::envelope::{Envelope, Payload};
 use crate::message::schemas::Severity;
 use crate::transport::local_transport::LocalClient;
-use crate::transport::nats_transport::NatsClient;
+use crate::transport::nats_transport::{NatsClient, Reconnect};
 use crate::transport::{Incoming, Transport, TransportError, TransportKind};
 
 /// How long to wait for a daemon to acknowledge a request.
@@ -54,7 +54,15 @@ pub(super) struct Client {
 pub(super) fn connect(cli: &Cli) -> Result<Client, SystemError> {
     let config = cli.client_config()?;
     let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())?) {
-        (None, Some(settings)) => Box::new(NatsClient::connect(&settings)?),
+        (None, Some(settings)) => {
+            // A durable task's answer is kept: a command waiting for one
+            // reconnects for as long as its bound lets it.
+            let reconnect = match config.as_ref().and_then(|c| c.transport.jetstream.as_ref()) {
+                Some(_) => Reconnect::UntilBound,
+                None => Reconnect::Once,
+            };
+            Box::new(NatsClient::connect(&settings, reconnect)?)
+        }
         _ => Box::new(LocalClient::connect(&cli.socket_path(config.as_ref()))?),
     };
     Ok(Client {
@@ -94,6 +102,14 @@ impl Client {
     ) -> Result<String, SystemError> {
         let reply = self.reply_subject()?;
         env.reply_to = Some(reply.clone());
+        let bytes = self.encode_checked(env)?;
+        self.transport.publish(subject, Some(&reply), &bytes)?;
+        Ok(reply)
+    }
+
+    /// `env` encoded, refused when it is larger than the config or the
+    /// server allows.
+    pub(super) fn encode_checked(&self, env: &Envelope) -> Result<Vec<u8>, SystemError> {
         let bytes = env.encode();
         let configured = self.limits().max_message_size;
         if bytes.len() > configured {
@@ -108,8 +124,7 @@ impl Client {
                 bytes.len()
             )));
         }
-        self.transport.publish(subject, Some(&reply), &bytes)?;
-        Ok(reply)
+        Ok(bytes)
     }
 
     /// Confirms that what was published reached the server or daemon,

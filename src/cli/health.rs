@@ -12,6 +12,7 @@ use crate::config::names::check_token;
 use crate::error::{HealthState, SystemError};
 use crate::message::failures::{AccountState, HoldReason};
 use crate::message::schemas::{AgentState, AgentStatus, HealthReport, LinkState, ReasonCode};
+use crate::message::stream_view::StreamLink;
 
 /// check the fleet: prints one line with perfdata after '|'. Exit: 0 OK
 /// (every agent healthy), 1 WARNING (an agent starting, restarting, paused
@@ -178,6 +179,21 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
                 r.daemon_id
             )),
             LinkState::Off | LinkState::Connected => {}
+        }
+        // Durable tasks wait in the stream (or cannot be stored) meanwhile.
+        if let Some(js) = r
+            .jetstream
+            .as_ref()
+            .filter(|j| j.state == StreamLink::Unreachable)
+        {
+            warning.push(format!(
+                "daemon {} JetStream unreachable{}",
+                r.daemon_id,
+                js.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
         }
     }
     let mut answered: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();

@@ -19,6 +19,7 @@ mod bound;
 mod check_config;
 mod client;
 mod control;
+mod durable;
 mod gather;
 mod health;
 mod listen;

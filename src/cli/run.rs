@@ -27,6 +27,17 @@ pub(super) fn run(cli: &Cli, _args: &RunArgs) -> Result<u8, SystemError> {
         socket: cli.socket_path(Some(&config)),
         nats: cli.nats_settings(Some(&config))?,
     };
+    if config.transport.jetstream.is_some() && endpoints.nats.is_none() {
+        return Err(config::ConfigError::Invalid {
+            path: config.path.clone(),
+            problems: vec![config::Problem {
+                path: "transport.jetstream".into(),
+                message: "durable tasks need NATS: set transport.nats_url, NATS_URL or --nats"
+                    .into(),
+            }],
+        }
+        .into());
+    }
     match daemon::run(config, endpoints)? {
         Outcome::Graceful => Ok(0),
         Outcome::Forced(sig) => Ok(u8::try_from(128 + sig).unwrap_or(u8::MAX)),

@@ -92,7 +92,7 @@ fn bad(message: impl Into<String>) -> SystemError {
 
 /// Past a task's own deadline, how long to wait for its answer: the
 /// daemon's interrupt grace (5 s) and some slack.
-const RESULT_MARGIN: Duration = Duration::from_secs(7);
+pub(super) const RESULT_MARGIN: Duration = Duration::from_secs(7);
 
 /// What is known of one request (one task, or one per agent for `--to all`).
 struct Pending {
@@ -198,6 +198,16 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     let mut client = client::connect(cli)?;
     if message_type != MessageType::TaskAssignment {
         return send_other(&mut client, &subject, envelopes);
+    }
+    // Durable mode stores tasks for one agent or any of a type; a task for
+    // `all` goes to every agent there is now, on core NATS.
+    let durable = client
+        .config
+        .as_ref()
+        .and_then(|c| c.transport.jetstream.clone())
+        .filter(|_| client.kind() == TransportKind::Nats && args.to.as_deref() != Some("all"));
+    if let Some(js) = durable {
+        return crate::cli::durable::send(&mut client, &js, &subject, envelopes, args);
     }
     send_tasks(&mut client, &subject, envelopes, args)
 }
@@ -506,15 +516,15 @@ fn send_tasks(
 /// `{"type":"system","subtype":"queued","timeout_ms":T,...}`. Only these
 /// fields are read; any other event is passed through unparsed.
 #[derive(serde::Deserialize)]
-struct Queued {
+pub(super) struct Queued {
     #[serde(rename = "type")]
     kind: Option<String>,
     subtype: Option<String>,
-    timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 impl Queued {
-    fn of(event: &RawJson) -> Option<Queued> {
+    pub(super) fn of(event: &RawJson) -> Option<Queued> {
         let head: Queued = serde_json::from_str(event.text()).ok()?;
         (head.kind.as_deref() == Some("system") && head.subtype.as_deref() == Some("queued"))
             .then_some(head)

@@ -11,7 +11,8 @@ use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
 use crate::message::failures::{AccountState, AccountView};
-use crate::message::schemas::AgentStatus;
+use crate::message::schemas::{AgentStatus, HealthReport};
+use crate::message::stream_view::StreamLink;
 use crate::transport::TransportKind;
 
 /// show each agent's state, pid, uptime, restarts, tasks done and failed,
@@ -124,11 +125,55 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
             print_line(&mut out, line.trim_end().as_bytes())?;
         }
     }
+    if args.id.is_none() {
+        streams(&mut out, &reports)?;
+    }
     out.flush().map_err(|source| SystemError::Io {
         what: "write to stdout",
         source,
     })?;
     Ok(exit::OK)
+}
+
+/// Durable mode: each consumer of the tasks stream once (daemons share the
+/// `any` ones), with the tasks waiting in the stream for it.
+fn streams(out: &mut impl Write, reports: &[HealthReport]) -> Result<(), SystemError> {
+    let mut rows: std::collections::BTreeMap<(String, String), (u64, String)> =
+        std::collections::BTreeMap::new();
+    for r in reports {
+        let Some(js) = &r.jetstream else { continue };
+        let state = match js.state {
+            StreamLink::Ok => "ok".to_string(),
+            s => format!("{} ({})", s.as_str(), r.daemon_id),
+        };
+        for c in &js.consumers {
+            let row = rows
+                .entry((js.stream.clone(), c.name.clone()))
+                .or_insert((0, state.clone()));
+            row.0 = row.0.max(c.waiting);
+            if js.state != StreamLink::Ok {
+                row.1.clone_from(&state);
+            }
+        }
+        if js.consumers.is_empty() {
+            rows.entry((js.stream.clone(), "-".into()))
+                .or_insert((0, state));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    print_line(out, b"")?;
+    let header = format!(
+        "{:<24} {:<28} {:>8} {}",
+        "STREAM", "CONSUMER", "WAITING", "JETSTREAM"
+    );
+    print_line(out, header.as_bytes())?;
+    for ((stream, name), (waiting, state)) in rows {
+        let line = format!("{stream:<24} {name:<28} {waiting:>8} {state}");
+        print_line(out, line.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// 42s, 3m07s, 5h02m, 2d04h.

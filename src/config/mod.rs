@@ -18,12 +18,15 @@ use std::time::Duration;
 mod accounts;
 mod dups;
 mod host;
+mod jetstream;
 pub mod names;
 mod parse;
 mod problems;
 #[cfg(test)]
 mod tests;
 pub mod url;
+
+pub use jetstream::JetStreamConfig;
 
 pub use parse::{load, load_unchecked, parse};
 
@@ -218,6 +221,8 @@ pub struct TransportConfig {
     pub nats_url: Option<String>,
     pub socket: Option<PathBuf>,
     pub auth: NatsAuth,
+    /// Durable tasks; `None` keeps tasks on core NATS.
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 /// Limits on messages.

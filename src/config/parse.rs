@@ -209,8 +209,16 @@ fn transport(p: &mut Problems, v: Option<&Value>) -> TransportConfig {
         m,
         "transport",
         &[
-            "nats_url", "socket", "creds", "token", "user", "password", "tls_ca", "tls_cert",
+            "nats_url",
+            "socket",
+            "creds",
+            "token",
+            "user",
+            "password",
+            "tls_ca",
+            "tls_cert",
             "tls_key",
+            "jetstream",
         ],
     );
     t.nats_url = p.opt_string(m, "transport", "nats_url");
@@ -239,6 +247,7 @@ fn transport(p: &mut Problems, v: Option<&Value>) -> TransportConfig {
     if a.tls_cert.is_some() != a.tls_key.is_some() {
         p.push("transport", "tls_cert and tls_key must be given together");
     }
+    t.jetstream = super::jetstream::parse(p, m.get("jetstream"));
     t
 }
 

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::message::demand::{self, AgentView, Consumers, Demand};
 use crate::message::router::{AgentIx, Origin};
 
 /// Where a task is going.
@@ -59,6 +60,22 @@ pub struct Task {
     pub attempts: u32,
     /// How many times a transient failure may be retried.
     pub retries: u32,
+    /// Set for a task taken from the durable stream: how to acknowledge it.
+    pub receipt: Option<Box<Receipt>>,
+}
+
+/// A task taken from the durable stream: its delivery, to acknowledge once
+/// its result is stored (or to give back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The JetStream acknowledgement subject of this delivery.
+    pub ack: String,
+    /// The task's sequence number in its stream.
+    pub seq: u64,
+    /// Which delivery this is (1 = the first).
+    pub delivered: u32,
+    /// The consumer it came through.
+    pub consumer: usize,
 }
 
 /// The order of the heaps: a smaller priority number first, then the
@@ -172,6 +189,9 @@ pub struct Queue {
     /// (and compacted away when they pile up).
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     next_seq: u64,
+    /// Tasks queued per agent and per type (the heaps hold stale keys).
+    count_agent: HashMap<AgentIx, usize, Fast>,
+    count_type: HashMap<String, usize, Fast>,
 }
 
 impl Queue {
@@ -183,7 +203,41 @@ impl Queue {
             by_type: HashMap::default(),
             deadlines: BinaryHeap::new(),
             next_seq: 0,
+            count_agent: HashMap::default(),
+            count_type: HashMap::default(),
         }
+    }
+
+    /// Tasks queued for agent `i` alone.
+    pub fn queued_for_agent(&self, i: AgentIx) -> usize {
+        self.count_agent.get(&i).copied().unwrap_or(0)
+    }
+
+    /// Tasks queued for any agent of type `t`.
+    pub fn queued_for_type(&self, t: &str) -> usize {
+        self.count_type.get(t).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, target: &Target, up: bool) {
+        let n = match target {
+            Target::Agent(i) => self.count_agent.entry(*i).or_default(),
+            Target::Type(t) => match self.count_type.get_mut(t.as_str()) {
+                Some(n) => n,
+                None => self.count_type.entry(t.clone()).or_default(),
+            },
+        };
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Takes task `seq` out of the map, keeping the counts.
+    fn take(&mut self, seq: u64) -> Option<Task> {
+        let t = self.tasks.remove(&seq)?;
+        self.count(&t.target, false);
+        Some(t)
     }
 
     pub fn len(&self) -> usize {
@@ -228,6 +282,7 @@ impl Queue {
             Target::Type(t) => self.by_type.entry(t.clone()).or_default().push(k),
         }
         self.deadlines.push(Reverse((task.deadline, task.seq)));
+        self.count(&task.target, true);
         self.tasks.insert(task.seq, task);
         if self.deadlines.len() > 2 * self.tasks.len() + 1024 {
             let tasks = &self.tasks;
@@ -252,7 +307,7 @@ impl Queue {
             self.by_type.get_mut(agent_type)
         }?;
         let (_, Reverse(seq)) = heap.pop()?;
-        self.tasks.remove(&seq)
+        self.take(seq)
     }
 
     /// The head key of `heap`, after dropping keys of tasks already gone.
@@ -286,7 +341,7 @@ impl Queue {
                 break;
             }
             self.deadlines.pop();
-            if let Some(task) = self.tasks.remove(&seq) {
+            if let Some(task) = self.take(seq) {
                 out.push(task);
             }
         }
@@ -302,7 +357,7 @@ impl Queue {
             .filter(|t| pick(t))
             .map(|t| t.seq)
             .collect();
-        let mut out: Vec<Task> = seqs.iter().filter_map(|s| self.tasks.remove(s)).collect();
+        let mut out: Vec<Task> = seqs.iter().filter_map(|s| self.take(*s)).collect();
         out.sort_by_key(|t| t.seq);
         out
     }
@@ -312,6 +367,8 @@ impl Queue {
         self.by_agent.clear();
         self.by_type.clear();
         self.deadlines.clear();
+        self.count_agent.clear();
+        self.count_type.clear();
         let mut all: Vec<Task> = self.tasks.drain().map(|(_, t)| t).collect();
         all.sort_by_key(|t| t.seq);
         all
@@ -369,6 +426,16 @@ pub struct Dispatcher {
     down: Vec<Option<String>>,
     recent: Recent,
     closed: bool,
+    /// Durable mode: the stream's consumers and what came from each.
+    durable: Option<Durable>,
+}
+
+#[derive(Debug)]
+struct Durable {
+    consumers: Consumers,
+    /// Each agent's type, as a position in `consumers.types`.
+    type_of: Vec<Option<usize>>,
+    received: Vec<u64>,
 }
 
 impl Dispatcher {
@@ -380,7 +447,54 @@ impl Dispatcher {
             recent: Recent::default(),
             types,
             closed: false,
+            durable: None,
         }
+    }
+
+    /// Durable mode: tasks come from these consumers, which [`demand`]
+    /// says how much to ask of.
+    ///
+    /// [`demand`]: Dispatcher::demand
+    pub fn with_consumers(mut self, consumers: Consumers) -> Dispatcher {
+        let type_of = self
+            .types
+            .iter()
+            .map(|t| consumers.types.iter().position(|(name, _)| name == t))
+            .collect();
+        self.durable = Some(Durable {
+            received: vec![0; consumers.count],
+            consumers,
+            type_of,
+        });
+        self
+    }
+
+    /// In durable mode, what to ask each consumer for now.
+    pub fn demand(&self) -> Option<Demand> {
+        let d = self.durable.as_ref()?;
+        if self.closed {
+            return Some(Demand {
+                wanted: vec![0; d.consumers.count],
+                received: d.received.clone(),
+            });
+        }
+        let agents: Vec<AgentView> = (0..self.types.len())
+            .map(|i| AgentView {
+                idle: self.lent.lent[i],
+                down: self.down[i].is_some(),
+                queued: self.queue.queued_for_agent(AgentIx(i)),
+            })
+            .collect();
+        let type_queued: Vec<usize> = d
+            .consumers
+            .types
+            .iter()
+            .map(|(t, _)| self.queue.queued_for_type(t))
+            .collect();
+        Some(Demand {
+            wanted: demand::wanted(&d.consumers, &agents, &d.type_of, &type_queued),
+            received: d.received.clone(),
+        })
     }
 
     /// Tasks waiting.
@@ -426,16 +540,38 @@ impl Dispatcher {
     pub fn handle(&mut self, cmd: DispatchCmd, sink: &dyn DispatchSink) {
         match cmd {
             DispatchCmd::Submit(tasks) if self.closed => {
+                if let Some(d) = &mut self.durable {
+                    for r in tasks.iter().filter_map(|t| t.receipt.as_ref()) {
+                        if let Some(n) = d.received.get_mut(r.consumer) {
+                            *n += 1;
+                        }
+                    }
+                }
                 for task in &tasks {
                     sink.refused(task, Refusal::ShuttingDown);
                 }
             }
             DispatchCmd::Submit(tasks) => {
+                // A task from the stream was stored once (the stream keeps
+                // message ids) and may come again only as a redelivery,
+                // which must run.
+                let mut from_stream = false;
+                if let Some(d) = &mut self.durable {
+                    for t in &tasks {
+                        if let Some(r) = &t.receipt {
+                            if let Some(n) = d.received.get_mut(r.consumer) {
+                                *n += 1;
+                            }
+                            from_stream = true;
+                        }
+                    }
+                }
                 // One request (one message id), whatever the number of its
                 // tasks: the same envelope again within the window is not
                 // run again.
                 let request = tasks
                     .first()
+                    .filter(|_| !from_stream)
                     .and_then(|t| Some((t.origin.message_id?, t.submitted)));
                 if let Some((id, at)) = request {
                     if let Some(first_reply) = self.recent.check(&id, at) {

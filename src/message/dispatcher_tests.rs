@@ -20,6 +20,7 @@ fn task(id: &str, priority: u8, target: Target) -> Task {
         seq: 0,
         attempts: 0,
         retries: 0,
+        receipt: None,
     }
 }
 

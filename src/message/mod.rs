@@ -4,9 +4,11 @@
 //! A leaf: pure types and functions, no threads, importing nothing of the
 //! crate but `config` (for the agents' names and specs).
 
+pub mod demand;
 pub mod dispatcher;
 pub mod envelope;
 pub mod error;
 pub mod failures;
 pub mod router;
 pub mod schemas;
+pub mod stream_view;

@@ -28,6 +28,37 @@ pub fn agent_subject(agent_type: &str, id: &str, t: MessageType) -> String {
     format!("{PREFIX}.{agent_type}.{id}.{t}")
 }
 
+/// The subject a task's stored result is kept on (durable mode): one
+/// message per task id. An id of letters, digits, `-` and `_` (a UUID) is
+/// the last token as it is; any other id is written `~` and its bytes in
+/// hex, so that no id can reach outside the results subjects.
+pub fn results_subject(task_id: &str) -> String {
+    if !task_id.is_empty()
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return format!("{PREFIX}.results.{task_id}");
+    }
+    let mut s = format!("{PREFIX}.results.~");
+    for b in task_id.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Every task's subject that a stream of tasks captures: to one agent, to
+/// `any` of a type, and (swept away, since those stay on core NATS) to
+/// `all`.
+pub fn tasks_capture() -> String {
+    format!("{PREFIX}.*.*.{}", MessageType::TaskAssignment)
+}
+
+/// Every stored result's subject.
+pub fn results_capture() -> String {
+    format!("{PREFIX}.results.*")
+}
+
 /// The NATS queue group of everything addressed to agent `id`.
 pub fn agent_group(id: &str) -> String {
     format!("{PREFIX}.agent.{id}")
@@ -214,7 +245,7 @@ impl RoutingTable {
     /// The NATS subscriptions that reach this daemon's agents and control
     /// plane. `any` is a queue group, so one daemon of several takes each
     /// task.
-    pub fn daemon_subs(&self) -> Vec<Sub> {
+    pub fn daemon_subs(&self, durable: bool) -> Vec<Sub> {
         let sub = |subject: String, queue: Option<String>| Sub { subject, queue };
         // Each agent id in a queue group of its own: should the same id run
         // on two daemons (one config deployed twice), a task to it still
@@ -229,10 +260,13 @@ impl RoutingTable {
         let mut types: Vec<&String> = self.by_type.keys().collect();
         types.sort();
         for t in types {
-            subs.push(sub(
-                format!("{PREFIX}.{t}.any.{}", MessageType::TaskAssignment),
-                Some(format!("{PREFIX}.{t}")),
-            ));
+            // Durable: `any` tasks come from the stream, not from core NATS.
+            if !durable {
+                subs.push(sub(
+                    format!("{PREFIX}.{t}.any.{}", MessageType::TaskAssignment),
+                    Some(format!("{PREFIX}.{t}")),
+                ));
+            }
             subs.push(sub(format!("{PREFIX}.{t}.all.*"), None));
         }
         // Every daemon hears every announcement (they are rare: one per

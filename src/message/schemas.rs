@@ -163,11 +163,14 @@ pub enum AlertCode {
     AccountHeld,
     /// A held account works again (or an operator lifted the hold).
     AccountRecovered,
+    /// A durable task was delivered `max_deliver` times without an answer
+    /// (each daemon that took it died): answered `failed`, not run again.
+    Undeliverable,
     Other(String),
 }
 
 impl AlertCode {
-    const KNOWN: [AlertCode; 12] = [
+    const KNOWN: [AlertCode; 13] = [
         AlertCode::QueueFull,
         AlertCode::NoRoute,
         AlertCode::BadRequest,
@@ -180,6 +183,7 @@ impl AlertCode {
         AlertCode::Duplicate,
         AlertCode::AccountHeld,
         AlertCode::AccountRecovered,
+        AlertCode::Undeliverable,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -196,6 +200,7 @@ impl AlertCode {
             AlertCode::Duplicate => "duplicate",
             AlertCode::AccountHeld => "account_held",
             AlertCode::AccountRecovered => "account_recovered",
+            AlertCode::Undeliverable => "undeliverable",
             AlertCode::Other(s) => s,
         }
     }
@@ -508,6 +513,9 @@ pub struct HealthReport {
     /// The accounts its agents draw on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<AccountView>,
+    /// Durable mode (`transport.jetstream`), when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<crate::message::stream_view::StreamView>,
     /// A report too large for one message comes in parts, numbered from 1;
     /// absent when it fits in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -627,6 +635,7 @@ mod tests {
             queue_capacity: 10,
             agents: (0..100).map(agent).collect(),
             accounts: Vec::new(),
+            jetstream: None,
             part: None,
             parts: None,
         };

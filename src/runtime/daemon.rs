@@ -17,6 +17,7 @@ use crate::message::router::RoutingTable;
 use crate::message::schemas::LinkState;
 use crate::runtime::accounts::{Accounts, HoldBoard};
 use crate::runtime::dispatch;
+use crate::runtime::durable;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::health_monitor;
 use crate::runtime::inbound::{DaemonSink, Inbound};
@@ -26,6 +27,8 @@ use crate::runtime::supervisor::{Links, Outcome, Supervisor};
 use crate::runtime::tracker;
 use crate::transport::health_check::NatsState;
 use crate::transport::hub::{self, Outbox};
+use crate::transport::jetstream::pump::PumpStart;
+use crate::transport::jetstream::{JsBoot, JsCmd, JsState};
 use crate::transport::nats_transport::{self, NatsSettings};
 use crate::transport::{local_transport, Handler};
 
@@ -110,6 +113,16 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
     let nats_state = Arc::new(NatsState::default());
     let queued = Arc::new(AtomicUsize::new(0));
 
+    // Durable mode: tasks come from the stream through the pump.
+    let durable = config
+        .transport
+        .jetstream
+        .clone()
+        .filter(|_| endpoints.nats.is_some());
+    let (pump_tx, pump_rx) = crossbeam_channel::unbounded();
+    let js_state = Arc::new(JsState::default());
+    let (specs, consumers, targets) = durable::consumers(&table);
+
     let inbound = Inbound {
         table: table.clone(),
         dispatch: dispatch_tx.clone(),
@@ -118,19 +131,57 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         max_size: config.message.max_message_size,
         default_timeout: Duration::from_millis(config.message.default_timeout_ms),
         retry_attempts: config.message.retry_attempts,
+        tasks_from_stream: false,
+    };
+    let nats_inbound = Inbound {
+        tasks_from_stream: durable.is_some(),
+        ..inbound.clone()
     };
     let handler: Handler = Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
         inbound.handle(subject, reply, data)
     });
+    let nats_handler: Handler = Arc::new(move |subject: &str, reply: Option<&str>, data: &[u8]| {
+        nats_inbound.handle(subject, reply, data)
+    });
+
+    let boot = durable.clone().map(|js| {
+        let glue = durable::Glue {
+            table: table.clone(),
+            config: js.clone(),
+            targets,
+            dispatch: dispatch_tx.clone(),
+            outbox: outbox.clone(),
+            max_size: config.message.max_message_size,
+            default_timeout: Duration::from_millis(config.message.default_timeout_ms),
+            retry_attempts: config.message.retry_attempts,
+        };
+        let (lookups_tx, lookups_rx) = crossbeam_channel::unbounded();
+        JsBoot {
+            pump: PumpStart {
+                config: js,
+                consumers: specs,
+                deliver: Box::new(move |d| glue.deliver(d)),
+                cmds: pump_rx,
+                lookups: lookups_tx,
+                outbox: outbox.clone(),
+                link: nats_state.clone(),
+            },
+            state: js_state.clone(),
+            lookups: lookups_rx,
+            to_pump: pump_tx.clone(),
+        }
+    });
+    let pump = durable.is_some().then(|| pump_tx.clone());
 
     match &endpoints.nats {
         Some(settings) => nats_transport::start_daemon(
             settings.clone(),
-            table.daemon_subs(),
-            handler.clone(),
+            table.daemon_subs(durable.is_some()),
+            nats_handler,
             nats_state.clone(),
             nats_rx,
             config.message.max_message_size,
+            boot,
         )?,
         None => nats_state.set(LinkState::Off),
     }
@@ -151,14 +202,19 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         events: events_tx.clone(),
         outbox: outbox.clone(),
         holds: holds.clone(),
+        pump: pump.clone(),
     };
     let capacity = config.message.queue_capacity;
-    let dispatcher = Dispatcher::new(capacity, table.types());
+    let mut dispatcher = Dispatcher::new(capacity, table.types());
+    if durable.is_some() {
+        dispatcher = dispatcher.with_consumers(consumers);
+    }
     let q = queued.clone();
+    let demand_to = pump.clone();
     thread::Builder::new()
         .name("dispatcher".into())
         .stack_size(256 * 1024)
-        .spawn(move || dispatch::run(&dispatch_rx, dispatcher, &q, &sink))
+        .spawn(move || dispatch::run(&dispatch_rx, dispatcher, &q, &sink, demand_to.as_ref()))
         .map_err(thread_err("dispatcher"))?;
 
     let (health_events, health_tracker) = (events_tx.clone(), track_tx.clone());
@@ -209,6 +265,10 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         ),
         holds,
         retry_delay: Duration::from_millis(config.message.retry_delay_ms),
+        pump: pump.clone(),
+        stream: durable
+            .as_ref()
+            .map(|js| (js.stream.clone(), js_state.clone())),
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(
@@ -222,6 +282,14 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
     .run();
     // Its agents have exited: what they left behind goes too.
     tracker::end_orphans();
+    // Results of tasks from the stream are stored, and the tasks given
+    // back are told so, before we go.
+    if let Some(pump) = &pump {
+        let (done, gone) = crossbeam_channel::bounded::<()>(1);
+        if pump.send(JsCmd::Flush(done)).is_ok() {
+            let _ = gone.recv_timeout(Duration::from_secs(3));
+        }
+    }
     // The last answers (cancelled tasks, final statuses) leave before we do.
     if !drain.drain(Duration::from_secs(3)) {
         log::warn!("some final messages may not have been delivered");

@@ -8,17 +8,31 @@ use std::time::Instant;
 
 use crossbeam_channel::{at, never, select_biased, Receiver};
 
+use crate::message::demand::Demand;
 use crate::message::dispatcher::{DispatchCmd, DispatchSink, Dispatcher};
+use crate::transport::jetstream::JsCmd;
 
 /// The thread's loop: returns once every sender is gone. `queued` mirrors
-/// the queue's length for status reports.
+/// the queue's length for status reports. In durable mode, what the queue
+/// wants from the stream goes to the pump whenever it changes.
 pub(crate) fn run(
     inbox: &Receiver<DispatchCmd>,
     mut dispatcher: Dispatcher,
     queued: &Arc<AtomicUsize>,
     sink: &dyn DispatchSink,
+    pump: Option<&crossbeam_channel::Sender<JsCmd>>,
 ) {
+    let mut said = Demand::default();
     loop {
+        if let Some(pump) = pump {
+            if let Some(d) = dispatcher.demand().filter(|d| *d != said) {
+                let _ = pump.send(JsCmd::Demand {
+                    wanted: d.wanted.clone(),
+                    received: d.received.clone(),
+                });
+                said = d;
+            }
+        }
         let timer = dispatcher.next_deadline().map_or_else(never, at);
         select_biased! {
             recv(inbox) -> cmd => {

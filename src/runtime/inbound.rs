@@ -28,8 +28,10 @@ use crate::message::schemas::{
     TaskAssignment, TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::accounts::HoldBoard;
+use crate::runtime::durable;
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::transport::hub::Outbox;
+use crate::transport::jetstream::JsCmd;
 
 /// Handles every message that reaches the daemon.
 #[derive(Clone)]
@@ -42,6 +44,9 @@ pub(crate) struct Inbound {
     pub default_timeout: Duration,
     /// Retries of a task that does not say.
     pub retry_attempts: u32,
+    /// Durable mode, on NATS: tasks for one agent or `any` come from the
+    /// stream, and the copy core NATS delivers too is not run.
+    pub tasks_from_stream: bool,
 }
 
 impl Inbound {
@@ -99,6 +104,11 @@ impl Inbound {
                         env.message_type()
                     ),
                 ))
+            }
+            (Dest::Agent { .. } | Dest::Any { .. }, Payload::TaskAssignment(_))
+                if self.tasks_from_stream =>
+            {
+                Ok(())
             }
             (_, Payload::TaskAssignment(t)) => self.task(&dest, &env, t, &origin),
             (Dest::Agent { id, .. }, Payload::AgentCommand(c)) => {
@@ -209,6 +219,7 @@ impl Inbound {
                 seq: 0,
                 attempts: 0,
                 retries: t.retries.unwrap_or(self.retry_attempts),
+                receipt: None,
             })
             .collect();
         let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
@@ -337,6 +348,9 @@ pub(crate) struct DaemonSink {
     pub outbox: Outbox,
     /// Which agents' accounts are held, and why.
     pub holds: Arc<HoldBoard>,
+    /// Durable mode: the pump, which stores results of tasks from the
+    /// stream and takes back the ones given up.
+    pub pump: Option<Sender<JsCmd>>,
 }
 
 impl DaemonSink {
@@ -385,6 +399,17 @@ impl DaemonSink {
         }
     }
 
+    /// Gives a task from the stream back to it; false for any other task.
+    fn release(&self, t: &Task) -> bool {
+        match (&self.pump, &t.receipt) {
+            (Some(pump), Some(r)) => {
+                let _ = pump.send(durable::release(r));
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn finish(&self, t: &Task, status: TaskStatus, kind: ErrorKind, why: String) {
         let result = TaskResult {
             task_id: t.task_id.clone(),
@@ -401,6 +426,16 @@ impl DaemonSink {
             attempts: t.attempts,
         };
         let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
+        if let (Some(pump), Some(r)) = (&self.pump, &t.receipt) {
+            let live = durable::live_subjects(&self.table, t, MessageType::TaskResult);
+            let _ = pump.send(JsCmd::Finish(durable::finish(
+                r,
+                &t.task_id,
+                env.encode(),
+                live,
+            )));
+            return;
+        }
         self.outbox.publish_and_reply(
             &self.subject(t, MessageType::TaskResult),
             t.origin.reply_to.as_deref(),
@@ -441,6 +476,11 @@ impl DispatchSink for DaemonSink {
     }
 
     fn refused(&self, t: &Task, why: Refusal) {
+        // A task from the stream waits there for a daemon that can take it.
+        if self.release(t) {
+            log::debug!("task {} given back to the stream: {why:?}", t.task_id);
+            return;
+        }
         let (code, message) = match why {
             Refusal::Full { capacity } => (
                 AlertCode::QueueFull,
@@ -497,6 +537,12 @@ impl DispatchSink for DaemonSink {
     }
 
     fn cancelled(&self, t: &Task, why: Cancel) {
+        // A task from the stream is not lost with this daemon or its
+        // agent: another daemon (or this one, later) runs it.
+        if self.release(t) {
+            log::info!("task {} given back to the stream: {why:?}", t.task_id);
+            return;
+        }
         let why = match why {
             Cancel::Shutdown => "the daemon shut down before the task started".into(),
             Cancel::AgentDown { why } => {

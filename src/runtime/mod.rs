@@ -10,6 +10,7 @@ pub(crate) mod backoff;
 pub mod claude;
 pub(crate) mod daemon;
 pub(crate) mod dispatch;
+pub(crate) mod durable;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod files;

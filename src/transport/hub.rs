@@ -159,8 +159,21 @@ impl ClientLine {
 #[derive(Debug)]
 pub(crate) enum NatsOut {
     Publish(String, Arc<Vec<u8>>),
+    /// A message with a reply subject and headers (JetStream's requests,
+    /// acknowledgements and stored results).
+    Message(Box<RawMessage>),
     /// Dropped once everything before it is flushed to the server.
     Barrier(Sender<()>),
+}
+
+/// A message for NATS only, with what plain publishes lack.
+#[derive(Debug)]
+pub(crate) struct RawMessage {
+    pub subject: String,
+    pub reply: Option<String>,
+    /// Header names and values (none: a plain message).
+    pub headers: Vec<(&'static str, String)>,
+    pub data: Arc<Vec<u8>>,
 }
 
 /// The NATS publishers' queue: unbounded underneath, so its memory grows
@@ -272,6 +285,27 @@ impl Outbox {
                     log::warn!("NATS publisher is behind: {dropped} messages not published");
                 }
             }
+        }
+    }
+
+    /// Sends `m` to NATS alone; false when it could not be queued.
+    pub(crate) fn send_raw(&self, m: RawMessage) -> bool {
+        let Some(n) = &self.nats else { return false };
+        let queued = n.try_send(NatsOut::Message(Box::new(m)));
+        if !queued {
+            let dropped = self.nats_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                log::warn!("NATS publisher is behind: {dropped} messages not published");
+            }
+        }
+        queued
+    }
+
+    /// Drops `done` once everything queued for NATS before it has been
+    /// flushed to the server (at once without NATS).
+    pub(crate) fn nats_barrier(&self, done: Sender<()>) {
+        if let Some(n) = &self.nats {
+            let _ = n.tx.send(NatsOut::Barrier(done));
         }
     }
 

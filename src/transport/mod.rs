@@ -23,6 +23,7 @@ use crossbeam_channel::RecvTimeoutError;
 pub(crate) mod error;
 pub(crate) mod health_check;
 pub(crate) mod hub;
+pub(crate) mod jetstream;
 pub(crate) mod lines;
 pub(crate) mod local_transport;
 pub(crate) mod nats_transport;
@@ -83,6 +84,10 @@ pub(crate) trait Transport: Send {
     /// "nats://host:4222" or "socket /run/user/0/mister-smith.sock", for
     /// messages.
     fn describe(&self) -> String;
+    /// The NATS client underneath, for what only NATS does (JetStream).
+    fn as_nats(&self) -> Option<&nats_transport::NatsClient> {
+        None
+    }
 }
 
 /// Whether `subject` matches the subscription `pattern` (`*` is one token,

@@ -27,6 +27,7 @@ use crate::message::router::Sub;
 use crate::message::schemas::LinkState;
 use crate::transport::health_check::{spawn_probe, NatsState};
 use crate::transport::hub::{NatsOut, NatsRx};
+use crate::transport::jetstream::{self, JsBoot};
 use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
 /// How to reach and log in to NATS. Secrets in `auth` never reach a log
@@ -107,6 +108,16 @@ fn options(s: &NatsSettings, daemon: bool) -> nats::Options {
     o
 }
 
+/// How a client command reconnects after losing NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reconnect {
+    /// One attempt: answers in flight are gone anyway.
+    Once,
+    /// Until the command's own bound ends it: a durable task's answer is
+    /// kept, and can be read once back.
+    UntilBound,
+}
+
 /// Checks that every file the settings name can be read, so that a
 /// missing one is named (the crate's own error does not say which file).
 pub(crate) fn check_files(s: &NatsSettings) -> Result<(), TransportError> {
@@ -177,13 +188,24 @@ pub(crate) fn start_daemon(
     state: Arc<NatsState>,
     out_rx: NatsRx,
     max_message_size: usize,
+    durable: Option<JsBoot>,
 ) -> Result<(), TransportError> {
     check_files(&settings)?;
     state.set(LinkState::Reconnecting);
     thread::Builder::new()
         .name("nats".into())
         .stack_size(256 * 1024)
-        .spawn(move || daemon_connect(&settings, &subs, &inbound, &state, out_rx, max_message_size))
+        .spawn(move || {
+            daemon_connect(
+                &settings,
+                &subs,
+                &inbound,
+                &state,
+                out_rx,
+                max_message_size,
+                durable,
+            )
+        })
         .map_err(TransportError::Io)?;
     Ok(())
 }
@@ -195,6 +217,7 @@ fn daemon_connect(
     state: &Arc<NatsState>,
     out_rx: NatsRx,
     max_message_size: usize,
+    durable: Option<JsBoot>,
 ) {
     let mut delay = Duration::from_millis(50);
     // The crate closes each failed attempt too: only a connection that was
@@ -288,6 +311,9 @@ fn daemon_connect(
         subscriptions.len()
     );
     spawn_probe(conn.clone(), state.clone());
+    if let Some(b) = durable {
+        jetstream::boot(&conn, b);
+    }
 
     let turn = Arc::new(Mutex::new(out_rx));
     for n in 0..PUBLISHERS {
@@ -340,6 +366,23 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
                             log::warn!("NATS: publish to {subject} failed: {e}");
                         }
                     }
+                    NatsOut::Message(m) => {
+                        if m.data.len() > conn.max_payload() {
+                            log::warn!(
+                                "NATS: not publishing {} bytes on {} (server max_payload {})",
+                                m.data.len(),
+                                m.subject,
+                                conn.max_payload()
+                            );
+                        } else if let Err(e) = conn.publish_with_reply_or_headers(
+                            &m.subject,
+                            m.reply.as_deref(),
+                            header_map(&m.headers).as_ref(),
+                            &**m.data,
+                        ) {
+                            log::warn!("NATS: publish to {} failed: {e}", m.subject);
+                        }
+                    }
                     NatsOut::Barrier(done) => barriers.push(done),
                 }
                 next = rx.try_recv();
@@ -352,6 +395,18 @@ fn publisher(conn: &nats::Connection, turn: &Mutex<NatsRx>, state: &NatsState) {
         }
         drop(barriers);
     }
+}
+
+/// `pairs` as the crate's headers (`None` for none).
+fn header_map(pairs: &[(&'static str, String)]) -> Option<nats::HeaderMap> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut h = nats::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, v.clone());
+    }
+    Some(h)
 }
 
 /// Hands every message of every subscription to `inbound`.
@@ -400,15 +455,23 @@ pub(crate) struct NatsClient {
 }
 
 impl NatsClient {
-    pub(crate) fn connect(settings: &NatsSettings) -> Result<NatsClient, TransportError> {
+    pub(crate) fn connect(
+        settings: &NatsSettings,
+        reconnect: Reconnect,
+    ) -> Result<NatsClient, TransportError> {
         check_files(settings)?;
         let (lost_tx, lost) = crossbeam_channel::bounded(1);
         let connected = Arc::new(AtomicBool::new(true));
-        let down = connected.clone();
-        let opts = options(settings, false).disconnect_callback(move || {
-            down.store(false, Ordering::SeqCst);
-            let _ = lost_tx.try_send(());
-        });
+        let (down, up) = (connected.clone(), connected.clone());
+        let mut opts = options(settings, false)
+            .disconnect_callback(move || {
+                down.store(false, Ordering::SeqCst);
+                let _ = lost_tx.try_send(());
+            })
+            .reconnect_callback(move || up.store(true, Ordering::SeqCst));
+        if reconnect == Reconnect::UntilBound {
+            opts = opts.max_reconnects(None);
+        }
         // The crate's connect has no timeout anywhere (it reads the
         // server's INFO and waits for the first PONG without a bound), and
         // its flush waits for a PONG without a bound once the connection
@@ -457,6 +520,32 @@ impl NatsClient {
             inbox: format!("_INBOX.{}", uuid::Uuid::new_v4().simple()),
             subs: Vec::new(),
         })
+    }
+
+    /// Publishes `data` with a `Nats-Msg-Id` header: a JetStream stream
+    /// that captures `subject` stores one message per id.
+    pub(crate) fn publish_with_id(
+        &self,
+        subject: &str,
+        reply: &str,
+        msg_id: &str,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        let mut h = nats::HeaderMap::new();
+        h.insert(nats::header::NATS_MSG_ID, msg_id.to_string());
+        self.conn
+            .publish_with_reply_or_headers(subject, Some(reply), Some(&h), data)
+            .map_err(TransportError::Nats)
+    }
+
+    /// The connection, for JetStream's API requests.
+    pub(crate) fn conn(&self) -> &nats::Connection {
+        &self.conn
+    }
+
+    /// Whether the connection is up now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
     }
 
     /// A message already waiting in a subscription's queue.
@@ -570,5 +659,9 @@ impl Transport for NatsClient {
 
     fn describe(&self) -> String {
         self.url.clone()
+    }
+
+    fn as_nats(&self) -> Option<&NatsClient> {
+        Some(self)
     }
 }

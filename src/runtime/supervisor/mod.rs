@@ -90,6 +90,11 @@ pub(crate) struct Links {
     pub holds: Arc<HoldBoard>,
     /// The wait before a task's first retry (doubled for each one after).
     pub retry_delay: Duration,
+    /// Durable mode: the pump, which stores the results of tasks from the
+    /// stream before they are published.
+    pub pump: Option<Sender<crate::transport::jetstream::JsCmd>>,
+    /// Durable mode: the tasks stream's name, and how JetStream is doing.
+    pub stream: Option<(String, Arc<crate::transport::jetstream::JsState>)>,
 }
 
 pub(crate) struct Supervisor {

@@ -95,6 +95,11 @@ impl Supervisor {
                     self.clock.wall_ms(),
                 ),
             },
+            jetstream: self
+                .links
+                .stream
+                .as_ref()
+                .map(|(name, state)| state.view(name)),
             part: None,
             parts: None,
         }

@@ -16,11 +16,21 @@ use crate::message::schemas::{
     AgentState, CommandType, ReasonCode, TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::claude::{self, Line, TurnResult, TurnSignals};
+use crate::runtime::durable;
 use crate::runtime::process::SpawnRequest;
 use crate::runtime::tracker::TrackCmd;
+use crate::transport::jetstream::JsCmd;
 
 /// Room left for the envelope around a progress event.
 const ENVELOPE_ROOM: usize = 4096;
+
+/// The status of a `task_result` envelope.
+fn env_status(env: &Envelope) -> Option<TaskStatus> {
+    match &env.payload {
+        Payload::TaskResult(r) => Some(r.status),
+        _ => None,
+    }
+}
 
 /// How a task ended, in a log line.
 pub(super) fn status_word(s: TaskStatus) -> &'static str {
@@ -377,6 +387,16 @@ impl Supervisor {
     pub(super) fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
+        let durable = self.links.pump.as_ref().zip(task.receipt.as_deref());
+        if let Some((pump, receipt)) = durable {
+            // A task from the stream is not lost with this daemon: given
+            // back, another daemon (or this one, restarted) runs it.
+            if self.shutdown.is_some() && env_status(&env) == Some(TaskStatus::Cancelled) {
+                log::info!("task {}: given back to the stream", task.task_id);
+                let _ = pump.send(durable::release(receipt));
+                return;
+            }
+        }
         let limit = self.wire_limit();
         let Some(bytes) = env.encode_within(limit) else {
             log::error!(
@@ -386,6 +406,16 @@ impl Supervisor {
             );
             return;
         };
+        if let Some((pump, receipt)) = durable {
+            let live = durable::live_subjects(&self.links.table, task, MessageType::TaskResult);
+            let _ = pump.send(JsCmd::Finish(durable::finish(
+                receipt,
+                &task.task_id,
+                bytes,
+                live,
+            )));
+            return;
+        }
         self.links.outbox.publish_encoded_and_reply(
             &self.links.table.subject(i, MessageType::TaskResult),
             task.origin.reply_to.as_deref(),

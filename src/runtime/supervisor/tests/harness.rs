@@ -223,6 +223,8 @@ impl Harness {
             ),
             holds: Arc::new(HoldBoard::new(specs.len())),
             retry_delay: Duration::from_millis(1000),
+            pump: None,
+            stream: None,
         };
         let now = Rc::new(Cell::new(Instant::now()));
         let world = Shared::default();
@@ -442,6 +444,7 @@ impl Harness {
             seq: self.seq,
             attempts: 0,
             retries,
+            receipt: None,
         };
         let _ = self
             .events

@@ -1,0 +1,141 @@
+//! The admin thread of durable mode: the blocking JetStream requests, kept
+//! off the pump. It creates the streams and the consumers (again, should
+//! the server lose them), reads stored results for redelivered tasks, and
+//! every two seconds reads each consumer's backlog for `status` — which
+//! doubles as the probe that tells `health` whether JetStream answers.
+
+// The blocking `nats` crate is deprecated upstream; see nats_transport.rs.
+#![allow(deprecated)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+
+use crate::config::JetStreamConfig;
+use crate::transport::jetstream::api::{self, JsError, CONSUMER_NOT_FOUND, STREAM_NOT_FOUND};
+use crate::transport::jetstream::{ConsumerSpec, JsCmd, JsState};
+
+/// The bound of each request.
+const REQUEST: Duration = Duration::from_secs(2);
+
+/// How often the consumers' state is read (and lost ones made again).
+const POLL: Duration = Duration::from_secs(2);
+
+pub(crate) struct Admin {
+    pub conn: nats::Connection,
+    pub config: JetStreamConfig,
+    pub specs: Vec<ConsumerSpec>,
+    pub to_pump: Sender<JsCmd>,
+    pub lookups: Receiver<(String, String)>,
+    pub state: Arc<JsState>,
+}
+
+impl Admin {
+    /// The loop, until the pump is gone.
+    pub(crate) fn run(self) {
+        let mut ready = vec![false; self.specs.len()];
+        let mut said = String::new();
+        let mut next_poll = Instant::now();
+        let mut retry: VecDeque<(Instant, (String, String))> = VecDeque::new();
+        loop {
+            let now = Instant::now();
+            if now >= next_poll {
+                next_poll = now + POLL;
+                match self.setup(&mut ready).and_then(|()| self.poll(&mut ready)) {
+                    Ok(()) => {
+                        if !said.is_empty() {
+                            log::info!("JetStream answers again");
+                            said.clear();
+                        }
+                        self.state.set_reachable();
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text != said {
+                            log::warn!("{text}; durable tasks wait until it answers");
+                            said = text.clone();
+                        }
+                        self.state.set_unreachable(text);
+                    }
+                }
+            }
+            let wake = retry
+                .front()
+                .map_or(next_poll, |(t, _)| (*t).min(next_poll));
+            let job = match retry.front() {
+                Some((t, _)) if *t <= Instant::now() => retry.pop_front().map(|(_, j)| j),
+                _ => match self
+                    .lookups
+                    .recv_timeout(wake.saturating_duration_since(Instant::now()))
+                {
+                    Ok(j) => Some(j),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            let Some((ack, task_id)) = job else { continue };
+            match api::stored_result(&self.conn, &self.config, &task_id, REQUEST) {
+                Ok(stored) => {
+                    if self.to_pump.send(JsCmd::Looked { ack, stored }).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("JetStream: cannot read the result of task {task_id} yet: {e}");
+                    retry.push_back((Instant::now() + Duration::from_secs(1), (ack, task_id)));
+                }
+            }
+        }
+    }
+
+    /// Makes the streams and every consumer not known to exist.
+    fn setup(&self, ready: &mut [bool]) -> Result<(), JsError> {
+        if ready.iter().all(|r| *r) {
+            return Ok(());
+        }
+        api::ensure_streams(&self.conn, &self.config, REQUEST)?;
+        for (i, spec) in self.specs.iter().enumerate() {
+            if ready[i] {
+                continue;
+            }
+            let (subject, body) = api::consumer(&self.config, &spec.name, &spec.filter);
+            api::request(&self.conn, &subject, &body, REQUEST).map_err(|e| match e {
+                JsError::Api { description, .. } => JsError::Other(format!(
+                    "cannot create consumer {} of stream {}: {description}",
+                    spec.name, self.config.stream
+                )),
+                e => e,
+            })?;
+            ready[i] = true;
+            let _ = self.to_pump.send(JsCmd::Ready(i));
+        }
+        Ok(())
+    }
+
+    /// Reads each consumer's backlog; a consumer the server no longer has
+    /// is made again at the next pass.
+    fn poll(&self, ready: &mut [bool]) -> Result<(), JsError> {
+        for (i, spec) in self.specs.iter().enumerate() {
+            let subject = api::consumer_info(&self.config.stream, &spec.name);
+            match api::request(&self.conn, &subject, b"", REQUEST) {
+                Ok(v) => {
+                    let pending = v.get("num_pending").and_then(Value::as_u64).unwrap_or(0);
+                    self.state.set_pending(&spec.name, pending);
+                }
+                Err(e) if matches!(e.err_code(), Some(CONSUMER_NOT_FOUND | STREAM_NOT_FOUND)) => {
+                    log::warn!(
+                        "JetStream: consumer {} of stream {} is gone; making it again",
+                        spec.name,
+                        self.config.stream
+                    );
+                    ready[i] = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
