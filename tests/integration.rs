@@ -8,6 +8,7 @@ mod accounts;
 mod chaos;
 mod check_config;
 mod contract;
+mod durable;
 mod faults;
 mod fuzz;
 mod man;

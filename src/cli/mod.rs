@@ -24,6 +24,7 @@ mod gather;
 mod health;
 mod listen;
 mod logging;
+mod result;
 mod run;
 mod send;
 mod status;
@@ -105,6 +106,7 @@ pub enum Command {
     Pause(control::PauseArgs),
     Resume(control::ResumeArgs),
     Listen(listen::ListenArgs),
+    Result(result::ResultArgs),
 }
 
 /// The version line: package version and the git commit it was built from.
@@ -245,6 +247,7 @@ pub fn main() -> u8 {
         Some(Command::Pause(a)) => control::run(&cli, &a.id, CommandType::Pause),
         Some(Command::Resume(a)) => control::resume(&cli, a),
         Some(Command::Listen(a)) => listen::run(&cli, a),
+        Some(Command::Result(a)) => result::run(&cli, a),
     };
     finish(result)
 }

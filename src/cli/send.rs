@@ -98,6 +98,9 @@ pub(super) const RESULT_MARGIN: Duration = Duration::from_secs(7);
 struct Pending {
     task_id: String,
     acks: u32,
+    /// A JetStream stream stored it (durable fleet): acknowledged, though
+    /// no daemon has it yet.
+    stored: bool,
     /// When the last acknowledgement came.
     last_ack: Option<Instant>,
     results: u32,
@@ -329,6 +332,7 @@ fn send_tasks(
             Pending {
                 task_id,
                 acks: 0,
+                stored: false,
                 last_ack: None,
                 results: 0,
                 done: false,
@@ -441,7 +445,7 @@ fn send_tasks(
         }
         // Marks `p` done and keeps the counters right.
         let finish = |p: &mut Pending, unacked: &mut usize, open: &mut usize| {
-            if p.acks == 0 {
+            if p.acks == 0 && !p.stored {
                 *unacked -= 1;
             }
             p.done = true;
@@ -451,6 +455,25 @@ fn send_tasks(
             crate::cli::report(&format!("no agent answers on {subject} (no responders)"));
             finish(p, &mut unacked, &mut open);
             worst = exit::worst(worst, exit::UNAVAILABLE);
+            continue;
+        }
+        // A JetStream stream that captures the subject (a fleet in
+        // durable mode) answers the publish with its acknowledgement: the
+        // task is stored, and a daemon answers it when it takes it. For
+        // `--to all`, whose tasks go to every agent on core NATS, it is
+        // not an agent's acknowledgement.
+        if let Ok(stored) = crate::transport::jetstream::api::parse_pub_ack(&m.data) {
+            if gather.is_none() && args.to.as_deref() != Some("all") && !p.stored {
+                log::debug!("task {} stored (stream seq {})", p.task_id, stored.seq);
+                if p.acks == 0 {
+                    unacked -= 1;
+                }
+                p.stored = true;
+                if !wait {
+                    print_line(&mut stdout, p.task_id.as_bytes())?;
+                    finish(p, &mut unacked, &mut open);
+                }
+            }
             continue;
         }
         let env = client::decode(&m)?;
@@ -463,7 +486,7 @@ fn send_tasks(
         match &env.payload {
             Payload::TaskProgress(progress) => {
                 if let Some(queued) = Queued::of(&progress.event) {
-                    if p.acks == 0 {
+                    if p.acks == 0 && !p.stored {
                         unacked -= 1;
                     }
                     p.acks += 1;

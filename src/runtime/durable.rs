@@ -83,9 +83,7 @@ pub(crate) fn finish(
 /// Gives a task back to the stream, to be offered again after
 /// a delay (see the pump).
 pub(crate) fn release(receipt: &Receipt) -> JsCmd {
-    JsCmd::Release {
-        ack: receipt.ack.clone(),
-    }
+    JsCmd::Release { seq: receipt.seq }
 }
 
 /// Turns deliveries into tasks for the dispatcher.

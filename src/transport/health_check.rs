@@ -25,12 +25,13 @@ const WITHIN: Duration = Duration::from_secs(5);
 /// The link state, shared between the connection's callbacks, the probe
 /// and the supervisor's reports, and the server's largest message.
 #[derive(Debug)]
-pub(crate) struct NatsState(AtomicU8, AtomicUsize);
+pub(crate) struct NatsState(AtomicU8, AtomicUsize, AtomicUsize);
 
 impl Default for NatsState {
     fn default() -> Self {
         NatsState(
             AtomicU8::new(Self::code(LinkState::Off)),
+            AtomicUsize::new(0),
             AtomicUsize::new(0),
         )
     }
@@ -51,6 +52,18 @@ impl NatsState {
 
     pub(crate) fn set(&self, s: LinkState) {
         self.0.store(Self::code(s), Ordering::Relaxed);
+    }
+
+    /// Counts a reconnect: a loss too short for anyone to see the state
+    /// change is still told by the count.
+    pub(crate) fn reconnected(&self) {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        self.set(LinkState::Connected);
+    }
+
+    /// How many times the connection came back.
+    pub(crate) fn reconnects(&self) -> usize {
+        self.2.load(Ordering::SeqCst)
     }
 
     /// Records the server's `max_payload`.

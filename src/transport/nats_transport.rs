@@ -233,7 +233,7 @@ fn daemon_connect(
                 log::warn!("NATS disconnected; reconnecting");
             })
             .reconnect_callback(move || {
-                s2.set(LinkState::Connected);
+                s2.reconnected();
                 log::info!("NATS reconnected");
             })
             .close_callback(move || {

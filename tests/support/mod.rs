@@ -451,6 +451,8 @@ pub struct NatsServer {
     child: Child,
     pub port: u16,
     pub dir: TempDir,
+    /// JetStream's store, kept across a restart.
+    store: Option<TempDir>,
 }
 
 impl NatsServer {
@@ -466,11 +468,18 @@ impl NatsServer {
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> NatsServer {
+        NatsServer::spawn(port, extra, None)
+    }
+
+    fn spawn(port: u16, extra: &[&str], store: Option<TempDir>) -> NatsServer {
         let dir = TempDir::new("nats");
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
+            .args(extra);
+        if let Some(st) = &store {
+            cmd.args(["-js", "-sd"]).arg(st.path());
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| {
@@ -495,7 +504,27 @@ impl NatsServer {
                 }
             }
         }
-        NatsServer { child, port, dir }
+        NatsServer {
+            child,
+            port,
+            dir,
+            store,
+        }
+    }
+
+    /// A server with JetStream on, storing in its own directory.
+    pub fn start_js() -> NatsServer {
+        NatsServer::spawn(free_port(), &[], Some(TempDir::new("js-store")))
+    }
+
+    /// Restarts a JetStream server on its port and store (after [`kill`]).
+    ///
+    /// [`kill`]: NatsServer::kill
+    pub fn restart_js(&mut self) {
+        self.kill();
+        let store = self.store.take().expect("a JetStream server");
+        let fresh = NatsServer::spawn(self.port, &[], Some(store));
+        drop(std::mem::replace(self, fresh));
     }
 
     pub fn url(&self) -> String {

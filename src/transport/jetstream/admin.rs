@@ -29,7 +29,7 @@ pub(crate) struct Admin {
     pub config: JetStreamConfig,
     pub specs: Vec<ConsumerSpec>,
     pub to_pump: Sender<JsCmd>,
-    pub lookups: Receiver<(String, String)>,
+    pub lookups: Receiver<(u64, String)>,
     pub state: Arc<JsState>,
 }
 
@@ -39,7 +39,7 @@ impl Admin {
         let mut ready = vec![false; self.specs.len()];
         let mut said = String::new();
         let mut next_poll = Instant::now();
-        let mut retry: VecDeque<(Instant, (String, String))> = VecDeque::new();
+        let mut retry: VecDeque<(Instant, (u64, String))> = VecDeque::new();
         loop {
             let now = Instant::now();
             if now >= next_poll {
@@ -76,16 +76,16 @@ impl Admin {
                     Err(RecvTimeoutError::Disconnected) => return,
                 },
             };
-            let Some((ack, task_id)) = job else { continue };
+            let Some((seq, task_id)) = job else { continue };
             match api::stored_result(&self.conn, &self.config, &task_id, REQUEST) {
                 Ok(stored) => {
-                    if self.to_pump.send(JsCmd::Looked { ack, stored }).is_err() {
+                    if self.to_pump.send(JsCmd::Looked { seq, stored }).is_err() {
                         return;
                     }
                 }
                 Err(e) => {
                     log::debug!("JetStream: cannot read the result of task {task_id} yet: {e}");
-                    retry.push_back((Instant::now() + Duration::from_secs(1), (ack, task_id)));
+                    retry.push_back((Instant::now() + Duration::from_secs(1), (seq, task_id)));
                 }
             }
         }
@@ -97,6 +97,7 @@ impl Admin {
             return Ok(());
         }
         api::ensure_streams(&self.conn, &self.config, REQUEST)?;
+        let made = ready.iter().filter(|r| !**r).count();
         for (i, spec) in self.specs.iter().enumerate() {
             if ready[i] {
                 continue;
@@ -112,6 +113,11 @@ impl Admin {
             ready[i] = true;
             let _ = self.to_pump.send(JsCmd::Ready(i));
         }
+        log::info!(
+            "durable tasks: {made} consumer(s) of stream {} ready (results in {})",
+            self.config.stream,
+            self.config.results_stream
+        );
         Ok(())
     }
 

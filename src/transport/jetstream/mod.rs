@@ -121,8 +121,9 @@ pub(crate) enum JsCmd {
     },
     /// A task's result.
     Finish(Box<Finish>),
-    /// Give a task back to the stream unanswered (the daemon is stopping).
-    Release { ack: String },
+    /// Give a task back to the stream unanswered (the daemon is stopping),
+    /// by its stream sequence.
+    Release { seq: u64 },
     /// Dropped once everything before it has been sent and every result
     /// stored (or given up on).
     Flush(Sender<()>),
@@ -131,7 +132,7 @@ pub(crate) enum JsCmd {
     /// From the admin thread: a redelivered task's stored result (`None`:
     /// none is stored for this delivery).
     Looked {
-        ack: String,
+        seq: u64,
         stored: Option<api::Stored>,
     },
 }
@@ -205,7 +206,7 @@ pub(crate) struct JsBoot {
     pub pump: pump::PumpStart,
     pub state: Arc<JsState>,
     /// The admin thread's end of the pump's lookups.
-    pub lookups: crossbeam_channel::Receiver<(String, String)>,
+    pub lookups: crossbeam_channel::Receiver<(u64, String)>,
     /// The admin thread's way to the pump.
     pub to_pump: Sender<JsCmd>,
 }

@@ -50,6 +50,10 @@ const LIVE_ANYWAY: Duration = Duration::from_secs(5);
 /// request lives.
 const RELEASE_DELAY: Duration = Duration::from_secs(6);
 
+/// How many answered tasks are remembered (against a server that lost
+/// their acknowledgements).
+const FINISHED_KEPT: usize = 65_536;
+
 /// The sweeper of `all` tasks asks for this many at a time.
 const SWEEP_BATCH: i64 = 64;
 
@@ -89,9 +93,9 @@ pub(crate) struct PumpStart {
     pub consumers: Vec<ConsumerSpec>,
     pub deliver: Deliver,
     pub cmds: Receiver<JsCmd>,
-    /// Asks the admin thread to look a stored result up: (ack subject,
-    /// task id).
-    pub lookups: Sender<(String, String)>,
+    /// Asks the admin thread to look a stored result up: (stream
+    /// sequence, task id).
+    pub lookups: Sender<(u64, String)>,
     pub outbox: Outbox,
     pub link: Arc<NatsState>,
 }
@@ -103,19 +107,34 @@ pub(crate) struct Pump {
     by_name: HashMap<String, usize>,
     sweeper: usize,
     deliver: Deliver,
-    lookups: Sender<(String, String)>,
+    lookups: Sender<(u64, String)>,
     outbox: Outbox,
-    /// Deliveries held (queued, running, being stored): ack subject →
-    /// consumer.
-    open: HashMap<String, usize>,
-    /// When each held delivery is next kept alive, in order.
-    alive: VecDeque<(Instant, String)>,
-    /// Redeliveries waiting for the store to be read.
-    looking: HashMap<String, Delivery>,
+    /// Tasks held (queued, running, being stored), by stream sequence:
+    /// the acknowledgement subject of their latest delivery.
+    open: HashMap<u64, String>,
+    /// When each held task is next kept alive, in order.
+    alive: VecDeque<(Instant, u64)>,
+    /// Deliveries waiting for the store to be read, by stream sequence.
+    looking: HashMap<u64, Delivery>,
+    /// Until then, even first deliveries are checked against the store:
+    /// a NATS server that restarted may deliver again what it delivered
+    /// (and had answered) before.
+    suspect_until: Option<Instant>,
     stores: HashMap<u64, StoreJob>,
     flushes: Vec<Sender<()>>,
     next_no: u64,
     connected: bool,
+    /// The link's reconnect count when last looked at.
+    reconnects: usize,
+    link: Arc<NatsState>,
+    /// Tasks this daemon answered lately (stream sequence → task id),
+    /// oldest first: one delivered again after a server lost their
+    /// acknowledgement is acknowledged again, not run.
+    finished: HashMap<u64, String>,
+    finished_order: VecDeque<u64>,
+    /// A test's fault: die once a result is stored, before it is published
+    /// or its task acknowledged (`MISTER_SMITH_FAULT=exit_after_store`).
+    die_after_store: bool,
 }
 
 impl Pump {
@@ -150,10 +169,17 @@ impl Pump {
             open: HashMap::new(),
             alive: VecDeque::new(),
             looking: HashMap::new(),
+            suspect_until: None,
             stores: HashMap::new(),
             flushes: Vec::new(),
             next_no: 0,
             connected: true,
+            reconnects: start.link.reconnects(),
+            link: start.link.clone(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            die_after_store: std::env::var("MISTER_SMITH_FAULT").as_deref()
+                == Ok("exit_after_store"),
         }
     }
 
@@ -208,13 +234,37 @@ impl Pump {
                 delivered: info.delivered,
                 published_ms: info.published_ns / 1_000_000,
             };
-            self.hold(&d.ack, c);
-            if d.delivered > 1 {
+            if let Some(held) = self.open.get_mut(&d.stream_seq) {
+                // Delivered again while this daemon still has it (the
+                // server restarted, or a keep-alive was lost): it is not
+                // run twice; the newest delivery is the one to answer.
+                log::debug!(
+                    "JetStream: stream seq {} delivered again (delivery {}) while held",
+                    d.stream_seq,
+                    d.delivered
+                );
+                *held = d.ack;
+                return;
+            }
+            if self.finished.get(&d.stream_seq).map(String::as_str)
+                == task_id_of(&d.data).as_deref()
+            {
+                log::debug!(
+                    "JetStream: stream seq {} (answered here) delivered again; acknowledged again",
+                    d.stream_seq
+                );
+                self.ack(&d.ack, b"+ACK");
+                return;
+            }
+            self.notice_reconnect();
+            self.hold(d.stream_seq, &d.ack);
+            let suspect = self.suspect_until.is_some_and(|t| Instant::now() < t);
+            if d.delivered > 1 || suspect {
                 // It may have been answered by a daemon that died before
                 // acknowledging it: read the store first.
                 if let Some(task_id) = task_id_of(&d.data) {
-                    if self.lookups.send((d.ack.clone(), task_id)).is_ok() {
-                        self.looking.insert(d.ack.clone(), d);
+                    if self.lookups.send((d.stream_seq, task_id)).is_ok() {
+                        self.looking.insert(d.stream_seq, d);
                         return;
                     }
                 }
@@ -275,11 +325,46 @@ impl Pump {
         }
     }
 
-    fn hold(&mut self, ack: &str, c: usize) {
-        if self.open.insert(ack.to_string(), c).is_none() {
+    fn hold(&mut self, seq: u64, ack: &str) {
+        if self.open.insert(seq, ack.to_string()).is_none() {
             self.alive
-                .push_back((Instant::now() + self.keepalive(), ack.to_string()));
+                .push_back((Instant::now() + self.keepalive(), seq));
         }
+    }
+
+    /// Remembers that task `seq` was answered here.
+    fn remember(&mut self, seq: u64, task_id: &str) {
+        if self.finished.insert(seq, task_id.to_string()).is_none() {
+            self.finished_order.push_back(seq);
+        }
+        while self.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    /// A reconnect (however short) may mean a server that restarted and
+    /// lost acknowledgements, or the pull requests it held: ask again, and
+    /// check for a while even first deliveries against the store.
+    fn notice_reconnect(&mut self) {
+        let n = self.link.reconnects();
+        if n != self.reconnects {
+            self.reconnects = n;
+            for c in &mut self.consumers {
+                c.requests.clear();
+            }
+            self.suspect_until = Some(Instant::now() + self.config.ack_wait * 2);
+        }
+    }
+
+    /// Lets go of task `seq` with `body` sent to its latest delivery.
+    fn end(&mut self, seq: u64, fallback: &str, body: &'static [u8]) {
+        let ack = self
+            .open
+            .remove(&seq)
+            .unwrap_or_else(|| fallback.to_string());
+        self.ack(&ack, body);
     }
 
     /// How often a held task is kept alive.
@@ -289,14 +374,11 @@ impl Pump {
 
     /// Hands `d` to the runtime.
     fn hand(&mut self, d: Delivery) {
-        let (ack, c) = (d.ack.clone(), d.consumer);
+        let (ack, seq, c) = (d.ack.clone(), d.stream_seq, d.consumer);
         match (self.deliver)(d) {
             Verdict::Taken => self.consumers[c].handed += 1,
             Verdict::Answer(f) => self.store(f),
-            Verdict::Refuse => {
-                self.open.remove(&ack);
-                self.ack(&ack, b"+TERM");
-            }
+            Verdict::Refuse => self.end(seq, &ack, b"+TERM"),
         }
     }
 
@@ -336,6 +418,13 @@ impl Pump {
 
     /// The result is in the store: publish it, then end the task.
     fn stored(&mut self, job: StoreJob, duplicate: bool) {
+        if self.die_after_store {
+            log::error!(
+                "MISTER_SMITH_FAULT=exit_after_store: dying after storing the result of task {}",
+                job.finish.task_id
+            );
+            std::process::abort();
+        }
         // A duplicate on the first try is another daemon's result for the
         // same delivery (a late finisher): it was published by them.
         let ours = !duplicate || job.tries > 1;
@@ -343,8 +432,12 @@ impl Pump {
             self.publish_live(&job.finish.live, &job.finish.data);
         }
         let f = job.finish;
-        self.open.remove(&f.ack);
-        self.ack(&f.ack, if f.term { b"+TERM" } else { b"+ACK" });
+        self.end(
+            f.stream_seq,
+            &f.ack,
+            if f.term { b"+TERM" } else { b"+ACK" },
+        );
+        self.remember(f.stream_seq, &f.task_id);
     }
 
     fn publish_live(&self, live: &[String], data: &Arc<Vec<u8>>) {
@@ -366,8 +459,8 @@ impl Pump {
                 }
             }
             JsCmd::Finish(f) => self.store(f),
-            JsCmd::Release { ack } => {
-                if self.open.remove(&ack).is_some() {
+            JsCmd::Release { seq } => {
+                if let Some(ack) = self.open.remove(&seq) {
                     // Offered again only once this daemon's pull requests
                     // have lapsed: a stopping daemon must not take it back
                     // (each delivery counts towards max_deliver).
@@ -384,8 +477,8 @@ impl Pump {
                     con.ready = true;
                 }
             }
-            JsCmd::Looked { ack, stored } => {
-                let Some(d) = self.looking.remove(&ack) else {
+            JsCmd::Looked { seq, stored } => {
+                let Some(d) = self.looking.remove(&seq) else {
                     return;
                 };
                 let id = result_msg_id(&self.config.stream, d.stream_seq);
@@ -405,8 +498,7 @@ impl Pump {
                             .map(String::from)
                             .collect();
                         self.publish_live(&live, &Arc::new(s.data));
-                        self.open.remove(&ack);
-                        self.ack(&ack, b"+ACK");
+                        self.end(seq, &d.ack, b"+ACK");
                     }
                     None => self.hand(d),
                 }
@@ -419,12 +511,11 @@ impl Pump {
         let now = Instant::now();
         let connected = link == LinkState::Connected;
         if connected && !self.connected {
-            // Pull requests do not survive a reconnect (the server that
-            // held them may be gone): ask again.
             for c in &mut self.consumers {
                 c.requests.clear();
             }
         }
+        self.notice_reconnect();
         self.connected = connected;
         for c in &mut self.consumers {
             c.requests.retain(|r| r.until > now);
@@ -433,14 +524,14 @@ impl Pump {
             if *due > now {
                 break;
             }
-            let Some((_, ack)) = self.alive.pop_front() else {
+            let Some((_, seq)) = self.alive.pop_front() else {
                 break;
             };
-            if self.open.contains_key(&ack) {
+            if let Some(ack) = self.open.get(&seq).cloned() {
                 if connected {
                     self.ack(&ack, b"+WPI");
                 }
-                self.alive.push_back((now + self.keepalive(), ack));
+                self.alive.push_back((now + self.keepalive(), seq));
             }
         }
         let late: Vec<u64> = self
