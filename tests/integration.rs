@@ -9,6 +9,7 @@ mod chaos;
 mod check_config;
 mod contract;
 mod durable;
+mod durable_cluster;
 mod faults;
 mod fuzz;
 mod man;

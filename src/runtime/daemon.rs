@@ -155,19 +155,16 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             default_timeout: Duration::from_millis(config.message.default_timeout_ms),
             retry_attempts: config.message.retry_attempts,
         };
-        let (lookups_tx, lookups_rx) = crossbeam_channel::unbounded();
         JsBoot {
             pump: PumpStart {
                 config: js,
                 consumers: specs,
                 deliver: Box::new(move |d| glue.deliver(d)),
                 cmds: pump_rx,
-                lookups: lookups_tx,
                 outbox: outbox.clone(),
                 link: nats_state.clone(),
             },
             state: js_state.clone(),
-            lookups: lookups_rx,
             to_pump: pump_tx.clone(),
         }
     });

@@ -567,3 +567,70 @@ pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
 }
+
+/// Three `nats-server`s clustered on loopback ports, with JetStream, each
+/// with its own store; nodes are killed (SIGKILL) and restarted by index.
+pub struct NatsCluster {
+    pub nodes: Vec<Option<NatsServer>>,
+    pub ports: Vec<u16>,
+    routes: Vec<u16>,
+    stores: Vec<TempDir>,
+    confs: TempDir,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let stores: Vec<TempDir> = (0..3)
+            .map(|i| TempDir::new(&format!("js-node{i}")))
+            .collect();
+        let mut c = NatsCluster {
+            nodes: Vec::new(),
+            ports,
+            routes,
+            stores,
+            confs: TempDir::new("js-cluster"),
+        };
+        for i in 0..3 {
+            let node = c.spawn(i);
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    fn spawn(&self, i: usize) -> NatsServer {
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let conf = format!(
+            "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{\n  name: ms\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            self.ports[i],
+            self.stores[i].path().display(),
+            self.routes[i],
+            routes.join(", ")
+        );
+        let path = self.confs.join(&format!("n{i}.conf"));
+        std::fs::write(&path, conf).expect("write nats config");
+        NatsServer::start_on(self.ports[i], &["-c", path.to_str().expect("utf-8")])
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.kill();
+        }
+    }
+
+    /// Starts node `i` again on its store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.nodes[i] = Some(self.spawn(i));
+    }
+}

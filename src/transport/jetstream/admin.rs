@@ -1,17 +1,16 @@
 //! The admin thread of durable mode: the blocking JetStream requests, kept
 //! off the pump. It creates the streams and the consumers (again, should
-//! the server lose them), reads stored results for redelivered tasks, and
-//! every two seconds reads each consumer's backlog for `status` — which
-//! doubles as the probe that tells `health` whether JetStream answers.
+//! the server lose them), and every two seconds reads each consumer's
+//! backlog for `status` — which doubles as the probe that tells `health`
+//! whether JetStream answers.
 
 // The blocking `nats` crate is deprecated upstream; see nats_transport.rs.
 #![allow(deprecated)]
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use serde_json::Value;
 
 use crate::config::JetStreamConfig;
@@ -29,65 +28,34 @@ pub(crate) struct Admin {
     pub config: JetStreamConfig,
     pub specs: Vec<ConsumerSpec>,
     pub to_pump: Sender<JsCmd>,
-    pub lookups: Receiver<(u64, String)>,
     pub state: Arc<JsState>,
 }
 
 impl Admin {
-    /// The loop, until the pump is gone.
+    /// The loop, for the daemon's life.
     pub(crate) fn run(self) {
         let mut ready = vec![false; self.specs.len()];
         let mut said = String::new();
-        let mut next_poll = Instant::now();
-        let mut retry: VecDeque<(Instant, (u64, String))> = VecDeque::new();
         loop {
-            let now = Instant::now();
-            if now >= next_poll {
-                next_poll = now + POLL;
-                match self.setup(&mut ready).and_then(|()| self.poll(&mut ready)) {
-                    Ok(()) => {
-                        if !said.is_empty() {
-                            log::info!("JetStream answers again");
-                            said.clear();
-                        }
-                        self.state.set_reachable();
+            match self.setup(&mut ready).and_then(|()| self.poll(&mut ready)) {
+                Ok(()) => {
+                    if !said.is_empty() {
+                        log::info!("JetStream answers again");
+                        said.clear();
                     }
-                    Err(e) => {
-                        let text = e.to_string();
-                        if text != said {
-                            log::warn!("{text}; durable tasks wait until it answers");
-                            said = text.clone();
-                        }
-                        self.state.set_unreachable(text);
-                    }
-                }
-            }
-            let wake = retry
-                .front()
-                .map_or(next_poll, |(t, _)| (*t).min(next_poll));
-            let job = match retry.front() {
-                Some((t, _)) if *t <= Instant::now() => retry.pop_front().map(|(_, j)| j),
-                _ => match self
-                    .lookups
-                    .recv_timeout(wake.saturating_duration_since(Instant::now()))
-                {
-                    Ok(j) => Some(j),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-            };
-            let Some((seq, task_id)) = job else { continue };
-            match api::stored_result(&self.conn, &self.config, &task_id, REQUEST) {
-                Ok(stored) => {
-                    if self.to_pump.send(JsCmd::Looked { seq, stored }).is_err() {
-                        return;
-                    }
+                    self.state.set_reachable();
                 }
                 Err(e) => {
-                    log::debug!("JetStream: cannot read the result of task {task_id} yet: {e}");
-                    retry.push_back((Instant::now() + Duration::from_secs(1), (seq, task_id)));
+                    let text = e.to_string();
+                    if text != said {
+                        log::warn!("{text}; durable tasks wait until it answers");
+                        said = text.clone();
+                    }
+                    self.state.set_unreachable(text);
                 }
             }
+            // A period, not a wait for an event: the next look is due.
+            std::thread::sleep(POLL);
         }
     }
 

@@ -129,12 +129,6 @@ pub(crate) enum JsCmd {
     Flush(Sender<()>),
     /// From the admin thread: consumer `n` exists (again).
     Ready(usize),
-    /// From the admin thread: a redelivered task's stored result (`None`:
-    /// none is stored for this delivery).
-    Looked {
-        seq: u64,
-        stored: Option<api::Stored>,
-    },
 }
 
 /// How JetStream is doing, for `status` and `health`.
@@ -205,8 +199,6 @@ pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(5);
 pub(crate) struct JsBoot {
     pub pump: pump::PumpStart,
     pub state: Arc<JsState>,
-    /// The admin thread's end of the pump's lookups.
-    pub lookups: crossbeam_channel::Receiver<(u64, String)>,
     /// The admin thread's way to the pump.
     pub to_pump: Sender<JsCmd>,
 }
@@ -221,7 +213,6 @@ pub(crate) fn boot(conn: &nats::Connection, b: JsBoot) {
         config: b.pump.config.clone(),
         specs,
         to_pump: b.to_pump,
-        lookups: b.lookups,
         state: b.state,
     };
     let spawned = std::thread::Builder::new()

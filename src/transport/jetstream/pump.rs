@@ -93,9 +93,6 @@ pub(crate) struct PumpStart {
     pub consumers: Vec<ConsumerSpec>,
     pub deliver: Deliver,
     pub cmds: Receiver<JsCmd>,
-    /// Asks the admin thread to look a stored result up: (stream
-    /// sequence, task id).
-    pub lookups: Sender<(u64, String)>,
     pub outbox: Outbox,
     pub link: Arc<NatsState>,
 }
@@ -107,15 +104,15 @@ pub(crate) struct Pump {
     by_name: HashMap<String, usize>,
     sweeper: usize,
     deliver: Deliver,
-    lookups: Sender<(u64, String)>,
     outbox: Outbox,
     /// Tasks held (queued, running, being stored), by stream sequence:
     /// the acknowledgement subject of their latest delivery.
     open: HashMap<u64, String>,
     /// When each held task is next kept alive, in order.
     alive: VecDeque<(Instant, u64)>,
-    /// Deliveries waiting for the store to be read, by stream sequence.
-    looking: HashMap<u64, Delivery>,
+    /// Deliveries waiting for the store to be read, by stream sequence,
+    /// with their task id and when the read was asked.
+    looking: HashMap<u64, (Delivery, String, Instant)>,
     /// Until then, even first deliveries are checked against the store:
     /// a NATS server that restarted may deliver again what it delivered
     /// (and had answered) before.
@@ -164,7 +161,6 @@ impl Pump {
             consumers,
             by_name,
             deliver,
-            lookups: start.lookups.clone(),
             outbox: start.outbox.clone(),
             open: HashMap::new(),
             alive: VecDeque::new(),
@@ -263,10 +259,10 @@ impl Pump {
                 // It may have been answered by a daemon that died before
                 // acknowledging it: read the store first.
                 if let Some(task_id) = task_id_of(&d.data) {
-                    if self.lookups.send((d.stream_seq, task_id)).is_ok() {
-                        self.looking.insert(d.stream_seq, d);
-                        return;
-                    }
+                    let seq = d.stream_seq;
+                    self.looking.insert(seq, (d, task_id, Instant::now()));
+                    self.look(seq);
+                    return;
                 }
             }
             self.hand(d);
@@ -296,6 +292,18 @@ impl Pump {
                     if status.as_deref() == Some("503") || why.to_lowercase().contains("deleted") {
                         con.ready = false;
                     }
+                }
+            }
+            ["g", seq] => {
+                let Ok(seq) = seq.parse::<u64>() else { return };
+                if status.as_deref() == Some("503") {
+                    // No leader for the results stream yet: the tick asks
+                    // again.
+                    return;
+                }
+                match api::parse_stored(&m.data) {
+                    Ok(stored) => self.looked(seq, stored),
+                    Err(e) => log::debug!("JetStream: cannot read a stored result yet: {e}"),
                 }
             }
             ["s", no] => {
@@ -477,33 +485,52 @@ impl Pump {
                     con.ready = true;
                 }
             }
-            JsCmd::Looked { seq, stored } => {
-                let Some(d) = self.looking.remove(&seq) else {
-                    return;
-                };
-                let id = result_msg_id(&self.config.stream, d.stream_seq);
-                match stored.filter(|s| s.header(nats::header::NATS_MSG_ID) == Some(id.as_str())) {
-                    Some(s) => {
-                        log::info!(
-                            "JetStream: task at {} seq {} was answered before (delivery {}); answering from the store",
-                            self.config.stream,
-                            d.stream_seq,
-                            d.delivered
-                        );
-                        let live: Vec<String> = s
-                            .header(LIVE_HEADER)
-                            .unwrap_or("")
-                            .split(' ')
-                            .filter(|x| !x.is_empty())
-                            .map(String::from)
-                            .collect();
-                        self.publish_live(&live, &Arc::new(s.data));
-                        self.end(seq, &d.ack, b"+ACK");
-                    }
-                    None => self.hand(d),
-                }
-            }
         }
+    }
+
+    /// Asks the results stream for the stored result of held task `seq`.
+    fn look(&mut self, seq: u64) {
+        let Some((_, task_id, sent)) = self.looking.get_mut(&seq) else {
+            return;
+        };
+        *sent = Instant::now();
+        let (subject, body) = api::last_on(&self.config.results_stream, &results_subject(task_id));
+        self.send(
+            &subject,
+            Some(format!("{}.g.{seq}", self.inbox)),
+            Vec::new(),
+            body,
+        );
+    }
+
+    /// The store's answer for task `seq`: answered from it when the
+    /// result there is this task message's, else handed to the runtime.
+    fn looked(&mut self, seq: u64, stored: Option<api::Stored>) {
+        let Some((d, _, _)) = self.looking.remove(&seq) else {
+            return;
+        };
+        let id = result_msg_id(&self.config.stream, d.stream_seq);
+        let Some(s) = stored.filter(|s| s.header(nats::header::NATS_MSG_ID) == Some(id.as_str()))
+        else {
+            self.hand(d);
+            return;
+        };
+        log::info!(
+            "JetStream: task at {} seq {} was answered before (delivery {}); answering from the store",
+            self.config.stream,
+            d.stream_seq,
+            d.delivered
+        );
+        let live: Vec<String> = s
+            .header(LIVE_HEADER)
+            .unwrap_or("")
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect();
+        self.publish_live(&live, &Arc::new(s.data));
+        self.end(seq, &d.ack, b"+ACK");
+        self.remember(seq, &d_task_id(&d));
     }
 
     /// Timers: lapsed pull requests, keep-alives, stores to send again.
@@ -533,6 +560,15 @@ impl Pump {
                 }
                 self.alive.push_back((now + self.keepalive(), seq));
             }
+        }
+        let unanswered: Vec<u64> = self
+            .looking
+            .iter()
+            .filter(|(_, (_, _, sent))| now.duration_since(*sent) >= STORE_RETRY)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in unanswered {
+            self.look(seq);
         }
         let late: Vec<u64> = self
             .stores
@@ -603,6 +639,11 @@ impl Pump {
             }
         }
     }
+}
+
+/// The task id of a delivery (empty when it has none).
+fn d_task_id(d: &Delivery) -> String {
+    task_id_of(&d.data).unwrap_or_default()
 }
 
 /// The `payload.task_id` of a task envelope, read without decoding the rest.
