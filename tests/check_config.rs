@@ -103,6 +103,53 @@ fn bad_accounts_and_retries_are_listed_too() {
 }
 
 #[test]
+fn bad_jetstream_settings_are_listed_and_durable_mode_needs_nats() {
+    let dir = TempDir::new("cc-jetstream");
+    let fake = fake_claude();
+    let path = dir.config(&json!({
+        "transport": {"jetstream": {
+            "stream": "tasks.v1", "results_stream": "tasks.v1", "replicas": 9,
+            "ack_wait_ms": 10, "max_deliver": 0, "duplicate_window_ms": 0,
+            "results_ttl_ms": 31_600_000_000u64, "ackwait_ms": 1
+        }},
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    for w in [
+        "transport.jetstream.stream: \"tasks.v1\" may contain only letters, digits, '-' and '_'",
+        "transport.jetstream.replicas: 9 is more than 5",
+        "transport.jetstream.ack_wait_ms: 10 is less than 1000",
+        "transport.jetstream.max_deliver: 0 is less than 1",
+        "transport.jetstream.duplicate_window_ms: 0 is less than 1000",
+        "transport.jetstream.results_ttl_ms: 31600000000 is more than a year",
+        "transport.jetstream.ackwait_ms: unknown key (did you mean \"ack_wait_ms\"?)",
+    ] {
+        assert!(err.contains(w), "missing {w:?} in:\n{err}");
+    }
+    // Valid, but `run` with no NATS to be durable on is a config error.
+    let path = dir.config(&json!({
+        "transport": {"jetstream": {}},
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, out, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert!(status.success(), "{out}{err}");
+    let sock = dir.join("s.sock");
+    let (status, _, err) = run_cli(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "run",
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("durable tasks need NATS"), "{err}");
+}
+
+#[test]
 fn duplicate_ids_after_replica_expansion_are_caught() {
     let dir = TempDir::new("cc-dup");
     let path = dir.config(&json!({"agents": [{"id": "w", "replicas": 2}, {"id": "w-2"}]}));

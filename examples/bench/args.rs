@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 8] = [
+const MEASUREMENTS: [&str; 9] = [
     "restart",
     "cold",
     "memory",
@@ -13,6 +13,7 @@ const MEASUREMENTS: [&str; 8] = [
     "spawn",
     "dispatcher",
     "throughput",
+    "durable",
 ];
 
 #[derive(argh::FromArgs)]
@@ -26,7 +27,7 @@ pub(crate) struct Args {
     #[argh(switch)]
     pub(crate) json: bool,
     /// run one measurement: restart, cold, memory, rtt, send, spawn,
-    /// dispatcher or throughput
+    /// dispatcher, throughput or durable
     #[argh(option)]
     pub(crate) only: Option<String>,
     /// how many tasks the round trip measures (default 2000; 50 with

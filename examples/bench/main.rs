@@ -30,7 +30,10 @@
 //! 6. `spawn`, one spawn of a child through the daemon's clone path vs std's;
 //! 7. `dispatcher`, the dispatcher's queue in process;
 //! 8. `throughput`, tasks per second with 8 agents and 1,000 tasks in
-//!    flight.
+//!    flight;
+//! 9. `durable`, durable mode on a `nats-server -js`: one storing `send`
+//!    process vs a raw client publishing with a stream ack, and tasks per
+//!    second through 8 agents vs a raw pull consumer.
 //!
 //! The harness around them: the arguments (`args.rs`), the table and the
 //! statistics (`table.rs`), the binaries under test (`bins.rs`), the scratch
@@ -57,6 +60,7 @@ use bins::Bins;
 use nats_server::Nats;
 use rows::cold::cold_start;
 use rows::dispatcher::dispatcher;
+use rows::durable::{durable, raw_js_client};
 use rows::memory::memory;
 use rows::restart::restart_latency;
 use rows::rtt::round_trip;
@@ -70,6 +74,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == "--raw-client") {
         raw_client(&args);
+        return;
+    }
+    if args.get(1).is_some_and(|a| a == "--raw-js") {
+        raw_js_client(&args);
         return;
     }
     let Args {
@@ -134,6 +142,12 @@ fn main() {
             &nats,
             if quick { 100 } else { 1000 },
         ));
+    }
+
+    if want("durable") {
+        eprintln!("bench: durable mode");
+        let (sends, n) = if quick { (5, 200) } else { (40, 5000) };
+        rows.extend(durable(&bins, &work, sends, tasks.unwrap_or(n)));
     }
 
     if json {

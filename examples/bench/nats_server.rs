@@ -15,12 +15,25 @@ pub(crate) struct Nats {
 }
 
 impl Nats {
-    pub(crate) fn start(_work: &Scratch) -> Nats {
+    pub(crate) fn start(work: &Scratch) -> Nats {
+        Nats::spawn(work, false)
+    }
+
+    /// A server with JetStream on, storing under the scratch directory.
+    pub(crate) fn start_js(work: &Scratch) -> Nats {
+        Nats::spawn(work, true)
+    }
+
+    fn spawn(work: &Scratch, js: bool) -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut child = dies_with_bench(&mut Command::new("nats-server"))
+        let mut cmd = Command::new("nats-server");
+        if js {
+            cmd.arg("-js").arg("-sd").arg(work.sub("jetstream"));
+        }
+        let mut child = dies_with_bench(&mut cmd)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -43,6 +56,12 @@ impl Nats {
     }
 }
 
+impl Nats {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -56,6 +75,19 @@ pub(crate) fn fast_connect(url: &str) -> nats::Connection {
         .add_root_certificate("/dev/null")
         .connect(url)
         .expect("connect to NATS")
+}
+
+/// A task envelope as a third-party client would publish it, with a
+/// message id (for JetStream's `Nats-Msg-Id`).
+pub(crate) fn task_envelope_with_id(prompt: &str) -> (String, Vec<u8>) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "message_id": id,
+        "message_type": "task_assignment",
+        "payload": {"task_id": prompt, "prompt": prompt},
+    }))
+    .expect("json");
+    (id, body)
 }
 
 pub(crate) fn task_envelope(prompt: &str) -> Vec<u8> {

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::cli::answers::{Queued, RESULT_MARGIN};
 use crate::cli::bound;
 use crate::cli::client::{print_line, refusal, Client};
-use crate::cli::send::{Queued, SendArgs, RESULT_MARGIN};
 use crate::config::JetStreamConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{Envelope, Payload};
@@ -50,9 +50,8 @@ pub(super) fn send(
     js: &JetStreamConfig,
     subject: &str,
     envelopes: Vec<Envelope>,
-    args: &SendArgs,
+    (wait, stream): (bool, bool),
 ) -> Result<u8, SystemError> {
-    let wait = args.wait || args.stream;
     let default = Duration::from_millis(client.limits().default_timeout_ms);
     bound::phase(bound::Phase::Publishing);
     let mut jobs = Vec::with_capacity(envelopes.len());
@@ -232,7 +231,7 @@ pub(super) fn send(
                     let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
                     jobs[i].deadline = jobs[i].deadline.max(d);
                 }
-                if args.stream {
+                if stream {
                     print_line(&mut stdout, &m.data)?;
                 }
             }

@@ -15,6 +15,7 @@ use crate::message::schemas::CommandType;
 use crate::transport::local_transport::default_socket_path;
 use crate::transport::nats_transport::NatsSettings;
 
+mod answers;
 mod bound;
 mod check_config;
 mod client;
@@ -277,12 +278,20 @@ impl Cli {
     /// The config for a client command: the named file (which must then be
     /// valid), else `./mister-smith.json` if it exists, else none.
     pub fn client_config(&self) -> Result<Option<Config>, SystemError> {
+        // Read once per process: a command asks for it in several places,
+        // and `send` is timed against a raw client.
+        static LOADED: std::sync::OnceLock<Option<Config>> = std::sync::OnceLock::new();
+        if let Some(c) = LOADED.get() {
+            return Ok(c.clone());
+        }
         let explicit = self.config.is_some() || env_nonempty(config::CONFIG_ENV).is_some();
         let path = config::locate(self.config.as_deref());
-        if !explicit && !path.exists() {
-            return Ok(None);
-        }
-        Ok(Some(config::load_unchecked(&path)?))
+        let loaded = if !explicit && !path.exists() {
+            None
+        } else {
+            Some(config::load_unchecked(&path)?)
+        };
+        Ok(LOADED.get_or_init(|| loaded).clone())
     }
 
     /// The local socket: `--socket`, `$MISTER_SMITH_SOCKET`, the config,

@@ -9,6 +9,7 @@ use argh::FromArgs;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cli::answers::{Queued, RESULT_MARGIN};
 use crate::cli::bound;
 use crate::cli::client::{self, print_line, refusal, Client};
 use crate::cli::Cli;
@@ -17,7 +18,7 @@ use crate::config::MessageConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
-use crate::message::schemas::{RawJson, TaskAssignment};
+use crate::message::schemas::TaskAssignment;
 use crate::transport::TransportKind;
 
 /// send a task (or any message) to an agent. BODY is the prompt as plain
@@ -89,10 +90,6 @@ pub struct SendArgs {
 fn bad(message: impl Into<String>) -> SystemError {
     SystemError::BadInput(message.into())
 }
-
-/// Past a task's own deadline, how long to wait for its answer: the
-/// daemon's interrupt grace (5 s) and some slack.
-pub(super) const RESULT_MARGIN: Duration = Duration::from_secs(7);
 
 /// What is known of one request (one task, or one per agent for `--to all`).
 struct Pending {
@@ -210,7 +207,13 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         .and_then(|c| c.transport.jetstream.clone())
         .filter(|_| client.kind() == TransportKind::Nats && args.to.as_deref() != Some("all"));
     if let Some(js) = durable {
-        return crate::cli::durable::send(&mut client, &js, &subject, envelopes, args);
+        return crate::cli::durable::send(
+            &mut client,
+            &js,
+            &subject,
+            envelopes,
+            (args.wait || args.stream, args.stream),
+        );
     }
     send_tasks(&mut client, &subject, envelopes, args)
 }
@@ -533,25 +536,6 @@ fn send_tasks(
         source,
     })?;
     Ok(worst)
-}
-
-/// The daemon's acknowledgement of a task: a progress event
-/// `{"type":"system","subtype":"queued","timeout_ms":T,...}`. Only these
-/// fields are read; any other event is passed through unparsed.
-#[derive(serde::Deserialize)]
-pub(super) struct Queued {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    subtype: Option<String>,
-    pub timeout_ms: Option<u64>,
-}
-
-impl Queued {
-    pub(super) fn of(event: &RawJson) -> Option<Queued> {
-        let head: Queued = serde_json::from_str(event.text()).ok()?;
-        (head.kind.as_deref() == Some("system") && head.subtype.as_deref() == Some("queued"))
-            .then_some(head)
-    }
 }
 
 fn default_timeout(client: &Client) -> Duration {

@@ -31,6 +31,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::message::demand::{self, AgentView, Consumers, Demand};
+use crate::message::lent::Lent;
 use crate::message::router::{AgentIx, Origin};
 
 /// Where a task is going.
@@ -469,6 +470,14 @@ impl Dispatcher {
         self
     }
 
+    /// A lent agent for `target`, now taken back.
+    fn lent_for(&mut self, target: &Target) -> Option<AgentIx> {
+        match target {
+            Target::Agent(i) => self.lent.take_for(Some(*i), ""),
+            Target::Type(t) => self.lent.take_for(None, t),
+        }
+    }
+
     /// In durable mode, what to ask each consumer for now.
     pub fn demand(&self) -> Option<Demand> {
         let d = self.durable.as_ref()?;
@@ -591,7 +600,7 @@ impl Dispatcher {
                         continue;
                     }
                     self.queue.stamp(&mut task);
-                    if let Some(i) = self.lent.take_for(&task.target) {
+                    if let Some(i) = self.lent_for(&task.target) {
                         sink.accepted(&task, 0);
                         start.push((i, task));
                         taken = true;
@@ -623,7 +632,7 @@ impl Dispatcher {
                     sink.cancelled(&task, Cancel::Shutdown);
                 } else if let Some(why) = self.down_reason(&task.target) {
                     sink.cancelled(&task, Cancel::AgentDown { why });
-                } else if let Some(i) = self.lent.take_for(&task.target) {
+                } else if let Some(i) = self.lent_for(&task.target) {
                     // Another idle agent that fits takes it now.
                     sink.assign(i, task);
                 } else {
@@ -673,66 +682,6 @@ impl Dispatcher {
                 sink.closed();
             }
         }
-    }
-}
-
-/// The agents lent to the dispatcher (idle ones): a flag per agent, and per
-/// type the lent ones in the order they were lent, so work is spread over
-/// them. An agent is in its type's list at most once.
-#[derive(Debug)]
-struct Lent {
-    types: Vec<String>,
-    lent: Vec<bool>,
-    listed: Vec<bool>,
-    by_type: HashMap<String, VecDeque<AgentIx>>,
-}
-
-impl Lent {
-    fn new(types: &[String]) -> Self {
-        Lent {
-            types: types.to_vec(),
-            lent: vec![false; types.len()],
-            listed: vec![false; types.len()],
-            by_type: HashMap::new(),
-        }
-    }
-
-    fn lend(&mut self, i: AgentIx) {
-        self.lent[i.0] = true;
-        if !self.listed[i.0] {
-            self.listed[i.0] = true;
-            self.by_type
-                .entry(self.types[i.0].clone())
-                .or_default()
-                .push_back(i);
-        }
-    }
-
-    fn take_back(&mut self, i: AgentIx) {
-        if let Some(f) = self.lent.get_mut(i.0) {
-            *f = false;
-        }
-    }
-
-    /// A lent agent for `target`, now taken back.
-    fn take_for(&mut self, target: &Target) -> Option<AgentIx> {
-        let i = match target {
-            Target::Agent(i) => self.lent.get(i.0).copied().unwrap_or(false).then_some(*i),
-            Target::Type(t) => {
-                let q = self.by_type.get_mut(t.as_str())?;
-                let mut found = None;
-                while let Some(i) = q.pop_front() {
-                    self.listed[i.0] = false;
-                    if self.lent[i.0] {
-                        found = Some(i);
-                        break;
-                    }
-                }
-                found
-            }
-        }?;
-        self.lent[i.0] = false;
-        Some(i)
     }
 }
 

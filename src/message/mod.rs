@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod envelope;
 pub mod error;
 pub mod failures;
+pub(crate) mod lent;
 pub mod router;
 pub mod schemas;
 pub mod stream_view;

@@ -28,7 +28,7 @@ use crate::runtime::tracker;
 use crate::transport::health_check::NatsState;
 use crate::transport::hub::{self, Outbox};
 use crate::transport::jetstream::pump::PumpStart;
-use crate::transport::jetstream::{JsBoot, JsCmd, JsState};
+use crate::transport::jetstream::{demand_link, JsBoot, JsCmd, JsState};
 use crate::transport::nats_transport::{self, NatsSettings};
 use crate::transport::{local_transport, Handler};
 
@@ -120,6 +120,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         .clone()
         .filter(|_| endpoints.nats.is_some());
     let (pump_tx, pump_rx) = crossbeam_channel::unbounded();
+    let (demand_tx, demand_rx) = demand_link();
     let js_state = Arc::new(JsState::default());
     let (specs, consumers, targets) = durable::consumers(&table);
 
@@ -161,6 +162,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
                 consumers: specs,
                 deliver: Box::new(move |d| glue.deliver(d)),
                 cmds: pump_rx,
+                demand: demand_rx,
                 outbox: outbox.clone(),
                 link: nats_state.clone(),
             },
@@ -207,7 +209,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         dispatcher = dispatcher.with_consumers(consumers);
     }
     let q = queued.clone();
-    let demand_to = pump.clone();
+    let demand_to = durable.is_some().then_some(demand_tx);
     thread::Builder::new()
         .name("dispatcher".into())
         .stack_size(256 * 1024)

@@ -10,7 +10,7 @@ use crossbeam_channel::{at, never, select_biased, Receiver};
 
 use crate::message::demand::Demand;
 use crate::message::dispatcher::{DispatchCmd, DispatchSink, Dispatcher};
-use crate::transport::jetstream::JsCmd;
+use crate::transport::jetstream::DemandLink;
 
 /// The thread's loop: returns once every sender is gone. `queued` mirrors
 /// the queue's length for status reports. In durable mode, what the queue
@@ -20,16 +20,13 @@ pub(crate) fn run(
     mut dispatcher: Dispatcher,
     queued: &Arc<AtomicUsize>,
     sink: &dyn DispatchSink,
-    pump: Option<&crossbeam_channel::Sender<JsCmd>>,
+    pump: Option<&DemandLink>,
 ) {
     let mut said = Demand::default();
     loop {
         if let Some(pump) = pump {
             if let Some(d) = dispatcher.demand().filter(|d| *d != said) {
-                let _ = pump.send(JsCmd::Demand {
-                    wanted: d.wanted.clone(),
-                    received: d.received.clone(),
-                });
+                pump.put(d.clone());
                 said = d;
             }
         }

@@ -3,6 +3,7 @@
 
 pub(super) mod cold;
 pub(super) mod dispatcher;
+pub(super) mod durable;
 pub(super) mod memory;
 pub(super) mod restart;
 pub(super) mod rtt;

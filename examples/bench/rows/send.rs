@@ -50,7 +50,7 @@ pub(crate) fn raw_client(args: &[String]) {
 /// Runs `cmd` once (stdout discarded) and returns its wall time in ms. A
 /// failed run is reported and left out, not fatal: figures are medians
 /// over the others.
-fn timed(what: &str, cmd: &mut Command) -> Option<f64> {
+pub(crate) fn timed(what: &str, cmd: &mut Command) -> Option<f64> {
     let t = Instant::now();
     match cmd.stdout(Stdio::null()).status() {
         Ok(s) if s.success() => Some(t.elapsed().as_secs_f64() * 1000.0),

@@ -329,6 +329,21 @@ pub(crate) fn parse_ack_subject(reply: &str) -> Option<AckInfo> {
     })
 }
 
+/// The `payload.task_id` of a task envelope, read without decoding the rest.
+pub(crate) fn task_id_of(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        task_id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        payload: Payload,
+    }
+    serde_json::from_slice::<Head>(data)
+        .ok()
+        .map(|h| h.payload.task_id)
+}
+
 /// A blocking API request on `conn`, bounded by `timeout`.
 pub(crate) fn request(
     conn: &nats::Connection,

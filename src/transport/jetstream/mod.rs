@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use crate::message::demand::Demand;
 use crate::message::stream_view::{ConsumerView, StreamLink, StreamView};
 
 pub(crate) mod admin;
@@ -113,12 +114,6 @@ pub(crate) struct Finish {
 /// Requests to the pump.
 #[derive(Debug)]
 pub(crate) enum JsCmd {
-    /// How many tasks each consumer should have delivered by now, and how
-    /// many the dispatcher has received from each.
-    Demand {
-        wanted: Vec<i64>,
-        received: Vec<u64>,
-    },
     /// A task's result.
     Finish(Box<Finish>),
     /// Give a task back to the stream unanswered (the daemon is stopping),
@@ -129,6 +124,50 @@ pub(crate) enum JsCmd {
     Flush(Sender<()>),
     /// From the admin thread: consumer `n` exists (again).
     Ready(usize),
+}
+
+/// The dispatcher's latest demand (what each consumer should deliver, and
+/// what it has received from each), handed to the pump: many changes
+/// between two of the pump's wake-ups cost one wake-up.
+#[derive(Clone)]
+pub(crate) struct DemandLink {
+    latest: Arc<Mutex<Option<Demand>>>,
+    wake: Sender<()>,
+}
+
+/// The pump's end of a [`DemandLink`].
+pub(crate) struct DemandRx {
+    latest: Arc<Mutex<Option<Demand>>>,
+    pub(crate) wake: crossbeam_channel::Receiver<()>,
+}
+
+/// A link from the dispatcher to the pump.
+pub(crate) fn demand_link() -> (DemandLink, DemandRx) {
+    let latest = Arc::new(Mutex::new(None));
+    let (wake, rx) = crossbeam_channel::bounded(1);
+    (
+        DemandLink {
+            latest: latest.clone(),
+            wake,
+        },
+        DemandRx { latest, wake: rx },
+    )
+}
+
+impl DemandLink {
+    /// The dispatcher's demand now.
+    pub(crate) fn put(&self, d: Demand) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+        // Full: the pump has a wake-up pending, and reads the latest then.
+        let _ = self.wake.try_send(());
+    }
+}
+
+impl DemandRx {
+    /// The latest demand, if it changed since the last take.
+    pub(crate) fn take(&self) -> Option<Demand> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// How JetStream is doing, for `status` and `health`.
