@@ -5,8 +5,8 @@
 //! task that ran twice must say so (`attempts` > 1: a daemon died under
 //! it).
 //!
-//! CI runs 200 tasks; `MISTER_SMITH_CHAOS_TASKS=1000` runs the long
-//! version.
+//! CI runs 120 tasks and six rounds of kills; `MISTER_SMITH_CHAOS_TASKS=1000`
+//! runs the long version, killing until the last answer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +21,7 @@ use crate::support::*;
 fn daemon_config(id: &str, url: &str, agent_id: &str, record: &Path) -> Value {
     let mut a = fake_agent(
         agent_id,
-        json!({"FAKE_CLAUDE_RECORD": record, "FAKE_CLAUDE_LINE_DELAY_MS": "50"}),
+        json!({"FAKE_CLAUDE_RECORD": record, "FAKE_CLAUDE_LINE_DELAY_MS": "30"}),
     );
     a["type"] = json!("claude");
     a["replicas"] = json!(2);
@@ -98,7 +98,10 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
     let total: usize = std::env::var("MISTER_SMITH_CHAOS_TASKS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(120);
+    // The long run keeps the chaos going until the last answer; CI's
+    // stops after six rounds, so that a slow machine still finishes.
+    let rounds = if total > 120 { usize::MAX } else { 6 };
     let mut cluster = NatsCluster::start();
     let record_dir = TempDir::new("cluster-records");
     let record = record_dir.join("record.jsonl");
@@ -131,7 +134,7 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
     // Chaos until every sender is done: a NATS node down for a second, then
     // a daemon SIGKILLed and started again.
     let (mut nats_kills, mut daemon_kills) = (0usize, 0usize);
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let mut step = 0usize;
     loop {
         for s in senders.iter_mut().filter(|s| s.done.is_none()) {
@@ -146,7 +149,11 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
             for s in &senders {
                 kill(s.pid, libc::SIGKILL);
             }
-            panic!("the senders did not finish within 240 s");
+            panic!("the senders did not finish within 300 s");
+        }
+        if step >= rounds {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
         // One failure at a time, each given time to heal (a new stream
         // leader takes about 4 s): NATS itself stores nothing while a
@@ -206,7 +213,7 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
             "a sender failed: {:?}\n{stderr}",
             out.status
         );
-        assert!(s.started.elapsed() < Duration::from_secs(200));
+        assert!(s.started.elapsed() < Duration::from_secs(280));
         for v in json_lines(&stdout) {
             let p = &v["payload"];
             let prompt = p["result"]

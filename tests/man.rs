@@ -19,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "pause",
     "resume",
     "listen",
+    "result",
 ];
 
 fn man() -> String {
