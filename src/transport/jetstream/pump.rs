@@ -58,9 +58,16 @@ const FINISHED_KEPT: usize = 65_536;
 /// The sweeper of `all` tasks asks for this many at a time.
 const SWEEP_BATCH: i64 = 64;
 
-/// The message id of a task's result: one per stored task message.
-pub(crate) fn result_msg_id(stream: &str, seq: u64) -> String {
-    format!("{stream}-{seq}")
+/// The message id of a task's result: one per stored task message. The
+/// task id is part of it: a stream deleted and made again numbers its
+/// messages from 1 again, and a new task's result must not be taken for a
+/// duplicate of an old one's.
+pub(crate) fn result_msg_id(stream: &str, seq: u64, task_id: &str) -> String {
+    // The id as its results subject writes it: no byte a header cannot
+    // carry.
+    let subject = results_subject(task_id);
+    let token = subject.rsplit('.').next().unwrap_or("");
+    format!("{stream}-{seq}-{token}")
 }
 
 struct Request {
@@ -366,6 +373,12 @@ impl Pump {
                 c.requests.clear();
             }
             self.suspect_until = Some(Instant::now() + self.config.ack_wait * 2);
+            // Keep-alives lost in the gap: say at once that every held
+            // task is still in hand, before the server redelivers it.
+            let held: Vec<String> = self.open.values().cloned().collect();
+            for ack in held {
+                self.ack(&ack, b"+WPI");
+            }
         }
     }
 
@@ -412,7 +425,7 @@ impl Pump {
         let headers = vec![
             (
                 nats::header::NATS_MSG_ID,
-                result_msg_id(&self.config.stream, f.stream_seq),
+                result_msg_id(&self.config.stream, f.stream_seq, &f.task_id),
             ),
             (LIVE_HEADER, f.live.join(" ")),
         ];
@@ -514,7 +527,8 @@ impl Pump {
         let Some((d, _, _)) = self.looking.remove(&seq) else {
             return;
         };
-        let id = result_msg_id(&self.config.stream, d.stream_seq);
+        let task_id = task_id_of(&d.data).unwrap_or_default();
+        let id = result_msg_id(&self.config.stream, d.stream_seq, &task_id);
         let Some(s) = stored.filter(|s| s.header(nats::header::NATS_MSG_ID) == Some(id.as_str()))
         else {
             self.hand(d);
@@ -535,7 +549,7 @@ impl Pump {
             .collect();
         self.publish_live(&live, &Arc::new(s.data));
         self.end(seq, &d.ack, b"+ACK");
-        self.remember(seq, &task_id_of(&d.data).unwrap_or_default());
+        self.remember(seq, &task_id);
     }
 
     /// Timers: lapsed pull requests, keep-alives, stores to send again.
