@@ -36,6 +36,8 @@ struct Job {
     msg_id: String,
     data: Vec<u8>,
     stored: bool,
+    /// Stored, but not where this config's daemons read: why.
+    misplaced: Option<String>,
     answered: bool,
     deadline: Instant,
 }
@@ -75,6 +77,7 @@ pub(super) fn send(
             msg_id: env.message_id.to_string(),
             data,
             stored: false,
+            misplaced: None,
             answered: false,
             deadline: Instant::now() + timeout + RESULT_MARGIN,
         });
@@ -95,7 +98,11 @@ pub(super) fn send(
     let mut ensured = false;
     let mut need_streams = false;
     let publish_all = |jobs: &[Job]| -> Result<(), SystemError> {
-        for (i, j) in jobs.iter().enumerate().filter(|(_, j)| !j.stored) {
+        for (i, j) in jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| !j.stored && j.misplaced.is_none())
+        {
             nats.publish_with_id(subject, &acks[i], &j.msg_id, &j.data)?;
         }
         Ok(())
@@ -133,7 +140,7 @@ pub(super) fn send(
             early.push(m);
             continue;
         };
-        if jobs[i].stored {
+        if jobs[i].stored || jobs[i].misplaced.is_some() {
             continue;
         }
         let answer = if m.no_responders {
@@ -142,6 +149,16 @@ pub(super) fn send(
             api::parse_pub_ack(&m.data)
         };
         match answer {
+            Ok(ack) if ack.stream != js.stream => {
+                // Another stream captures these subjects (two configs with
+                // different stream names on one NATS): no daemon of this
+                // config reads it.
+                jobs[i].misplaced = Some(format!(
+                    "stored in stream {}, not {} (another config's stream takes these subjects)",
+                    ack.stream, js.stream
+                ));
+                left -= 1;
+            }
             Ok(_) => {
                 jobs[i].stored = true;
                 left -= 1;
@@ -162,7 +179,12 @@ pub(super) fn send(
         }
     }
     let mut worst = exit::OK;
-    for j in jobs.iter().filter(|j| !j.stored) {
+    for j in jobs.iter().filter(|j| j.misplaced.is_some()) {
+        let why = j.misplaced.clone().unwrap_or_default();
+        crate::cli::report(&format!("task {}: {why}", j.task_id));
+        worst = exit::worst(worst, exit::TEMPORARY);
+    }
+    for j in jobs.iter().filter(|j| !j.stored && j.misplaced.is_none()) {
         let why = last_err
             .clone()
             .unwrap_or_else(|| format!("no acknowledgement within {} ms", STORE_BOUND.as_millis()));

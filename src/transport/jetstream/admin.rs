@@ -92,6 +92,9 @@ impl Admin {
     /// Reads each consumer's backlog; a consumer the server no longer has
     /// is made again at the next pass.
     fn poll(&self, ready: &mut [bool]) -> Result<(), JsError> {
+        // A stream deleted under a running daemon is made again (results
+        // could not be stored, nor tasks taken, without it).
+        api::ensure_streams(&self.conn, &self.config, REQUEST)?;
         for (i, spec) in self.specs.iter().enumerate() {
             let subject = api::consumer_info(&self.config.stream, &spec.name);
             match api::request(&self.conn, &subject, b"", REQUEST) {

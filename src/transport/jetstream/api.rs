@@ -91,6 +91,8 @@ pub(crate) fn parse_answer(data: &[u8]) -> Result<Value, JsError> {
 /// A stream's acknowledgement of a published message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PubAck {
+    /// The stream that stored it.
+    pub stream: String,
     pub seq: u64,
     /// The message id was stored before, within the duplicate window.
     pub duplicate: bool,
@@ -103,6 +105,11 @@ pub(crate) fn parse_pub_ack(data: &[u8]) -> Result<PubAck, JsError> {
         .and_then(Value::as_u64)
         .ok_or_else(|| JsError::Other("a publish acknowledgement without seq".into()))?;
     Ok(PubAck {
+        stream: v
+            .get("stream")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         seq,
         duplicate: v.get("duplicate").and_then(Value::as_bool).unwrap_or(false),
     })
@@ -463,6 +470,7 @@ mod tests {
         assert_eq!(
             parse_pub_ack(br#"{"stream":"S","seq":4,"duplicate":true}"#).unwrap(),
             PubAck {
+                stream: "S".into(),
                 seq: 4,
                 duplicate: true
             }
