@@ -441,3 +441,76 @@ fn the_nats_server_killed_and_restarted_loses_and_repeats_nothing() {
         "FIGURE nats-server SIGKILL with 200 tasks outstanding: 200 answered, 0 lost, 0 run twice ({before} had started when it came back)"
     );
 }
+
+/// A JetStream API request from the test, as an operator's tool would
+/// make it.
+fn js_api(url: &str, subject: &str) -> Value {
+    #[allow(deprecated)]
+    let nc = nats::Options::new()
+        .add_root_certificate("/dev/null")
+        .connect(url)
+        .expect("connect");
+    #[allow(deprecated)]
+    let m = nc
+        .request_timeout(subject, b"", Duration::from_secs(5))
+        .expect("JetStream answers");
+    serde_json::from_slice(&m.data).expect("JSON")
+}
+
+#[test]
+fn streams_deleted_under_a_running_daemon_lose_no_result() {
+    let nats = NatsServer::start_js();
+    let dir = TempDir::new("durable-deleted");
+    let record = dir.join("record.jsonl");
+    let cfg = config(&nats, "d1", 3_000, vec![agent("c", &record, 1)]);
+    let path = dir.config(&cfg);
+    let daemon = Daemon::start(dir, &cfg);
+    daemon.wait_ready();
+    daemon.wait_seen("consumer(s) of stream", Duration::from_secs(10));
+    for n in 0..3 {
+        let (st, _, err) = cli(
+            &path,
+            &["send", "--to", "c", "--wait", &format!("before {n}")],
+            None,
+        );
+        assert!(st.success(), "{err}");
+    }
+    // The tasks stream goes (an operator's mistake): made again, it numbers
+    // its messages from 1, and new results must not pass for old ones.
+    let v = js_api(&nats.url(), "$JS.API.STREAM.DELETE.MISTER_SMITH_TASKS");
+    assert_eq!(v["success"], true, "{v}");
+    daemon.wait_seen("consumer", Duration::from_secs(10));
+    for n in 0..3 {
+        let (st, out, err) = cli(
+            &path,
+            &[
+                "send",
+                "--to",
+                "c",
+                "--wait",
+                "--timeout",
+                "20000",
+                &format!("after {n}"),
+            ],
+            None,
+        );
+        assert!(st.success(), "after {n}: {st:?} {err}");
+        assert_eq!(json_lines(&out)[0]["payload"]["status"], "completed");
+    }
+    // The results stream goes: made again within a poll, and results are
+    // stored again.
+    let v = js_api(&nats.url(), "$JS.API.STREAM.DELETE.MISTER_SMITH_RESULTS");
+    assert_eq!(v["success"], true, "{v}");
+    let (st, out, err) = cli(
+        &path,
+        &["send", "--to", "c", "--wait", "--timeout", "20000", "later"],
+        None,
+    );
+    assert!(st.success(), "{err}");
+    let id = json_lines(&out)[0]["payload"]["task_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let r = stored_results(&path, &[id], 20_000);
+    assert_eq!(r[0]["status"], "completed");
+}
