@@ -97,18 +97,6 @@ fn starts(record: &Path) -> HashMap<String, usize> {
     n
 }
 
-/// Waits (bounded) until `record` shows `prompt` started `times` times.
-fn wait_started(record: &Path, prompt: &str, times: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while starts(record).get(prompt).copied().unwrap_or(0) < times {
-        assert!(
-            Instant::now() < deadline,
-            "{prompt:?} did not start {times} time(s) within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The stored result of each id (`result --wait`, bounded).
 fn stored_results(config: &Path, ids: &[String], within_ms: u64) -> Vec<Value> {
     ids.iter()
@@ -188,7 +176,8 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
         &path,
         &["send", "--to", "c-1", "--wait", "--timeout", "40000", slow],
     );
-    wait_started(&record, slow, 1, Duration::from_secs(20));
+    // Five quick tasks started, then the slow one.
+    first.wait_for_n("started (priority", 6, Duration::from_secs(20));
     kill(first.pid(), libc::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
 
@@ -412,11 +401,7 @@ fn the_nats_server_killed_and_restarted_loses_and_repeats_nothing() {
     assert_eq!(ids.len(), 200);
     // Kill the server (SIGKILL) while tasks are outstanding, then bring it
     // back on its store.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while starts(&record).len() < 20 {
-        assert!(Instant::now() < deadline, "tasks did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    daemon.wait_for_n("started (priority", 20, Duration::from_secs(30));
     nats.restart_js();
     let before = starts(&record).len();
 
