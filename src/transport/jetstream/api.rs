@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::JetStreamConfig;
-use crate::message::router::{results_capture, tasks_capture};
+use crate::message::router::{results_capture, results_subject, tasks_capture};
 
 /// Error codes of the JetStream API that callers act on.
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
@@ -349,6 +349,18 @@ pub(crate) fn task_id_of(data: &[u8]) -> Option<String> {
     serde_json::from_slice::<Head>(data)
         .ok()
         .map(|h| h.payload.task_id)
+}
+
+/// The message id of a task's result: one per stored task message. The
+/// task id is part of it: a stream deleted and made again numbers its
+/// messages from 1 again, and a new task's result must not be taken for a
+/// duplicate of an old one's.
+pub(crate) fn result_msg_id(stream: &str, seq: u64, task_id: &str) -> String {
+    // The id as its results subject writes it: no byte a header cannot
+    // carry.
+    let subject = results_subject(task_id);
+    let token = subject.rsplit('.').next().unwrap_or("");
+    format!("{stream}-{seq}-{token}")
 }
 
 /// A blocking API request on `conn`, bounded by `timeout`.

@@ -25,7 +25,7 @@ use crate::message::router::results_subject;
 use crate::message::schemas::LinkState;
 use crate::transport::health_check::NatsState;
 use crate::transport::hub::{Outbox, RawMessage};
-use crate::transport::jetstream::api::{self, parse_ack_subject, task_id_of};
+use crate::transport::jetstream::api::{self, parse_ack_subject, result_msg_id, task_id_of};
 use crate::transport::jetstream::{ConsumerSpec, Delivery, Finish, JsCmd, Verdict, PULL_EXPIRES};
 
 /// What the runtime does with a delivery (runs on the pump's thread; must
@@ -57,18 +57,6 @@ const FINISHED_KEPT: usize = 65_536;
 
 /// The sweeper of `all` tasks asks for this many at a time.
 const SWEEP_BATCH: i64 = 64;
-
-/// The message id of a task's result: one per stored task message. The
-/// task id is part of it: a stream deleted and made again numbers its
-/// messages from 1 again, and a new task's result must not be taken for a
-/// duplicate of an old one's.
-pub(crate) fn result_msg_id(stream: &str, seq: u64, task_id: &str) -> String {
-    // The id as its results subject writes it: no byte a header cannot
-    // carry.
-    let subject = results_subject(task_id);
-    let token = subject.rsplit('.').next().unwrap_or("");
-    format!("{stream}-{seq}-{token}")
-}
 
 struct Request {
     no: u64,
