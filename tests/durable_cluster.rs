@@ -152,7 +152,14 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
             panic!("the senders did not finish within 300 s");
         }
         if step >= rounds {
-            std::thread::sleep(Duration::from_millis(100));
+            // The chaos is over: wait (bounded) for the next sender to end.
+            if let Some(s) = senders.iter_mut().find(|s| s.done.is_none()) {
+                if let Ok(r) =
+                    s.rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    s.done = Some(r.expect("send ran"));
+                }
+            }
             continue;
         }
         // One failure at a time, each given time to heal (a new stream
