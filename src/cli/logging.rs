@@ -13,18 +13,24 @@
 //! `never`) colours the level.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use time::format_description::BorrowedFormatItem;
 use time::OffsetDateTime;
 
-/// Lines waiting for stderr at most; past that they are dropped.
+/// Lines waiting for stderr at most; past that they are dropped. The
+/// queue is a list that grows as lines come (a bounded channel of this size
+/// is allocated and written in full when made: half a megabyte and 0.5 ms
+/// of every client command's start), so the bound is kept by a count.
 const QUEUE: usize = 16_384;
+
+/// Lines in the queue now.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 /// Now, as `2026-11-30T16:40:58.136Z`.
 fn stamp() -> String {
@@ -62,8 +68,14 @@ impl Log for QueueLogger {
         if !self.filter.matches(record) {
             return;
         }
+        if QUEUED.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let line = format_line(record, self.colour);
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
+        if self.tx.send(Msg::Line(line)).is_err() {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -134,7 +146,7 @@ pub(super) fn init(default: &str) {
         Ok("never") => false,
         _ => std::io::stderr().is_terminal(),
     };
-    let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE);
+    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
     // Without its thread (out of threads at startup) the queue fills and
     // lines are dropped and counted: never a blocked caller.
     let _ = thread::Builder::new()
@@ -164,6 +176,7 @@ fn write_out(rx: &Receiver<Msg>, dropped: &AtomicU64) {
         match msg {
             Msg::Line(line) => {
                 let _ = err.write_all(&line);
+                QUEUED.fetch_sub(1, Ordering::Relaxed);
             }
             Msg::Flush(done) => drop(done),
         }
