@@ -14,6 +14,7 @@ mod faults;
 mod fuzz;
 mod man;
 mod nats;
+mod operate;
 mod pipelines;
 mod security;
 mod supervise;

@@ -49,9 +49,26 @@ pub(super) struct Client {
     subscribed: bool,
 }
 
+/// Whether a command may use the local socket when NATS cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failover {
+    /// Yes, saying so on stderr: the local daemon answers for itself.
+    ToSocket,
+    /// No: what the command does needs NATS (a durable task is stored in
+    /// the stream, not handed to one daemon).
+    Never,
+}
+
 /// Connects: an explicit `--socket` means the local socket; otherwise NATS
-/// when a URL is known; otherwise the local socket.
+/// when a URL is known; otherwise the local socket. NATS that cannot be
+/// reached (refused, or silent past the bound; not refused credentials)
+/// with a daemon on the local socket: the socket, and one line on stderr.
 pub(super) fn connect(cli: &Cli) -> Result<Client, SystemError> {
+    connect_with(cli, Failover::ToSocket)
+}
+
+/// [`connect`], saying whether the socket may stand in for NATS.
+pub(super) fn connect_with(cli: &Cli, failover: Failover) -> Result<Client, SystemError> {
     let config = cli.client_config()?;
     let transport: Box<dyn Transport> = match (&cli.socket, cli.nats_settings(config.as_ref())?) {
         (None, Some(settings)) => {
@@ -61,7 +78,21 @@ pub(super) fn connect(cli: &Cli) -> Result<Client, SystemError> {
                 Some(_) => Reconnect::UntilBound,
                 None => Reconnect::Once,
             };
-            Box::new(NatsClient::connect(&settings, reconnect)?)
+            match NatsClient::connect(&settings, reconnect) {
+                Ok(nats) => Box::new(nats),
+                Err(e @ TransportError::NatsConnect { .. }) if failover == Failover::ToSocket => {
+                    let path = cli.socket_path(config.as_ref());
+                    let Ok(local) = LocalClient::connect(&path) else {
+                        return Err(e.into());
+                    };
+                    crate::cli::notice(&format!(
+                        "{e}; using the local daemon on {} (this host only)",
+                        path.display()
+                    ));
+                    Box::new(local)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         _ => Box::new(LocalClient::connect(&cli.socket_path(config.as_ref()))?),
     };

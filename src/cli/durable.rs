@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::cli::answers::{Queued, RESULT_MARGIN};
 use crate::cli::bound;
 use crate::cli::client::{print_line, refusal, Client};
+use crate::cli::output::Output;
 use crate::config::JetStreamConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{Envelope, Payload};
@@ -52,8 +53,9 @@ pub(super) fn send(
     js: &JetStreamConfig,
     subject: &str,
     envelopes: Vec<Envelope>,
-    (wait, stream): (bool, bool),
+    output: Output,
 ) -> Result<u8, SystemError> {
+    let wait = output.waits();
     let default = Duration::from_millis(client.limits().default_timeout_ms);
     bound::phase(bound::Phase::Publishing);
     let mut jobs = Vec::with_capacity(envelopes.len());
@@ -218,7 +220,14 @@ pub(super) fn send(
                 check_store = if nats.is_connected() {
                     // Back: what was stored meanwhile is read, and the live
                     // path works again.
-                    open -= from_store(nats, js, &mut jobs, &mut stdout, &mut worst, false)?;
+                    open -= from_store(
+                        nats,
+                        js,
+                        &mut jobs,
+                        (&mut stdout, output),
+                        &mut worst,
+                        false,
+                    )?;
                     None
                 } else {
                     Some(now + Duration::from_millis(250))
@@ -226,7 +235,7 @@ pub(super) fn send(
                 continue;
             }
             // Time is up: a last look in the store before giving up.
-            from_store(nats, js, &mut jobs, &mut stdout, &mut worst, true)?;
+            from_store(nats, js, &mut jobs, (&mut stdout, output), &mut worst, true)?;
             break;
         };
         if m.lost {
@@ -253,12 +262,12 @@ pub(super) fn send(
                     let d = Instant::now() + Duration::from_millis(ms) + RESULT_MARGIN;
                     jobs[i].deadline = jobs[i].deadline.max(d);
                 }
-                if stream {
+                if output.progress() {
                     print_line(&mut stdout, &m.data)?;
                 }
             }
             Payload::TaskResult(r) => {
-                print_line(&mut stdout, &m.data)?;
+                output.result(&mut stdout, &m.data, r)?;
                 worst = exit::worst(worst, task_exit_code(r.status, r.error_kind));
                 jobs[i].answered = true;
                 open -= 1;
@@ -279,7 +288,7 @@ fn from_store(
     nats: &NatsClient,
     js: &JetStreamConfig,
     jobs: &mut [Job],
-    out: &mut impl Write,
+    (out, output): (&mut impl Write, Output),
     worst: &mut u8,
     last: bool,
 ) -> Result<usize, SystemError> {
@@ -289,7 +298,7 @@ fn from_store(
             Ok(Some(s)) => {
                 if let Ok(env) = Envelope::decode(&s.data, usize::MAX) {
                     if let Payload::TaskResult(r) = &env.payload {
-                        print_line(out, &s.data)?;
+                        output.result(out, &s.data, r)?;
                         *worst = exit::worst(*worst, task_exit_code(r.status, r.error_kind));
                         j.answered = true;
                         found += 1;

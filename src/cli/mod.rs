@@ -25,6 +25,8 @@ mod gather;
 mod health;
 mod listen;
 mod logging;
+mod metrics;
+mod output;
 mod result;
 mod run;
 mod send;
@@ -135,6 +137,12 @@ pub fn exit_now(code: u8) -> ! {
 pub(crate) fn report(line: &str) {
     let line = logging::printable(line);
     let _ = writeln!(std::io::stderr(), "mister-smith: error: {line}");
+}
+
+/// One line on stderr that is not an error: the command goes on.
+pub(crate) fn notice(line: &str) {
+    let line = logging::printable(line);
+    let _ = writeln!(std::io::stderr(), "mister-smith: note: {line}");
 }
 
 /// The exit code for arguments that could not even be parsed: a usage

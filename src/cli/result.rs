@@ -69,7 +69,8 @@ pub(super) fn run(cli: &Cli, args: &ResultArgs) -> Result<u8, SystemError> {
     }));
     client::bound_command(if args.wait { within } else { LOOKUP } + LOOKUP * 2);
     bound::phase(bound::Phase::Connecting);
-    let mut client = client::connect(cli)?;
+    // Results are stored in NATS: the local socket has none to give.
+    let mut client = client::connect_with(cli, client::Failover::Never)?;
     let describe = client.describe();
     if client.transport.as_nats().is_none() {
         return Err(SystemError::NoAnswer(format!(

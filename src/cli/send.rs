@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::cli::answers::{Queued, RESULT_MARGIN};
 use crate::cli::bound;
 use crate::cli::client::{self, print_line, refusal, Client};
+use crate::cli::output::Output;
 use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::config::MessageConfig;
@@ -69,6 +70,12 @@ pub struct SendArgs {
     #[argh(switch)]
     pub stream: bool,
 
+    /// text (the result text alone), json (the task_result envelope, as
+    /// --wait) or stream-json (progress, then the result, as --stream);
+    /// each waits for the result
+    #[argh(option, arg_name = "FORMAT")]
+    pub output_format: Option<String>,
+
     /// one task per non-empty input line
     #[argh(switch)]
     pub lines: bool,
@@ -107,6 +114,8 @@ struct Pending {
 }
 
 pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
+    let output = Output::of(args.output_format.as_deref(), args.wait, args.stream)
+        .map_err(SystemError::Usage)?;
     let (subject, target_id, target_type) = destination(args)?;
     let message_type = MessageType::parse(&args.r#type)
         .ok_or_else(|| bad(format!("--type {:?} is not a message type", args.r#type)))?;
@@ -188,14 +197,28 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     let longest = args
         .timeout
         .map_or(Duration::from_secs(3600), Duration::from_millis);
-    let limit = if message_type == MessageType::TaskAssignment && (args.wait || args.stream) {
+    let limit = if message_type == MessageType::TaskAssignment && output.waits() {
         longest + RESULT_MARGIN + client::ACK_WAIT * 3
     } else {
         client::ACK_WAIT * 3
     };
     client::bound_total(limit);
     bound::phase(bound::Phase::Connecting);
-    let mut client = client::connect(cli)?;
+    // A durable task is stored in the stream or not sent: the local
+    // daemon does not stand in for NATS.
+    let durable_task = message_type == MessageType::TaskAssignment
+        && args.to.as_deref() != Some("all")
+        && cli
+            .client_config()?
+            .is_some_and(|c| c.transport.jetstream.is_some());
+    let mut client = client::connect_with(
+        cli,
+        if durable_task {
+            client::Failover::Never
+        } else {
+            client::Failover::ToSocket
+        },
+    )?;
     if message_type != MessageType::TaskAssignment {
         return send_other(&mut client, &subject, envelopes);
     }
@@ -207,15 +230,9 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         .and_then(|c| c.transport.jetstream.clone())
         .filter(|_| client.kind() == TransportKind::Nats && args.to.as_deref() != Some("all"));
     if let Some(js) = durable {
-        return crate::cli::durable::send(
-            &mut client,
-            &js,
-            &subject,
-            envelopes,
-            (args.wait || args.stream, args.stream),
-        );
+        return crate::cli::durable::send(&mut client, &js, &subject, envelopes, output);
     }
-    send_tasks(&mut client, &subject, envelopes, args)
+    send_tasks(&mut client, &subject, envelopes, args, output)
 }
 
 /// Reads stdin as text: at most `limit` bytes (more is bad input, and is
@@ -318,8 +335,9 @@ fn send_tasks(
     subject: &str,
     envelopes: Vec<Envelope>,
     args: &SendArgs,
+    output: Output,
 ) -> Result<u8, SystemError> {
-    let wait = args.wait || args.stream;
+    let wait = output.waits();
     let default = default_timeout(client);
     bound::phase(bound::Phase::Publishing);
     let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -508,15 +526,13 @@ fn send_tasks(
                         continue;
                     }
                 }
-                if args.stream {
+                if output.progress() {
                     print_line(&mut stdout, &m.data)?;
                 }
             }
             Payload::TaskResult(r) => {
                 let code = task_exit_code(r.status, r.error_kind);
-                if wait {
-                    print_line(&mut stdout, &m.data)?;
-                }
+                output.result(&mut stdout, &m.data, r)?;
                 p.results += 1;
                 // `--to all`: one result per agent that acknowledged.
                 if p.results >= p.acks {

@@ -30,12 +30,49 @@ pub struct StatusArgs {
     #[argh(positional)]
     pub id: Option<String>,
 
-    /// print a JSON array of agent_status payloads
+    /// text (the default), json (a JSON array of agent_status payloads)
+    /// or prometheus (the text exposition format, for node_exporter's
+    /// textfile collector)
+    #[argh(option, arg_name = "FORMAT")]
+    pub format: Option<String>,
+
+    /// the same as --format json
     #[argh(switch)]
     pub json: bool,
 }
 
+/// What `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Prometheus,
+}
+
+fn format(args: &StatusArgs) -> Result<Format, SystemError> {
+    let chosen = match args.format.as_deref() {
+        None => None,
+        Some("text") => Some(Format::Text),
+        Some("json") => Some(Format::Json),
+        Some("prometheus") => Some(Format::Prometheus),
+        Some(other) => {
+            return Err(SystemError::Usage(format!(
+                "--format {other:?} is not one of text, json, prometheus"
+            )))
+        }
+    };
+    match (chosen, args.json) {
+        (None, false) => Ok(Format::Text),
+        (None | Some(Format::Json), true) => Ok(Format::Json),
+        (Some(f), false) => Ok(f),
+        (Some(_), true) => Err(SystemError::Usage(
+            "--json is --format json; it cannot be combined with another --format".into(),
+        )),
+    }
+}
+
 pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
+    let format = format(args)?;
     if let Some(id) = &args.id {
         check_token(id).map_err(|why| SystemError::BadInput(format!("agent id {id:?} {why}")))?;
     }
@@ -59,9 +96,18 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
     })?;
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if format == Format::Json {
         let text = serde_json::to_string(&agents).unwrap_or_else(|_| "[]".into());
         print_line(&mut out, text.as_bytes())?;
+        return Ok(exit::OK);
+    }
+    if format == Format::Prometheus {
+        out.write_all(crate::cli::metrics::prometheus(&reports).as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| SystemError::Io {
+                what: "write to stdout",
+                source,
+            })?;
         return Ok(exit::OK);
     }
     let header = format!(

@@ -209,6 +209,15 @@ fn payload(g: &mut Gen) -> Payload {
             }),
             also_on: g.opt(|g| vec![g.id()]),
             account: None,
+            task_counts: if g.next() % 2 == 0 {
+                Vec::new()
+            } else {
+                vec![TaskCount {
+                    status: TaskStatus::Failed,
+                    error_kind: Some(ErrorKind::RateLimited),
+                    count: g.next() % 9,
+                }]
+            },
         }),
         5 => Payload::AgentRegistration(AgentRegistration {
             agent_id: g.id(),

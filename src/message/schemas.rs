@@ -323,6 +323,18 @@ pub enum TaskStatus {
     Timeout,
 }
 
+impl TaskStatus {
+    /// As on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Timeout => "timeout",
+        }
+    }
+}
+
 /// `task_result`: the end of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -449,6 +461,20 @@ pub struct AgentStatus {
     /// The account the agent draws on, and whether it is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<AccountView>,
+    /// Its tasks since the daemon started, by how they ended (in a report
+    /// only, for metrics).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_counts: Vec<TaskCount>,
+}
+
+/// How many of an agent's tasks ended one way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCount {
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<crate::message::failures::ErrorKind>,
+    pub count: u64,
 }
 
 /// `agent_registration`: an agent this daemon runs, published at start.
@@ -620,6 +646,7 @@ mod tests {
             daemon_id: Some("host".into()),
             tasks_completed: 0,
             tasks_failed: 0,
+            task_counts: Vec::new(),
             total_cost_usd: 0.0,
             reason: None,
             reason_code: None,

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use crate::config::AgentSpec;
 use crate::message::dispatcher::Task;
-use crate::message::schemas::{AgentState, ReasonCode};
+use crate::message::failures::ErrorKind;
+use crate::message::schemas::{AgentState, ReasonCode, TaskCount, TaskStatus};
 use crate::runtime::backoff::RestartBook;
 use crate::runtime::process::ChildHandle;
 
@@ -97,6 +98,8 @@ pub(super) struct Agent {
     pub(super) result_seen: bool,
     pub(super) tasks_done: u64,
     pub(super) tasks_failed: u64,
+    /// Tasks by how they ended, for metrics.
+    pub(super) outcomes: Vec<TaskCount>,
     pub(super) cost_usd: f64,
     /// Since when the agent has been up (not terminated or in error).
     pub(super) up_since: Option<Instant>,
@@ -113,6 +116,27 @@ pub(super) struct Agent {
 }
 
 impl Agent {
+    /// Counts a task that ended with `status` (and `kind`).
+    pub(super) fn count_task(&mut self, status: TaskStatus, kind: Option<ErrorKind>) {
+        if status == TaskStatus::Completed {
+            self.tasks_done += 1;
+        } else {
+            self.tasks_failed += 1;
+        }
+        match self
+            .outcomes
+            .iter_mut()
+            .find(|c| c.status == status && c.error_kind == kind)
+        {
+            Some(c) => c.count += 1,
+            None => self.outcomes.push(TaskCount {
+                status,
+                error_kind: kind,
+                count: 1,
+            }),
+        }
+    }
+
     pub(super) fn new(spec: AgentSpec, now: Instant) -> Self {
         Agent {
             spec,
@@ -131,6 +155,7 @@ impl Agent {
             result_seen: false,
             tasks_done: 0,
             tasks_failed: 0,
+            outcomes: Vec::new(),
             cost_usd: 0.0,
             up_since: None,
             reason: None,

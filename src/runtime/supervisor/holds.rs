@@ -293,12 +293,7 @@ impl Supervisor {
                 }
             }
         }
-        let a = &mut self.agents[i.0];
-        if result.status == TaskStatus::Completed {
-            a.tasks_done += 1;
-        } else {
-            a.tasks_failed += 1;
-        }
+        self.agents[i.0].count_task(result.status, result.error_kind);
         log::info!(
             "agent {id}: task {} {}{}",
             task.task_id,

@@ -46,6 +46,11 @@ impl Supervisor {
             } else {
                 None
             },
+            task_counts: if previous.is_none() {
+                a.outcomes.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 

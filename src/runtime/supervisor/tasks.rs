@@ -109,7 +109,7 @@ impl Supervisor {
                         let why = e.to_string();
                         let a = &mut self.agents[i.0];
                         a.reason = Some(Reason::new(ReasonCode::SpawnFailed, why.clone()));
-                        a.tasks_failed += 1;
+                        a.count_task(TaskStatus::Failed, Some(ErrorKind::Other));
                         self.answer_with(
                             i,
                             &task,

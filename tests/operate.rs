@@ -1,0 +1,395 @@
+//! Operating a fleet: claude-style output from `send`, and the metrics of
+//! `status --format prometheus` read by an independent parser.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{fake_agent, json_lines, run_cli_stdin, Daemon, TempDir};
+
+const T: Duration = Duration::from_secs(20);
+
+fn fleet(name: &str) -> Daemon {
+    let agents = json!([
+        fake_agent("coder-1", json!({"FAKE_CLAUDE_TURNS": "1"})),
+        fake_agent("coder-2", json!({"FAKE_CLAUDE_TURNS": "1"})),
+    ]);
+    let d = Daemon::start(TempDir::new(name), &json!({ "agents": agents }));
+    d.wait_ready();
+    for id in ["coder-1", "coder-2"] {
+        d.wait_seen(&format!("agent {id}: initializing -> idle"), T);
+    }
+    d
+}
+
+#[test]
+fn send_prints_text_json_or_stream_json_like_claude() {
+    let d = fleet("output");
+
+    // text: the answer alone, for $(...).
+    let (st, out, err) = d.cli(&[
+        "send",
+        "--to",
+        "coder-1",
+        "--output-format",
+        "text",
+        "hello",
+    ]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(out, "done: hello\n");
+    assert_eq!(err, "");
+    let (st, out, err) = d.cli_with(
+        &[
+            "send",
+            "--to",
+            "coder-1",
+            "--wait",
+            "--output-format",
+            "text",
+        ],
+        &[],
+        Some("piped\n"),
+    );
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(out, "done: piped\n");
+
+    // A failure: exit code as ever, nothing but a newline on stdout, the
+    // reason on stderr in one line.
+    let (st, out, err) = d.cli(&[
+        "send",
+        "--to",
+        "coder-1",
+        "--output-format",
+        "text",
+        "[[fake:result=max_turns]] go",
+    ]);
+    assert_eq!(st.code(), Some(1), "{out}{err}");
+    assert_eq!(out, "\n");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("failed (max_turns)") && err.contains("task "),
+        "{err}"
+    );
+
+    // json: the task_result envelope, as --wait prints it.
+    let (st, out, err) = d.cli(&["send", "--to", "coder-2", "--output-format", "json", "hi"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["message_type"], "task_result");
+    assert_eq!(lines[0]["payload"]["result"], "done: hi");
+
+    // stream-json: progress envelopes, then the result.
+    let (st, out, err) = d.cli(&[
+        "send",
+        "--to",
+        "coder-2",
+        "--output-format",
+        "stream-json",
+        "hi",
+    ]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let lines = json_lines(&out);
+    let (last, progress) = lines.split_last().expect("lines");
+    assert_eq!(last["message_type"], "task_result");
+    assert!(progress.len() >= 2, "{out}");
+    assert!(progress
+        .iter()
+        .all(|l| l["message_type"] == "task_progress"));
+
+    // --lines with text: one answer per line of input.
+    let (st, out, err) = d.cli_with(
+        &[
+            "send",
+            "--agent-type",
+            "claude",
+            "--lines",
+            "--output-format",
+            "text",
+        ],
+        &[],
+        Some("a\nb\nc\n"),
+    );
+    assert_eq!(st.code(), Some(0), "{err}");
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort_unstable();
+    assert_eq!(got, ["done: a", "done: b", "done: c"]);
+
+    // Usage errors: one line, exit 64, nothing sent.
+    for args in [
+        &["send", "--to", "coder-1", "--output-format", "yaml", "x"][..],
+        &[
+            "send",
+            "--to",
+            "coder-1",
+            "--stream",
+            "--output-format",
+            "text",
+            "x",
+        ][..],
+    ] {
+        let (st, out, err) = d.cli(args);
+        assert_eq!(st.code(), Some(64), "{args:?}: {out}{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(out, "");
+    }
+}
+
+/// A sample line of the text format: a name, labels maybe, a value.
+fn well_formed(line: &str) -> bool {
+    let (name_labels, value) = match line.rsplit_once(' ') {
+        Some(p) => p,
+        None => return false,
+    };
+    let name_end = name_labels.find('{').unwrap_or(name_labels.len());
+    let name = &name_labels[..name_end];
+    let name_ok = !name.is_empty()
+        && name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+    let labels_ok = name_end == name_labels.len()
+        || (name_labels.ends_with('}') && name_labels[name_end..].contains("=\""));
+    let value_ok = value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value);
+    name_ok && labels_ok && value_ok
+}
+
+/// The Prometheus project's own parser, where python3 has it: each sample
+/// as `{"name", "labels", "value"}`, and each family's name and type.
+fn parse_with_prometheus_client(text: &str) -> Option<Value> {
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        eprintln!("SKIP independent parser: python3 has no prometheus_client (pip install prometheus_client)");
+        return None;
+    }
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {"families": {}, "samples": []}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out["families"][f.name] = f.type
+    for s in f.samples:
+        out["samples"].append({"name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    let o = child.wait_with_output().expect("python3");
+    assert!(
+        o.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(serde_json::from_slice(&o.stdout).expect("parser output"))
+}
+
+#[test]
+fn status_format_prometheus_is_read_by_an_independent_parser() {
+    let d = fleet("metrics");
+    let (st, _, err) = d.cli(&["send", "--to", "coder-1", "--wait", "one"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let (st, _, _) = d.cli(&[
+        "send",
+        "--to",
+        "coder-2",
+        "--wait",
+        "[[fake:result=max_turns]] two",
+    ]);
+    assert_eq!(st.code(), Some(1));
+
+    let (st, text, err) = d.cli(&["status", "--format", "prometheus"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let families = [
+        ("mister_smith_daemon_uptime_seconds", "gauge"),
+        ("mister_smith_nats_state", "gauge"),
+        ("mister_smith_queue_depth", "gauge"),
+        ("mister_smith_queue_capacity", "gauge"),
+        ("mister_smith_agent_state", "gauge"),
+        ("mister_smith_agent_restarts_total", "counter"),
+        ("mister_smith_agent_uptime_seconds", "gauge"),
+        ("mister_smith_agent_memory_bytes", "gauge"),
+        ("mister_smith_tasks_total", "counter"),
+        ("mister_smith_cost_usd_total", "counter"),
+        ("mister_smith_account_held", "gauge"),
+        ("mister_smith_account_state", "gauge"),
+        ("mister_smith_account_spent_today_usd", "gauge"),
+        ("mister_smith_account_daily_budget_usd", "gauge"),
+        ("mister_smith_jetstream_up", "gauge"),
+        ("mister_smith_jetstream_waiting", "gauge"),
+    ];
+    // By the format's own rules, whatever python3 has.
+    for (name, kind) in families {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}\n{text}"
+        );
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(well_formed(line), "not a sample line: {line:?}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mister_smith_tasks_total{")
+                && l.contains("agent=\"coder-2\"")
+                && l.ends_with("status=\"failed\",error_kind=\"max_turns\"} 1")),
+        "{text}"
+    );
+
+    let Some(parsed) = parse_with_prometheus_client(&text) else {
+        return;
+    };
+    let kinds = &parsed["families"];
+    for (name, kind) in families {
+        // The parser names a counter's family without `_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert_eq!(kinds[family], kind, "{name}: {kinds}");
+    }
+    let samples = parsed["samples"].as_array().expect("samples");
+    let find = |name: &str, want: &[(&str, &str)]| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter(|s| want.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .map(|s| s["value"].as_f64().expect("value"))
+            .collect()
+    };
+    assert_eq!(
+        find(
+            "mister_smith_tasks_total",
+            &[("agent", "coder-1"), ("status", "completed")]
+        ),
+        [1.0]
+    );
+    assert_eq!(
+        find(
+            "mister_smith_tasks_total",
+            &[
+                ("agent", "coder-2"),
+                ("status", "failed"),
+                ("error_kind", "max_turns")
+            ]
+        ),
+        [1.0]
+    );
+    assert_eq!(
+        find(
+            "mister_smith_agent_state",
+            &[("agent", "coder-1"), ("state", "idle")]
+        ),
+        [1.0]
+    );
+    assert_eq!(
+        find(
+            "mister_smith_agent_state",
+            &[("agent", "coder-1"), ("state", "busy")]
+        ),
+        [0.0]
+    );
+    assert_eq!(find("mister_smith_nats_state", &[("state", "off")]), [1.0]);
+    assert!(find("mister_smith_cost_usd_total", &[("agent", "coder-1")])[0] > 0.0);
+    assert_eq!(find("mister_smith_account_held", &[]), [0.0]);
+
+    // --json is --format json; the two cannot disagree.
+    let (_, a, _) = d.cli(&["status", "--json"]);
+    let (_, b, _) = d.cli(&["status", "--format", "json"]);
+    let strip = |t: &str| -> Vec<String> {
+        serde_json::from_str::<Vec<Value>>(t)
+            .expect("json")
+            .iter()
+            .map(|a| a["agent_id"].to_string())
+            .collect()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    let (st, out, err) = d.cli(&["status", "--json", "--format", "text"]);
+    assert_eq!(st.code(), Some(64), "{out}{err}");
+    let (st, _, err) = d.cli(&["status", "--format", "xml"]);
+    assert_eq!(st.code(), Some(64));
+    assert!(err.contains("\"xml\""), "{err}");
+}
+
+#[test]
+fn with_nats_down_client_commands_use_the_local_daemon_and_say_so() {
+    let d = fleet("failover");
+    let dead = format!("nats://127.0.0.1:{}", crate::support::free_port());
+    let socket = d.socket();
+    let env = [
+        ("NATS_URL", dead.as_str()),
+        ("MISTER_SMITH_SOCKET", socket.to_str().expect("utf-8")),
+    ];
+    let notes = |err: &str| {
+        err.lines()
+            .filter(|l| l.contains("using the local daemon"))
+            .count()
+    };
+
+    let (st, out, err) = run_cli_stdin(&["status"], &env, None);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(out.contains("coder-1") && out.contains("coder-2"), "{out}");
+    assert_eq!(notes(&err), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&dead) && err.contains(socket.to_str().expect("utf-8")),
+        "{err}"
+    );
+
+    let (st, out, err) = run_cli_stdin(&["health"], &env, None);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(out.starts_with("MISTER-SMITH OK"), "{out}");
+    assert_eq!(notes(&err), 1, "{err}");
+
+    // Exit codes as if NATS had answered: a task runs, a bad agent is 69.
+    let (st, out, err) = run_cli_stdin(
+        &["send", "--to", "coder-1", "--output-format", "text", "hi"],
+        &env,
+        None,
+    );
+    assert_eq!((st.code(), out.as_str()), (Some(0), "done: hi\n"), "{err}");
+    let (st, _, err) = run_cli_stdin(&["send", "--to", "nobody", "--wait", "hi"], &env, None);
+    assert_eq!(st.code(), Some(69), "{err}");
+
+    // A durable task is stored in the stream or not sent: no failover.
+    let dir = TempDir::new("failover-durable");
+    let cfg = dir.config(&json!({
+        "transport": {"nats_url": dead, "jetstream": {}},
+        "agents": [fake_agent("coder-1", json!({}))],
+    }));
+    let cfg = cfg.to_str().expect("utf-8");
+    let (st, out, err) = run_cli_stdin(
+        &["--config", cfg, "send", "--to", "coder-1", "kept?"],
+        &[("MISTER_SMITH_SOCKET", socket.to_str().expect("utf-8"))],
+        None,
+    );
+    assert_eq!(st.code(), Some(69), "{out}{err}");
+    assert_eq!(notes(&err), 0, "{err}");
+    assert_eq!(out, "");
+
+    // No daemon on the socket either: NATS's own error, as before.
+    let (st, _, err) = run_cli_stdin(
+        &["status"],
+        &[
+            ("NATS_URL", dead.as_str()),
+            ("MISTER_SMITH_SOCKET", "/nonexistent/ms.sock"),
+        ],
+        None,
+    );
+    assert_eq!(st.code(), Some(69), "{err}");
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+}
