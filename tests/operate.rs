@@ -393,3 +393,134 @@ fn with_nats_down_client_commands_use_the_local_daemon_and_say_so() {
     assert_eq!(st.code(), Some(69), "{err}");
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }
+
+#[test]
+fn a_trace_id_follows_a_task_through_envelopes_and_log_lines() {
+    let d = fleet("trace");
+    let socket = d.socket();
+    let socket = socket.to_str().expect("utf-8");
+
+    // listen --trace prints only that trace's envelopes: started first,
+    // ready once it says it listens.
+    let mut listen = std::process::Command::new(crate::support::BIN)
+        .args([
+            "--socket",
+            socket,
+            "listen",
+            "--trace",
+            "deploy-42",
+            "--type",
+            "task_result",
+            "--count",
+            "1",
+        ])
+        .env("MISTER_SMITH_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("listen");
+    let mut err = std::io::BufReader::new(listen.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("listen's stderr");
+        assert!(n > 0, "listen ended before it listened");
+    }
+
+    // Another trace first: listen must let it pass.
+    let (st, _, e) = d.cli(&[
+        "send",
+        "--to",
+        "coder-2",
+        "--trace-id",
+        "other-1",
+        "--wait",
+        "x",
+    ]);
+    assert_eq!(st.code(), Some(0), "{e}");
+    let (st, out, e) = d.cli(&[
+        "send",
+        "--to",
+        "coder-1",
+        "--trace-id",
+        "deploy-42",
+        "--stream",
+        "y",
+    ]);
+    assert_eq!(st.code(), Some(0), "{e}");
+    let lines = json_lines(&out);
+    assert!(lines.len() >= 3, "{out}");
+    for l in &lines {
+        assert_eq!(l["trace_id"], "deploy-42", "{l}");
+    }
+    let heard = listen.wait_with_output().expect("listen");
+    let heard = json_lines(&String::from_utf8_lossy(&heard.stdout));
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0]["trace_id"], "deploy-42");
+    assert_eq!(heard[0]["payload"]["result"], "done: y");
+
+    // The daemon's lines about the task carry it.
+    d.wait_seen("[trace deploy-42] completed", T);
+    let log = d.log();
+    let about: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("[trace deploy-42]"))
+        .collect();
+    assert!(about.iter().any(|l| l.contains("started")), "{log:#?}");
+    assert!(about.iter().any(|l| l.contains("completed")), "{log:#?}");
+    assert!(!about.iter().any(|l| l.contains("coder-2")), "{about:#?}");
+
+    // Without --trace-id, a task still has one, the same everywhere.
+    let (st, out, e) = d.cli(&["send", "--to", "coder-1", "--stream", "z"]);
+    assert_eq!(st.code(), Some(0), "{e}");
+    let lines = json_lines(&out);
+    let trace = lines[0]["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
+    assert!(!trace.is_empty());
+    assert!(
+        lines.iter().all(|l| l["trace_id"] == trace.as_str()),
+        "{out}"
+    );
+
+    // Bad trace ids: 65, one line.
+    for bad in ["", "has space", &"x".repeat(129)] {
+        let (st, _, e) = d.cli(&["send", "--to", "coder-1", "--trace-id", bad, "x"]);
+        assert_eq!(st.code(), Some(65), "{bad:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn a_one_shot_agent_gets_its_task_trace_id_in_its_environment() {
+    let dir = TempDir::new("trace-oneshot");
+    // A one-shot "claude" that answers with the trace id it was given.
+    let script = dir.join("echo-trace.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1,"num_turns":1,"result":"%s","session_id":"s-1","total_cost_usd":0,"usage":{"input_tokens":1,"output_tokens":1}}\n' "$MISTER_SMITH_TRACE_ID"
+"#,
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let d = Daemon::start(
+        dir,
+        &json!({"agents": [{"id": "one", "command": script, "protocol": "oneshot"}]}),
+    );
+    d.wait_ready();
+    let (st, out, e) = d.cli(&[
+        "send",
+        "--to",
+        "one",
+        "--trace-id",
+        "cron-7",
+        "--output-format",
+        "text",
+        "x",
+    ]);
+    assert_eq!(st.code(), Some(0), "{out}{e}");
+    assert_eq!(out, "cron-7\n");
+}

@@ -6,7 +6,7 @@ use crate::cli::client::{self, print_line};
 use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::error::{exit, SystemError};
-use crate::message::envelope::MessageType;
+use crate::message::envelope::{check_trace_id, MessageType};
 use crate::message::router::PREFIX;
 
 /// print envelopes as NDJSON on stdout until --count or Ctrl-C (a closed
@@ -26,9 +26,28 @@ pub struct ListenArgs {
     #[argh(option, arg_name = "T")]
     pub r#type: Option<String>,
 
+    /// only envelopes of this trace id (a task's progress and result, as
+    /// sent with send --trace-id)
+    #[argh(option, arg_name = "ID")]
+    pub trace: Option<String>,
+
     /// stop after N envelopes
     #[argh(option, arg_name = "N")]
     pub count: Option<u64>,
+}
+
+/// The one field `--trace` reads; the rest is passed through unparsed.
+#[derive(serde::Deserialize)]
+struct Traced<'a> {
+    #[serde(borrow, default)]
+    trace_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn traced_as(data: &[u8], trace: &str) -> bool {
+    serde_json::from_slice::<Traced<'_>>(data)
+        .ok()
+        .and_then(|t| t.trace_id)
+        .is_some_and(|t| t == trace)
 }
 
 pub(super) fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
@@ -46,6 +65,9 @@ pub(super) fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
             .as_str(),
         None => "*",
     };
+    if let Some(t) = &args.trace {
+        check_trace_id(t).map_err(|why| bad(format!("--trace {t:?} {why}")))?;
+    }
     if args.count == Some(0) {
         return Ok(exit::OK);
     }
@@ -61,6 +83,13 @@ pub(super) fn run(cli: &Cli, args: &ListenArgs) -> Result<u8, SystemError> {
             break;
         }
         if m.no_responders {
+            continue;
+        }
+        if args
+            .trace
+            .as_deref()
+            .is_some_and(|t| !traced_as(&m.data, t))
+        {
             continue;
         }
         print_line(&mut out, &m.data)?;

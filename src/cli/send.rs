@@ -17,7 +17,7 @@ use crate::cli::Cli;
 use crate::config::names::check_token;
 use crate::config::MessageConfig;
 use crate::error::{exit, task_exit_code, SystemError};
-use crate::message::envelope::{check_meta_entry, Envelope, MessageType, Payload};
+use crate::message::envelope::{check_meta_entry, check_trace_id, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
 use crate::message::schemas::TaskAssignment;
 use crate::transport::TransportKind;
@@ -84,6 +84,11 @@ pub struct SendArgs {
     #[argh(option, arg_name = "UUID")]
     pub correlation_id: Option<String>,
 
+    /// trace id carried into every envelope and daemon log line about the
+    /// task, on every host (default: a new one per task)
+    #[argh(option, arg_name = "ID")]
+    pub trace_id: Option<String>,
+
     /// metadata entry KEY=VALUE (repeatable)
     #[argh(option, arg_name = "KEY=VALUE")]
     pub meta: Vec<String>,
@@ -140,6 +145,9 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
             Uuid::parse_str(s).map_err(|_| bad(format!("--correlation-id {s:?} is not a UUID")))?,
         ),
     };
+    if let Some(t) = &args.trace_id {
+        check_trace_id(t).map_err(|why| bad(format!("--trace-id {t:?} {why}")))?;
+    }
     let mut metadata = std::collections::BTreeMap::new();
     for m in &args.meta {
         let (k, v) = m
@@ -185,6 +193,11 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         env.priority = args.priority as u8;
         env.timeout_ms = args.timeout;
         env.correlation_id = correlation_id;
+        env.trace_id = Some(
+            args.trace_id
+                .clone()
+                .unwrap_or_else(|| env.message_id.simple().to_string()),
+        );
         env.target_agent_id.clone_from(&target_id);
         env.target_agent_type = Some(target_type.clone());
         env.metadata.clone_from(&metadata);

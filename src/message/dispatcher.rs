@@ -65,6 +65,25 @@ pub struct Task {
     pub receipt: Option<Box<Receipt>>,
 }
 
+impl Task {
+    /// ` [trace ID]`, for every log line about the task.
+    pub fn trace(&self) -> TraceTag<'_> {
+        TraceTag(self.origin.trace_id.as_deref())
+    }
+}
+
+/// A task's trace id in a log line (see [`Task::trace`]).
+pub struct TraceTag<'a>(Option<&'a str>);
+
+impl std::fmt::Display for TraceTag<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, " [trace {t}]"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A task taken from the durable stream: its delivery, to acknowledge once
 /// its result is stored (or to give back).
 #[derive(Debug, Clone, PartialEq, Eq)]

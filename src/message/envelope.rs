@@ -466,7 +466,9 @@ impl Envelope {
             if t.len() > MAX_TRACE_ID || t.chars().any(char::is_control) {
                 return Err(MessageError::field(
                     "trace_id",
-                    format!("must be at most {MAX_TRACE_ID} characters, none of them control characters"),
+                    format!(
+                        "must be at most {MAX_TRACE_ID} bytes, none of them control characters"
+                    ),
                 ));
             }
         }
@@ -500,6 +502,21 @@ fn floor_boundary(text: &str, at: usize) -> usize {
 }
 
 /// Checks one `metadata` key and value (shared with `send --meta`).
+/// A trace id a person gives: not empty, at most [`MAX_TRACE_ID`] bytes,
+/// printable and without spaces (it is grepped for in log lines).
+pub fn check_trace_id(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("is empty".into());
+    }
+    if t.len() > MAX_TRACE_ID {
+        return Err(format!("is longer than {MAX_TRACE_ID} bytes"));
+    }
+    if t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("has a space or a control character".into());
+    }
+    Ok(())
+}
+
 pub fn check_meta_entry(key: &str, value: &str) -> Result<(), MessageError> {
     if key.is_empty()
         || key.len() > MAX_META_KEY

@@ -304,7 +304,12 @@ impl Origin {
         Origin {
             reply_to: env.reply_to.clone().or_else(|| reply.map(String::from)),
             correlation_id: Some(env.correlation_id.unwrap_or(env.message_id)),
-            trace_id: env.trace_id.clone(),
+            // Every task is traced: one sent without a trace id is traced
+            // by its message id (the same on every redelivery).
+            trace_id: env
+                .trace_id
+                .clone()
+                .or_else(|| Some(env.message_id.simple().to_string())),
             source_agent_id: env.source_agent_id.clone(),
             message_id: Some(env.message_id),
         }

@@ -155,7 +155,11 @@ impl Glue {
                 d.delivered - 1,
                 self.config.max_deliver
             );
-            log::error!("task {}: {why}; not run again", task.task_id);
+            log::error!(
+                "task {}{}: {why}; not run again",
+                task.task_id,
+                task.trace()
+            );
             let agent = self.agent_id(&task);
             let a = alert(
                 Severity::Error,

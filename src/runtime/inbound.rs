@@ -478,7 +478,11 @@ impl DispatchSink for DaemonSink {
     fn refused(&self, t: &Task, why: Refusal) {
         // A task from the stream waits there for a daemon that can take it.
         if self.release(t) {
-            log::debug!("task {} given back to the stream: {why:?}", t.task_id);
+            log::debug!(
+                "task {}{} given back to the stream: {why:?}",
+                t.task_id,
+                t.trace()
+            );
             return;
         }
         let (code, message) = match why {
@@ -506,7 +510,7 @@ impl DispatchSink for DaemonSink {
                 ),
             ),
         };
-        log::warn!("task {} refused: {message}", t.task_id);
+        log::warn!("task {}{} refused: {message}", t.task_id, t.trace());
         if let Some(r) = &t.origin.reply_to {
             let id = self.agent_id(t);
             let refusal = alert(Severity::Error, code, message, Some(&id), Some(&t.task_id));
@@ -540,7 +544,11 @@ impl DispatchSink for DaemonSink {
         // A task from the stream is not lost with this daemon or its
         // agent: another daemon (or this one, later) runs it.
         if self.release(t) {
-            log::info!("task {} given back to the stream: {why:?}", t.task_id);
+            log::info!(
+                "task {}{} given back to the stream: {why:?}",
+                t.task_id,
+                t.trace()
+            );
             return;
         }
         let why = match why {

@@ -58,6 +58,9 @@ pub(crate) struct SpawnRequest {
     pub spec: AgentSpec,
     /// `Some`: the process of one one-shot task.
     pub prompt: Option<String>,
+    /// The one-shot task's trace id, handed to the process as
+    /// `MISTER_SMITH_TRACE_ID`.
+    pub trace_id: Option<String>,
     /// Progress events longer than this (less room for the envelope) are
     /// cut to a stub by the reader.
     pub max_message_size: usize,

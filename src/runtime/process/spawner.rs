@@ -134,6 +134,11 @@ fn start(req: SpawnRequest, sink: ChildSink) -> Result<(RunningChild, IoStart), 
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain([("MISTER_SMITH_AGENT_ID", spec.id.as_str())])
+            .chain(
+                req.trace_id
+                    .as_deref()
+                    .map(|t| ("MISTER_SMITH_TRACE_ID", t)),
+            )
             .chain(tracker::run_mark().map(|dir| (tracker::RUN_DIR_ENV, dir))),
         &claude::REMOVED_ENV,
     );

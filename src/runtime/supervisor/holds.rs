@@ -251,8 +251,9 @@ impl Supervisor {
         if failed && running && matches!(kind, Some(ErrorKind::Auth | ErrorKind::RateLimited)) {
             let k = kind.unwrap_or(ErrorKind::Other);
             log::warn!(
-                "agent {id}: task {} failed ({k}): back to the queue until its account works again",
-                task.task_id
+                "agent {id}: task {}{} failed ({k}): back to the queue until its account works again",
+                task.task_id,
+                task.trace()
             );
             self.tell(
                 &task,
@@ -275,8 +276,9 @@ impl Supervisor {
                     .min(MAX_RETRY_DELAY);
                 if now + delay < task.deadline {
                     log::warn!(
-                        "agent {id}: task {} failed ({k}, attempt {}): retrying in {} ms",
+                        "agent {id}: task {}{} failed ({k}, attempt {}): retrying in {} ms",
                         task.task_id,
+                        task.trace(),
                         task.attempts,
                         delay.as_millis()
                     );
@@ -295,8 +297,9 @@ impl Supervisor {
         }
         self.agents[i.0].count_task(result.status, result.error_kind);
         log::info!(
-            "agent {id}: task {} {}{}",
+            "agent {id}: task {}{} {}{}",
             task.task_id,
+            task.trace(),
             super::tasks::status_word(result.status),
             result
                 .error_kind

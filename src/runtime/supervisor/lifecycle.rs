@@ -124,6 +124,7 @@ impl Supervisor {
         let req = SpawnRequest {
             spec: a.spec.clone(),
             prompt: None,
+            trace_id: None,
             max_message_size: self.links.max_message_size,
         };
         let sink = self.child_sink(i, run);
@@ -365,7 +366,12 @@ impl Supervisor {
                     format!("the agent's process ended before its result ({how})"),
                 ),
             };
-            log::warn!("agent {}: task {} ended: {why}", a.spec.id, r.task.task_id);
+            log::warn!(
+                "agent {}: task {}{} ended: {why}",
+                a.spec.id,
+                r.task.task_id,
+                r.task.trace()
+            );
             let mut errors = vec![why];
             errors.extend(tail.iter().rev().take(5).rev().cloned());
             let result = self.bare_result(i, &r.task, status, kind, errors, r.started);

@@ -90,6 +90,7 @@ impl Supervisor {
                 let req = SpawnRequest {
                     spec: a.spec.clone(),
                     prompt: Some(task.prompt.clone()),
+                    trace_id: task.origin.trace_id.clone(),
                     max_message_size: self.links.max_message_size,
                 };
                 let sink = self.child_sink(i, run);
@@ -142,9 +143,10 @@ impl Supervisor {
         let now = self.now();
         let a = &mut self.agents[i.0];
         log::info!(
-            "agent {}: task {} started (priority {})",
+            "agent {}: task {}{} started (priority {})",
             a.spec.id,
             task.task_id,
+            task.trace(),
             task.priority
         );
         a.last_output = now;
@@ -224,9 +226,10 @@ impl Supervisor {
         let a = &self.agents[i.0];
         let Some(r) = a.task.as_ref() else { return };
         log::warn!(
-            "agent {}: task {} timed out after {} ms: interrupting",
+            "agent {}: task {}{} timed out after {} ms: interrupting",
             a.spec.id,
             r.task.task_id,
+            r.task.trace(),
             r.task.timeout.as_millis()
         );
         match a.spec.protocol {
@@ -392,7 +395,11 @@ impl Supervisor {
             // A task from the stream is not lost with this daemon: given
             // back, another daemon (or this one, restarted) runs it.
             if self.shutdown.is_some() && env_status(&env) == Some(TaskStatus::Cancelled) {
-                log::info!("task {}: given back to the stream", task.task_id);
+                log::info!(
+                    "task {}{}: given back to the stream",
+                    task.task_id,
+                    task.trace()
+                );
                 let _ = pump.send(durable::release(receipt));
                 return;
             }
