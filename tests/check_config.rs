@@ -359,3 +359,32 @@ fn programs_another_user_cannot_run_are_problems_for_that_user() {
     let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn bad_transcript_settings_are_listed() {
+    let dir = TempDir::new("cc-logs");
+    let fake = fake_claude();
+    let path = dir.config(&json!({
+        "log_dir": "",
+        "logs": {"retain_days": 0, "max_mb": "big", "transcripts": "yes", "keep": 1},
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    for w in [
+        "log_dir: must not be empty",
+        "logs.retain_days: 0 is less than 1",
+        "logs.max_mb: expected",
+        "logs.transcripts: expected true or false",
+        "logs.keep: unknown key",
+    ] {
+        assert!(err.contains(w), "missing {w:?} in:\n{err}");
+    }
+    let path = dir.config(&json!({
+        "log_dir": "/var/log/mister-smith",
+        "logs": {"retain_days": 30, "max_mb": 10_000, "transcripts": false},
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, out, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert!(status.success(), "{out}{err}");
+}

@@ -524,3 +524,105 @@ printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1,"n
     assert_eq!(st.code(), Some(0), "{out}{e}");
     assert_eq!(out, "cron-7\n");
 }
+
+/// Sets `path`'s modification time `ago` in the past.
+fn age(path: &std::path::Path, ago: Duration) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() - ago)
+        .expect("set mtime");
+}
+
+#[test]
+fn each_task_has_a_transcript_and_old_ones_are_pruned() {
+    let dir = TempDir::new("transcripts");
+    let logs = dir.join("transcripts");
+    // Left from earlier runs: one past retain_days, two that together pass
+    // max_mb (the older of them goes).
+    let old = logs.join("gone");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    let stale = old.join("stale.ndjson");
+    std::fs::write(&stale, b"{}\n").expect("write");
+    age(&stale, Duration::from_secs(3 * 86_400));
+    let big = vec![b'x'; 700 * 1024];
+    let (older, newer) = (old.join("older.ndjson"), old.join("newer.ndjson"));
+    std::fs::write(&older, &big).expect("write");
+    std::fs::write(&newer, &big).expect("write");
+    age(&older, Duration::from_secs(7200));
+    age(&newer, Duration::from_secs(3600));
+
+    let cfg = dir.join("mister-smith.json");
+    let cfg = cfg.to_str().expect("utf-8").to_string();
+    let d = Daemon::start(
+        dir,
+        &json!({
+            "log_dir": logs,
+            "logs": {"retain_days": 1, "max_mb": 1},
+            "agents": [fake_agent("coder-1", json!({"FAKE_CLAUDE_TURNS": "2"}))],
+        }),
+    );
+    d.wait_ready();
+    d.wait_seen("transcripts: removed the 2 oldest", T);
+    assert!(!stale.exists() && !older.exists() && newer.exists());
+
+    let (st, out, err) = d.cli(&[
+        "send",
+        "--to",
+        "coder-1",
+        "--stream",
+        "--trace-id",
+        "t-1",
+        "hello",
+    ]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let streamed = json_lines(&out);
+    let task_id = streamed
+        .last()
+        .and_then(|r| r["payload"]["task_id"].as_str())
+        .expect("task id")
+        .to_string();
+
+    // Written off the supervisor's thread: read once the result is in it.
+    let deadline = std::time::Instant::now() + T;
+    let lines = loop {
+        // Read on the daemon's host, with its config (as an operator would).
+        let (st, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", &task_id], &[], None);
+        let lines = json_lines(&text);
+        if st.code() == Some(0)
+            && lines
+                .last()
+                .is_some_and(|l| l["message_type"] == "task_result")
+        {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no whole transcript: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (first, rest) = lines.split_first().expect("lines");
+    let (last, progress) = rest.split_last().expect("lines");
+    assert_eq!(first["message_type"], "task_assignment");
+    assert_eq!(first["payload"]["prompt"], "hello");
+    assert_eq!(first["trace_id"], "t-1");
+    assert_eq!(last, streamed.last().expect("result"));
+    // The agent's events, in order, as the sender saw them (the sender
+    // also got the daemon's own "queued" first).
+    let events = |ls: &[Value]| -> Vec<Value> {
+        ls.iter()
+            .filter(|l| l["message_type"] == "task_progress")
+            .map(|l| l["payload"]["event"].clone())
+            .filter(|e| e["subtype"] != "queued")
+            .collect()
+    };
+    let seen = events(&streamed);
+    assert!(seen.len() >= 3, "{out}");
+    assert_eq!(events(progress), seen);
+
+    let (st, _, err) = run_cli_stdin(&["--config", &cfg, "transcript", "no-such-task"], &[], None);
+    assert_eq!(st.code(), Some(69), "{err}");
+    assert!(err.contains("no transcript"), "{err}");
+}

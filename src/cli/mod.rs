@@ -31,6 +31,7 @@ mod result;
 mod run;
 mod send;
 mod status;
+mod transcript;
 
 /// Run fleets of Claude Code agents: supervise them, route tasks to them in
 /// priority order, and answer scripts and cron with exit codes.
@@ -110,6 +111,7 @@ pub enum Command {
     Resume(control::ResumeArgs),
     Listen(listen::ListenArgs),
     Result(result::ResultArgs),
+    Transcript(transcript::TranscriptArgs),
 }
 
 /// The version line: package version and the git commit it was built from.
@@ -257,6 +259,7 @@ pub fn main() -> u8 {
         Some(Command::Resume(a)) => control::resume(&cli, a),
         Some(Command::Listen(a)) => listen::run(&cli, a),
         Some(Command::Result(a)) => result::run(&cli, a),
+        Some(Command::Transcript(a)) => transcript::run(&cli, a),
     };
     finish(result)
 }

@@ -19,6 +19,7 @@ mod accounts;
 mod dups;
 mod host;
 mod jetstream;
+mod logs;
 pub mod names;
 mod parse;
 mod problems;
@@ -27,8 +28,9 @@ mod tests;
 pub mod url;
 
 pub use jetstream::JetStreamConfig;
+pub use logs::LogsConfig;
 
-pub use parse::{load, load_unchecked, parse};
+pub use parse::{default_daemon_id, load, load_unchecked, parse};
 
 /// The file name looked for in the working directory when neither
 /// `--config` nor `MISTER_SMITH_CONFIG` names one.
@@ -131,6 +133,8 @@ pub struct Config {
     /// The `accounts` map; an account an agent names that is not listed
     /// takes [`AccountSpec::default`].
     pub accounts: BTreeMap<String, AccountSpec>,
+    /// Task transcripts: where, and for how long.
+    pub logs: LogsConfig,
     pub agents: Vec<AgentSpec>,
 }
 

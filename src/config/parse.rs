@@ -113,7 +113,15 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     p.known_keys(
         top,
         "",
-        &["daemon_id", "transport", "message", "accounts", "agents"],
+        &[
+            "daemon_id",
+            "transport",
+            "message",
+            "accounts",
+            "agents",
+            "log_dir",
+            "logs",
+        ],
     );
 
     let daemon_id = match top.get("daemon_id") {
@@ -129,6 +137,7 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
     let transport = transport(&mut p, top.get("transport"));
     let message = message(&mut p, top.get("message"));
     let accounts = super::accounts::parse(&mut p, top.get("accounts"));
+    let logs = super::logs::parse(&mut p, top.get("log_dir"), top.get("logs"), base);
 
     let mut agents = Vec::new();
     match top.get("agents") {
@@ -171,13 +180,14 @@ fn parse_all(value: &Value, base: &Path) -> (Option<Config>, Vec<Problem>) {
         transport,
         message,
         accounts,
+        logs,
         agents: agents.into_iter().map(|(a, _)| a).collect(),
     };
     (Some(config), p.0)
 }
 
 /// The host name, made into a valid token, or `localhost`.
-fn default_daemon_id() -> String {
+pub fn default_daemon_id() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let mut id: String = raw
         .trim()

@@ -33,14 +33,20 @@ pub fn agent_subject(agent_type: &str, id: &str, t: MessageType) -> String {
 /// the last token as it is; any other id is written `~` and its bytes in
 /// hex, so that no id can reach outside the results subjects.
 pub fn results_subject(task_id: &str) -> String {
+    format!("{PREFIX}.results.{}", id_token(task_id))
+}
+
+/// A task id as one subject token or file name: as it is when it is made
+/// of letters, digits, `-` and `_` (a UUID), else `~` and its bytes in hex.
+pub fn id_token(task_id: &str) -> String {
     if !task_id.is_empty()
         && task_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return format!("{PREFIX}.results.{task_id}");
+        return task_id.to_string();
     }
-    let mut s = format!("{PREFIX}.results.~");
+    let mut s = String::from("~");
     for b in task_id.bytes() {
         s.push_str(&format!("{b:02x}"));
     }

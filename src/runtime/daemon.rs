@@ -25,6 +25,7 @@ use crate::runtime::process::OsSpawner;
 use crate::runtime::supervisor::timers::{Clock, SystemClock};
 use crate::runtime::supervisor::{Links, Outcome, Supervisor};
 use crate::runtime::tracker;
+use crate::runtime::transcripts::{self, Transcripts};
 use crate::transport::health_check::NatsState;
 use crate::transport::hub::{self, Outbox};
 use crate::transport::jetstream::pump::PumpStart;
@@ -268,6 +269,15 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         stream: durable
             .as_ref()
             .map(|js| (js.stream.clone(), js_state.clone())),
+        transcripts: config
+            .logs
+            .transcripts
+            .then(|| {
+                let dir = transcripts::dir_of(&config.logs, &run_dir);
+                log::info!("transcripts under {}", dir.display());
+                Transcripts::start(dir, &config.logs)
+            })
+            .flatten(),
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(

@@ -67,14 +67,14 @@ pub(crate) fn live_subjects(table: &RoutingTable, t: &Task, mt: MessageType) -> 
 pub(crate) fn finish(
     receipt: &Receipt,
     task_id: &str,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     live: Vec<String>,
 ) -> Box<Finish> {
     Box::new(Finish {
         ack: receipt.ack.clone(),
         stream_seq: receipt.seq,
         task_id: task_id.to_string(),
-        data: Arc::new(data),
+        data,
         live,
         term: false,
     })
@@ -224,7 +224,7 @@ impl Glue {
         let Some(receipt) = &t.receipt else {
             return Verdict::Refuse;
         };
-        let mut f = finish(receipt, &t.task_id, env.encode(), live);
+        let mut f = finish(receipt, &t.task_id, Arc::new(env.encode()), live);
         f.term = term;
         Verdict::Answer(f)
     }

@@ -431,7 +431,7 @@ impl DaemonSink {
             let _ = pump.send(JsCmd::Finish(durable::finish(
                 r,
                 &t.task_id,
-                env.encode(),
+                std::sync::Arc::new(env.encode()),
                 live,
             )));
             return;

@@ -21,3 +21,4 @@ pub(crate) mod process;
 pub(crate) mod spend;
 pub(crate) mod supervisor;
 pub(crate) mod tracker;
+pub(crate) mod transcripts;

@@ -331,7 +331,12 @@ impl Outbox {
         reply_to: Option<&str>,
         data: Vec<u8>,
     ) {
-        let data = Arc::new(data);
+        self.publish_shared(subject, reply_to, Arc::new(data));
+    }
+
+    /// [`Outbox::publish_encoded_and_reply`], with bytes shared with
+    /// another reader (a transcript).
+    pub(crate) fn publish_shared(&self, subject: &str, reply_to: Option<&str>, data: Arc<Vec<u8>>) {
         self.send(subject, data.clone());
         if let Some(r) = reply_to {
             self.send(r, data);

@@ -338,6 +338,10 @@ impl Supervisor {
             event: RawJson::from_value(&event),
         };
         let env = answer_to(Envelope::new(Payload::TaskProgress(progress)), &task.origin);
-        self.links.outbox.reply(reply, &env);
+        let data = std::sync::Arc::new(env.encode());
+        if let Some(t) = &self.links.transcripts {
+            t.write(agent_id, &task.task_id, data.clone(), false);
+        }
+        self.links.outbox.publish_shared(reply, None, data);
     }
 }

@@ -95,6 +95,8 @@ pub(crate) struct Links {
     pub pump: Option<Sender<crate::transport::jetstream::JsCmd>>,
     /// Durable mode: the tasks stream's name, and how JetStream is doing.
     pub stream: Option<(String, Arc<crate::transport::jetstream::JsState>)>,
+    /// Where each task's envelopes are written, when transcripts are on.
+    pub transcripts: Option<crate::runtime::transcripts::Transcripts>,
 }
 
 pub(crate) struct Supervisor {

@@ -2,6 +2,7 @@
 //! the output watchdog, and answering it with its result (or with what we
 //! know when it got none).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::agent::{Reason, Running};
@@ -149,6 +150,10 @@ impl Supervisor {
             task.trace(),
             task.priority
         );
+        if let Some(t) = &self.links.transcripts {
+            let line = crate::runtime::transcripts::assignment(&task, &a.spec.id);
+            t.write(&a.spec.id, &task.task_id, Arc::new(line), false);
+        }
         a.last_output = now;
         a.task = Some(Running {
             task,
@@ -299,10 +304,14 @@ impl Supervisor {
                         &r.task.origin,
                     );
                     env.source_agent_id = Some(a.spec.id.clone());
-                    self.links.outbox.publish_and_reply(
+                    let data = Arc::new(env.encode());
+                    if let Some(t) = &self.links.transcripts {
+                        t.write(&a.spec.id, &r.task.task_id, data.clone(), false);
+                    }
+                    self.links.outbox.publish_shared(
                         &self.links.table.subject(i, MessageType::TaskProgress),
                         r.task.origin.reply_to.as_deref(),
-                        &env,
+                        data,
                     );
                 }
             }
@@ -413,6 +422,15 @@ impl Supervisor {
             );
             return;
         };
+        let bytes = Arc::new(bytes);
+        if let Some(t) = &self.links.transcripts {
+            t.write(
+                &self.agents[i.0].spec.id,
+                &task.task_id,
+                bytes.clone(),
+                true,
+            );
+        }
         if let Some((pump, receipt)) = durable {
             let live = durable::live_subjects(&self.links.table, task, MessageType::TaskResult);
             let _ = pump.send(JsCmd::Finish(durable::finish(
@@ -423,7 +441,7 @@ impl Supervisor {
             )));
             return;
         }
-        self.links.outbox.publish_encoded_and_reply(
+        self.links.outbox.publish_shared(
             &self.links.table.subject(i, MessageType::TaskResult),
             task.origin.reply_to.as_deref(),
             bytes,

@@ -193,6 +193,7 @@ impl Harness {
             transport: Default::default(),
             message: Default::default(),
             accounts: Default::default(),
+            logs: Default::default(),
             agents: specs.clone(),
         };
         let table = Arc::new(RoutingTable::new(&config));
@@ -225,6 +226,7 @@ impl Harness {
             retry_delay: Duration::from_millis(1000),
             pump: None,
             stream: None,
+            transcripts: None,
         };
         let now = Rc::new(Cell::new(Instant::now()));
         let world = Shared::default();

@@ -1,0 +1,369 @@
+//! Transcripts: every envelope of every task, appended as NDJSON to
+//! `{dir}/{agent_id}/{task_id}.ndjson`: the task as assigned first, then
+//! each progress event, the result last (a retried task goes on in the same
+//! file).
+//!
+//! The supervisor only hands over the bytes it has already encoded for the
+//! wire; one thread of its own writes them, so a slow disk or a flood of
+//! progress events never slows dispatch. Like the log queue, the queue is
+//! bounded by a count: past it, lines are dropped and counted, and the count
+//! is logged. The same thread prunes: transcripts older than `retain`, and
+//! past `max_bytes` in all the oldest first.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::config::LogsConfig;
+use crate::message::dispatcher::Task;
+use crate::message::envelope::{Envelope, Payload};
+use crate::message::router::id_token;
+use crate::message::schemas::TaskAssignment;
+
+/// Lines waiting for the disk at most.
+const QUEUE: usize = 65_536;
+
+/// Files kept open at most (a task's file stays open until its result).
+const OPEN_FILES: usize = 256;
+
+/// How often the limits are applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The transcript directory of a configuration: `log_dir`, else
+/// `transcripts` in the run directory.
+pub(crate) fn dir_of(logs: &LogsConfig, run_dir: &Path) -> PathBuf {
+    logs.dir
+        .clone()
+        .unwrap_or_else(|| run_dir.join("transcripts"))
+}
+
+/// A transcript's first line: the task as it was assigned to `agent`.
+pub(crate) fn assignment(task: &Task, agent: &str) -> Vec<u8> {
+    let mut env = Envelope::new(Payload::TaskAssignment(TaskAssignment {
+        task_id: task.task_id.clone(),
+        prompt: task.prompt.clone(),
+        context: task.context.clone(),
+        retries: Some(task.retries),
+    }));
+    if let Some(id) = task.origin.message_id {
+        env.message_id = id;
+    }
+    env.correlation_id = task.origin.correlation_id;
+    env.trace_id.clone_from(&task.origin.trace_id);
+    env.source_agent_id.clone_from(&task.origin.source_agent_id);
+    env.target_agent_id = Some(agent.to_string());
+    env.priority = task.priority;
+    env.timeout_ms = u64::try_from(task.timeout.as_millis()).ok();
+    env.reply_to.clone_from(&task.origin.reply_to);
+    env.encode()
+}
+
+/// The file name of a task's transcript: its id where that is a safe file
+/// name, else in hex; a very long id is cut and told apart by a hash.
+pub(crate) fn file_name(task_id: &str) -> String {
+    let token = id_token(task_id);
+    if token.len() <= 200 {
+        return format!("{token}.ndjson");
+    }
+    // FNV-1a: enough to tell two long ids apart in a file name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in task_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{h:016x}.ndjson", &token[..150])
+}
+
+struct Line {
+    agent: String,
+    task: String,
+    data: Arc<Vec<u8>>,
+    /// The result: the file is closed after it.
+    last: bool,
+}
+
+/// The supervisor's end.
+#[derive(Clone)]
+pub(crate) struct Transcripts {
+    tx: Sender<Line>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Transcripts {
+    /// Starts the writer for `dir`; `None` (and a log line) when its
+    /// thread cannot start.
+    pub(crate) fn start(dir: PathBuf, logs: &LogsConfig) -> Option<Transcripts> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let t = Transcripts {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let writer = Writer {
+            dir,
+            retain: logs.retain,
+            max_bytes: logs.max_bytes,
+            open: HashMap::new(),
+            failed_at: None,
+        };
+        let (queued, dropped) = (t.queued.clone(), t.dropped.clone());
+        match std::thread::Builder::new()
+            .name("transcripts".into())
+            .stack_size(128 * 1024)
+            .spawn(move || writer.run(&rx, &queued, &dropped))
+        {
+            Ok(_) => Some(t),
+            Err(e) => {
+                log::error!("cannot start the transcript writer: {e}; no transcripts are written");
+                None
+            }
+        }
+    }
+
+    /// Appends `data` (one encoded envelope) to the transcript of `task`
+    /// on `agent`; `last` closes it.
+    pub(crate) fn write(&self, agent: &str, task: &str, data: Arc<Vec<u8>>, last: bool) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line = Line {
+            agent: agent.to_string(),
+            task: task.to_string(),
+            data,
+            last,
+        };
+        if self.tx.send(line).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    retain: Duration,
+    max_bytes: u64,
+    open: HashMap<(String, String), BufWriter<File>>,
+    /// When a write last failed (a full disk is said once a minute).
+    failed_at: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: &Receiver<Line>, queued: &AtomicUsize, dropped: &AtomicU64) {
+        let mut next_prune = Instant::now();
+        loop {
+            if Instant::now() >= next_prune {
+                self.prune();
+                next_prune = Instant::now() + PRUNE_EVERY;
+            }
+            let first = match rx.recv_timeout(next_prune.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => l,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            queued.fetch_sub(1, Ordering::Relaxed);
+            self.append(first);
+            // Whatever else is waiting, then one flush for all of it.
+            while let Ok(l) = rx.try_recv() {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                self.append(l);
+            }
+            self.flush_all();
+            let lost = dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                log::warn!("transcripts: {lost} lines dropped: the disk did not keep up");
+            }
+        }
+        self.flush_all();
+    }
+
+    fn append(&mut self, l: Line) {
+        let key = (l.agent, l.task);
+        if !self.open.contains_key(&key) {
+            if self.open.len() >= OPEN_FILES {
+                self.flush_all();
+                self.open.clear();
+            }
+            match self.open_file(&key.0, &key.1) {
+                Ok(f) => {
+                    self.open.insert(key.clone(), BufWriter::new(f));
+                }
+                Err(e) => return self.failed(&key.0, &key.1, &e),
+            }
+        }
+        let Some(w) = self.open.get_mut(&key) else {
+            return;
+        };
+        let written = w.write_all(&l.data).and_then(|()| w.write_all(b"\n"));
+        if let Err(e) = written {
+            self.failed(&key.0, &key.1, &e);
+        }
+        if l.last {
+            if let Some(mut w) = self.open.remove(&key) {
+                if let Err(e) = w.flush() {
+                    self.failed(&key.0, &key.1, &e);
+                }
+            }
+        }
+    }
+
+    fn open_file(&self, agent: &str, task: &str) -> std::io::Result<File> {
+        let dir = self.dir.join(agent);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join(file_name(task)))
+    }
+
+    fn flush_all(&mut self) {
+        let mut failed = None;
+        for ((agent, task), w) in &mut self.open {
+            if let Err(e) = w.flush() {
+                failed = Some((agent.clone(), task.clone(), e));
+            }
+        }
+        if let Some((a, t, e)) = failed {
+            self.failed(&a, &t, &e);
+        }
+    }
+
+    fn failed(&mut self, agent: &str, task: &str, e: &std::io::Error) {
+        if self
+            .failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.failed_at = Some(Instant::now());
+        log::warn!(
+            "transcripts: cannot write {}/{agent}/{}: {e} (said once a minute)",
+            self.dir.display(),
+            file_name(task)
+        );
+    }
+
+    /// Removes what is older than `retain`, then the oldest until all
+    /// that is left fits `max_bytes`. Files still being written are kept.
+    fn prune(&mut self) {
+        let open: std::collections::HashSet<PathBuf> = self
+            .open
+            .keys()
+            .map(|(a, t)| self.dir.join(a).join(file_name(t)))
+            .collect();
+        let mut files = transcript_files(&self.dir);
+        files.retain(|f| !open.contains(&f.path));
+        let now = SystemTime::now();
+        let (mut removed, mut freed) = (0u64, 0u64);
+        let mut kept = Vec::new();
+        for f in files {
+            let age = now.duration_since(f.modified).unwrap_or_default();
+            if age > self.retain {
+                if fs::remove_file(&f.path).is_ok() {
+                    removed += 1;
+                    freed += f.len;
+                }
+            } else {
+                kept.push(f);
+            }
+        }
+        let mut total: u64 = kept.iter().map(|f| f.len).sum();
+        kept.sort_by_key(|f| f.modified);
+        for f in kept {
+            if total <= self.max_bytes {
+                break;
+            }
+            if fs::remove_file(&f.path).is_ok() {
+                total -= f.len;
+                removed += 1;
+                freed += f.len;
+            }
+        }
+        if removed > 0 {
+            log::info!(
+                "transcripts: removed the {removed} oldest ({freed} bytes) under {}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+struct Found {
+    path: PathBuf,
+    modified: SystemTime,
+    len: u64,
+}
+
+/// Every `*.ndjson` one level down from `dir` (one directory per agent).
+fn transcript_files(dir: &Path) -> Vec<Found> {
+    let mut out = Vec::new();
+    let Ok(agents) = fs::read_dir(dir) else {
+        return out;
+    };
+    for agent in agents.flatten() {
+        let Ok(files) = fs::read_dir(agent.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            if path.extension().is_none_or(|e| e != "ndjson") {
+                continue;
+            }
+            let Ok(meta) = f.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            out.push(Found {
+                path,
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                len: meta.len(),
+            });
+        }
+    }
+    out
+}
+
+/// The transcripts of `task_id` under `dir`, one per agent that ran it.
+pub(crate) fn find(dir: &Path, task_id: &str) -> Vec<PathBuf> {
+    let name = file_name(task_id);
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|a| a.path().join(&name))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_become_safe_file_names() {
+        assert_eq!(file_name("abc-1_2"), "abc-1_2.ndjson");
+        assert_eq!(file_name("../x"), "~2e2e2f78.ndjson");
+        assert_eq!(file_name(""), "~.ndjson");
+        let long = "é".repeat(200);
+        let a = file_name(&long);
+        let b = file_name(&format!("{long}x"));
+        assert!(a.len() <= 200 && a.ends_with(".ndjson"));
+        assert_ne!(a, b);
+    }
+}
