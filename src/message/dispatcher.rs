@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::message::demand::{self, AgentView, Consumers, Demand};
 use crate::message::lent::Lent;
-use crate::message::router::{AgentIx, Origin};
+use crate::message::router::{AgentIx, Origin, TraceTag};
 
 /// Where a task is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +68,7 @@ pub struct Task {
 impl Task {
     /// ` [trace ID]`, for every log line about the task.
     pub fn trace(&self) -> TraceTag<'_> {
-        TraceTag(self.origin.trace_id.as_deref())
-    }
-}
-
-/// A task's trace id in a log line (see [`Task::trace`]).
-pub struct TraceTag<'a>(Option<&'a str>);
-
-impl std::fmt::Display for TraceTag<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(t) => write!(f, " [trace {t}]"),
-            None => Ok(()),
-        }
+        self.origin.trace()
     }
 }
 

@@ -289,6 +289,19 @@ impl RoutingTable {
     }
 }
 
+/// A request's trace id in a log line: ` [trace ID]` (see
+/// [`Origin::trace`]).
+pub struct TraceTag<'a>(Option<&'a str>);
+
+impl std::fmt::Display for TraceTag<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, " [trace {t}]"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What the sender of a request needs in every answer to it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Origin {
@@ -305,6 +318,11 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// ` [trace ID]`, for log lines about the request.
+    pub fn trace(&self) -> TraceTag<'_> {
+        TraceTag(self.trace_id.as_deref())
+    }
+
     /// The origin of request `env`, which came with reply subject `reply`.
     pub fn of(env: &Envelope, reply: Option<&str>) -> Origin {
         Origin {
