@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 9] = [
+const MEASUREMENTS: [&str; 10] = [
     "restart",
     "cold",
     "memory",
@@ -13,6 +13,7 @@ const MEASUREMENTS: [&str; 9] = [
     "spawn",
     "dispatcher",
     "throughput",
+    "transcripts",
     "durable",
 ];
 

@@ -72,7 +72,7 @@ impl Daemon {
             .arg("--socket")
             .arg(dir.join("ms.sock"))
             .arg("run")
-            .env("XDG_RUNTIME_DIR", dir)
+            .env("XDG_RUNTIME_DIR", crate::scratch::runtime_dir(dir))
             .env("MISTER_SMITH_LOG", "info")
             .env_remove("NATS_URL")
             .stdin(Stdio::null())

@@ -31,9 +31,11 @@
 //! 7. `dispatcher`, the dispatcher's queue in process;
 //! 8. `throughput`, tasks per second with 8 agents and 1,000 tasks in
 //!    flight;
-//! 9. `durable`, durable mode on a `nats-server -js`: one storing `send`
-//!    process vs a raw client publishing with a stream ack, and tasks per
-//!    second through 8 agents vs a raw pull consumer.
+//! 9. `transcripts`, a task's round trip with 40 progress events through a
+//!    daemon writing transcripts vs one with `logs.transcripts: false`;
+//! 10. `durable`, durable mode on a `nats-server -js`: one storing `send`
+//!     process vs a raw client publishing with a stream ack, and tasks per
+//!     second through 8 agents vs a raw pull consumer.
 //!
 //! The harness around them: the arguments (`args.rs`), the table and the
 //! statistics (`table.rs`), the binaries under test (`bins.rs`), the scratch
@@ -67,6 +69,7 @@ use rows::rtt::round_trip;
 use rows::send::{raw_client, send_process};
 use rows::spawn::spawn_cost;
 use rows::throughput::throughput;
+use rows::transcripts::transcripts;
 use scratch::Scratch;
 use table::{print_json, print_table};
 
@@ -141,6 +144,16 @@ fn main() {
             &work,
             &nats,
             if quick { 100 } else { 1000 },
+        ));
+    }
+
+    if want("transcripts") {
+        eprintln!("bench: transcripts");
+        rows.extend(transcripts(
+            &bins,
+            &work,
+            &nats,
+            tasks.unwrap_or(if quick { 20 } else { 1000 }),
         ));
     }
 

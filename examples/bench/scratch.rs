@@ -6,12 +6,35 @@ use std::path::{Path, PathBuf};
 /// A scratch directory, removed at the end.
 pub(crate) struct Scratch(PathBuf);
 
+/// Where a RAM file system usually is.
+const SHM: &str = "/dev/shm";
+
+/// The daemon's `XDG_RUNTIME_DIR` for a scratch subdirectory `dir`: on a RAM
+/// file system where there is one, as `/run/user/UID` is under systemd, so
+/// that the run directory and the transcripts in it cost what they cost on
+/// a server (creating a file on this VM's ext4 costs the CPU of a hundred
+/// tasks' dispatch); else `dir` itself.
+pub(crate) fn runtime_dir(dir: &Path) -> PathBuf {
+    let Some(name) = dir.file_name() else {
+        return dir.to_path_buf();
+    };
+    let shm = Path::new(SHM).join(format!("ms-bench-{}", std::process::id()));
+    let p = shm.join(name);
+    match std::fs::create_dir_all(&p) {
+        Ok(()) => p,
+        Err(_) => dir.to_path_buf(),
+    }
+}
+
 impl Scratch {
     pub(crate) fn new() -> Scratch {
         // The release profile aborts on a panic, so a failed run leaves
         // its directory behind (its processes die with it, by PDEATHSIG):
         // remove those of benches no longer running.
-        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for base in [std::env::temp_dir(), PathBuf::from(SHM)] {
+            let Ok(entries) = std::fs::read_dir(base) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let Some(pid) = name
@@ -42,5 +65,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(
+            Path::new(SHM).join(format!("ms-bench-{}", std::process::id())),
+        );
     }
 }

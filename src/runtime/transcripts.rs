@@ -112,6 +112,7 @@ impl Transcripts {
             retain: logs.retain,
             max_bytes: logs.max_bytes,
             open: HashMap::new(),
+            made: std::collections::HashSet::new(),
             failed_at: None,
         };
         let (queued, dropped) = (t.queued.clone(), t.dropped.clone());
@@ -153,6 +154,8 @@ struct Writer {
     retain: Duration,
     max_bytes: u64,
     open: HashMap<(String, String), BufWriter<File>>,
+    /// The agents whose directory exists (made once, not for every task).
+    made: std::collections::HashSet<String>,
     /// When a write last failed (a full disk is said once a minute).
     failed_at: Option<Instant>,
 }
@@ -217,17 +220,35 @@ impl Writer {
         }
     }
 
-    fn open_file(&self, agent: &str, task: &str) -> std::io::Result<File> {
+    fn open_file(&mut self, agent: &str, task: &str) -> std::io::Result<File> {
         let dir = self.dir.join(agent);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(dir.join(file_name(task)))
+        if !self.made.contains(agent) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            self.made.insert(agent.to_string());
+        }
+        let open = |dir: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.join(file_name(task)))
+        };
+        match open(&dir) {
+            // Removed under us (by hand, or by another pruner): made again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.made.remove(agent);
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)?;
+                self.made.insert(agent.to_string());
+                open(&dir)
+            }
+            r => r,
+        }
     }
 
     fn flush_all(&mut self) {

@@ -10,3 +10,4 @@ pub(super) mod rtt;
 pub(super) mod send;
 pub(super) mod spawn;
 pub(super) mod throughput;
+pub(super) mod transcripts;
