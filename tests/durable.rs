@@ -402,6 +402,15 @@ fn the_nats_server_killed_and_restarted_loses_and_repeats_nothing() {
     // Kill the server (SIGKILL) while tasks are outstanding, then bring it
     // back on its store.
     daemon.wait_for_n("started (priority", 20, Duration::from_secs(30));
+    nats.kill();
+    // Meanwhile the local daemon says JetStream cannot be reached, not
+    // what its last poll found.
+    daemon.wait_seen("NATS disconnected", Duration::from_secs(10));
+    let (_, table, _) = daemon.cli(&["status"]);
+    assert!(
+        table.contains("unreachable") && !table.contains(" ok"),
+        "{table}"
+    );
     nats.restart_js();
     let before = starts(&record).len();
 

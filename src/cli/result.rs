@@ -95,7 +95,7 @@ pub(super) fn run(cli: &Cli, args: &ResultArgs) -> Result<u8, SystemError> {
     }
     if !args.wait {
         return Err(SystemError::NoAnswer(format!(
-            "no stored result for task {} in stream {} (an unknown id, a task not finished yet, or a result older than results_ttl_ms)",
+            "no stored result for task {:?} in stream {} (an unknown id, a task not finished yet, or a result older than results_ttl_ms)",
             args.task_id, js.results_stream
         )));
     }
@@ -132,7 +132,7 @@ pub(super) fn run(cli: &Cli, args: &ResultArgs) -> Result<u8, SystemError> {
         }
     }
     Err(SystemError::Unanswered(format!(
-        "task {}: no result within {} ms",
+        "task {:?}: no result within {} ms",
         args.task_id,
         within.as_millis()
     )))

@@ -6,8 +6,9 @@ use super::Supervisor;
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{alert, answer_to, AgentIx, Origin};
 use crate::message::schemas::{
-    AgentState, AgentStatus, AlertCode, HealthReport, Severity, SystemHealthCheck,
+    AgentState, AgentStatus, AlertCode, HealthReport, LinkState, Severity, SystemHealthCheck,
 };
+use crate::message::stream_view::StreamLink;
 
 impl Supervisor {
     /// The status of agent `i`, as published on a transition (`previous`
@@ -100,11 +101,17 @@ impl Supervisor {
                     self.clock.wall_ms(),
                 ),
             },
-            jetstream: self
-                .links
-                .stream
-                .as_ref()
-                .map(|(name, state)| state.view(name)),
+            jetstream: self.links.stream.as_ref().map(|(name, state)| {
+                let mut view = state.view(name);
+                // NATS itself is down: JetStream cannot be reached, whatever
+                // the last poll found.
+                let link = self.links.nats.get();
+                if link != LinkState::Connected && view.state == StreamLink::Ok {
+                    view.state = StreamLink::Unreachable;
+                    view.error = Some(format!("NATS is {}", link.as_str()));
+                }
+                view
+            }),
             part: None,
             parts: None,
         }
