@@ -17,7 +17,7 @@ use crate::table::{median, p99, Row};
 
 /// Sends `n` tasks one at a time over NATS and returns each round trip in
 /// ms (request out → task_result back).
-fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
+pub(crate) fn task_loop(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
     let inbox = nc.new_inbox();
     let sub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
     let mut out = Vec::with_capacity(n);

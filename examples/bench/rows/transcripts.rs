@@ -7,11 +7,12 @@
 //! as `XDG_RUNTIME_DIR` is under systemd).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::bins::Bins;
 use crate::daemon::{Daemon, LogTo};
-use crate::nats_server::{fast_connect, task_envelope, Nats};
+use crate::nats_server::{fast_connect, Nats};
+use crate::rows::rtt::task_loop;
 use crate::scratch::Scratch;
 use crate::table::{median, p99, Row};
 
@@ -32,30 +33,6 @@ fn chatty(bins: &Bins, dir: &Path, nats: &Nats, id: &str, transcripts: bool) -> 
     d
 }
 
-/// One task at a time to `subject`; each round trip in ms.
-fn rounds(nc: &nats::Connection, subject: &str, n: usize) -> Vec<f64> {
-    let inbox = nc.new_inbox();
-    let sub = nc.subscribe(&format!("{inbox}.*")).expect("subscribe");
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let reply = format!("{inbox}.{i}");
-        let t = Instant::now();
-        nc.publish_request(subject, &reply, task_envelope(&format!("t{i}")))
-            .expect("publish");
-        nc.flush().expect("flush");
-        loop {
-            let m = sub
-                .next_timeout(Duration::from_secs(10))
-                .expect("an answer");
-            if m.subject == reply && m.data.windows(13).any(|w| w == b"\"task_result\"") {
-                break;
-            }
-        }
-        out.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    out
-}
-
 pub(crate) fn transcripts(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) -> Vec<Row> {
     let on_dir = work.sub("transcripts-on");
     let on = chatty(bins, &on_dir, nats, "chatty-on", true);
@@ -71,12 +48,12 @@ pub(crate) fn transcripts(bins: &Bins, work: &Scratch, nats: &Nats, n: usize) ->
         "mister-smith.claude.chatty-on.task_assignment",
         "mister-smith.claude.chatty-off.task_assignment",
     );
-    rounds(&nc, s_on, n / 10 + 1);
-    rounds(&nc, s_off, n / 10 + 1);
+    task_loop(&nc, s_on, n / 10 + 1);
+    task_loop(&nc, s_off, n / 10 + 1);
     let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..10 {
-        with.extend(rounds(&nc, s_on, n / 10));
-        without.extend(rounds(&nc, s_off, n / 10));
+        with.extend(task_loop(&nc, s_on, n / 10));
+        without.extend(task_loop(&nc, s_off, n / 10));
     }
     let written: u64 = std::fs::read_dir(
         crate::scratch::runtime_dir(&on_dir)
