@@ -543,6 +543,23 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
     // max_mb (the older of them goes).
     let old = logs.join("gone");
     std::fs::create_dir_all(&old).expect("mkdir");
+    // Made by an earlier daemon: marked as ours.
+    std::fs::write(old.join(".mister-smith-transcripts"), b"").expect("mark");
+    // Another program's files in the same tree, and a planted link: never
+    // pruned, never written through.
+    let theirs = logs.join("other-app");
+    std::fs::create_dir_all(&theirs).expect("mkdir");
+    let their_file = theirs.join("old.ndjson");
+    std::fs::write(&their_file, b"{}\n").expect("write");
+    age(&their_file, Duration::from_secs(30 * 86_400));
+    let victim = logs.join("victim.txt");
+    std::fs::write(&victim, b"keep\n").expect("write");
+    let coder = logs.join("coder-1");
+    std::fs::create_dir_all(&coder).expect("mkdir");
+    std::os::unix::fs::symlink(&victim, coder.join("planted.ndjson")).expect("symlink");
+    let fifo = coder.join("fifo.ndjson");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
     let stale = old.join("stale.ndjson");
     std::fs::write(&stale, b"{}\n").expect("write");
     age(&stale, Duration::from_secs(3 * 86_400));
@@ -566,6 +583,18 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
     d.wait_ready();
     d.wait_seen("transcripts: removed the 2 oldest", T);
     assert!(!stale.exists() && !older.exists() && newer.exists());
+    assert!(their_file.exists(), "another program's file was pruned");
+
+    // A task whose file is a link elsewhere, or a FIFO, gets no transcript
+    // (one line says why); the victim is untouched and later tasks still
+    // get theirs.
+    for id in ["planted", "fifo"] {
+        let body = format!(r#"{{"task_id":"{id}","prompt":"x"}}"#);
+        let (st, _, err) = d.cli(&["send", "--to", "coder-1", "--wait", &body]);
+        assert_eq!(st.code(), Some(0), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep\n");
+    d.wait_seen("transcripts: cannot write", T);
 
     let (st, out, err) = d.cli(&[
         "send",

@@ -33,6 +33,11 @@ const QUEUE: usize = 65_536;
 /// Files kept open at most (a task's file stays open until its result).
 const OPEN_FILES: usize = 256;
 
+/// The mark of an agent's transcript directory, made by the writer: only
+/// marked directories are pruned, so a `log_dir` shared with other programs
+/// loses none of their files.
+const MARK: &str = ".mister-smith-transcripts";
+
 /// How often the limits are applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -220,35 +225,59 @@ impl Writer {
         }
     }
 
-    fn open_file(&mut self, agent: &str, task: &str) -> std::io::Result<File> {
+    /// Agent `agent`'s directory, made (with its mark) the first time: a
+    /// directory of its own, not a symbolic link to somewhere else.
+    fn agent_dir(&mut self, agent: &str) -> std::io::Result<PathBuf> {
         let dir = self.dir.join(agent);
-        if !self.made.contains(agent) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)?;
-            self.made.insert(agent.to_string());
+        if self.made.contains(agent) {
+            return Ok(dir);
         }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        if !fs::symlink_metadata(&dir)?.file_type().is_dir() {
+            return Err(std::io::Error::other(
+                "not a directory of its own (a symbolic link?)",
+            ));
+        }
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(dir.join(MARK))?;
+        self.made.insert(agent.to_string());
+        Ok(dir)
+    }
+
+    /// A task's file, for appending: a regular file, never one reached
+    /// through a symbolic link, and never a FIFO or device that could
+    /// block this thread (opened without blocking, then checked).
+    fn open_file(&mut self, agent: &str, task: &str) -> std::io::Result<File> {
+        let name = file_name(task);
         let open = |dir: &Path| {
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .open(dir.join(file_name(task)))
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(dir.join(&name))
         };
-        match open(&dir) {
+        let dir = self.agent_dir(agent)?;
+        let f = match open(&dir) {
             // Removed under us (by hand, or by another pruner): made again.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.made.remove(agent);
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)?;
-                self.made.insert(agent.to_string());
-                open(&dir)
+                let dir = self.agent_dir(agent)?;
+                open(&dir)?
             }
-            r => r,
+            r => r?,
+        };
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
         }
+        Ok(f)
     }
 
     fn flush_all(&mut self) {
@@ -336,6 +365,15 @@ fn transcript_files(dir: &Path) -> Vec<Found> {
         return out;
     };
     for agent in agents.flatten() {
+        // Directories of our own only: not through a symbolic link, and
+        // only those the writer marked.
+        if !agent.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let mark = agent.path().join(MARK);
+        if !fs::symlink_metadata(&mark).is_ok_and(|m| m.file_type().is_file()) {
+            continue;
+        }
         let Ok(files) = fs::read_dir(agent.path()) else {
             continue;
         };
@@ -344,8 +382,9 @@ fn transcript_files(dir: &Path) -> Vec<Found> {
             if path.extension().is_none_or(|e| e != "ndjson") {
                 continue;
             }
+            // `DirEntry::metadata` does not follow a symbolic link.
             let Ok(meta) = f.metadata() else { continue };
-            if !meta.is_file() {
+            if !meta.file_type().is_file() {
                 continue;
             }
             out.push(Found {
@@ -365,8 +404,9 @@ pub(crate) fn find(dir: &Path, task_id: &str) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|a| a.file_type().is_ok_and(|t| t.is_dir()))
         .map(|a| a.path().join(&name))
-        .filter(|p| p.is_file())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()))
         .collect();
     found.sort();
     found
