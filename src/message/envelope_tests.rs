@@ -322,3 +322,23 @@ fn a_result_too_large_as_encoded_is_cut_to_fit_and_says_so() {
     let mut alert = Envelope::new(Payload::SystemHealthCheck(SystemHealthCheck::default()));
     assert!(alert.encode_within(10).is_none());
 }
+
+#[test]
+fn a_trace_id_is_one_printable_word_and_an_empty_one_is_none() {
+    let task = |trace: &str| {
+        json!({"message_type": "task_assignment", "payload": {"task_id": "t", "prompt": "p"},
+            "trace_id": trace})
+    };
+    // A space would let an envelope write the rest of a log line.
+    let forged = "x] completed; ERROR ALERT [trace y";
+    assert!(err_text(task(forged)).contains("trace_id"));
+    assert!(err_text(task("a\u{a0}b")).contains("trace_id"));
+    assert_eq!(decode_json(task("")).unwrap().trace_id, None);
+    assert_eq!(
+        decode_json(task("4bf92f3577b34da6a3ce929d0e0e4736"))
+            .unwrap()
+            .trace_id
+            .as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+}
