@@ -217,6 +217,7 @@ fn status_format_prometheus_is_read_by_an_independent_parser() {
     let (st, text, err) = d.cli(&["status", "--format", "prometheus"]);
     assert_eq!(st.code(), Some(0), "{err}");
     let families = [
+        ("mister_smith_daemon_instances", "gauge"),
         ("mister_smith_daemon_uptime_seconds", "gauge"),
         ("mister_smith_nats_state", "gauge"),
         ("mister_smith_queue_depth", "gauge"),
@@ -654,4 +655,48 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
     let (st, _, err) = run_cli_stdin(&["--config", &cfg, "transcript", "no-such-task"], &[], None);
     assert_eq!(st.code(), Some(69), "{err}");
     assert!(err.contains("no transcript"), "{err}");
+}
+
+#[test]
+fn one_unreadable_answer_does_not_hide_the_fleet() {
+    let server = crate::support::NatsServer::start();
+    let url = server.url();
+    let dir = TempDir::new("unreadable");
+    let d = Daemon::start_with(
+        dir,
+        &json!({"daemon_id": "good", "agents": [fake_agent("coder-1", json!({}))]}),
+        &[("NATS_URL", url.as_str())],
+    );
+    d.wait_ready();
+    d.wait_seen("NATS connected", T);
+    // A "daemon" of another version whose report this one cannot read,
+    // with a newline where the NATS state goes.
+    let nc = nats::Options::new()
+        .add_root_certificate("/dev/null")
+        .connect(url.as_str())
+        .expect("connect");
+    let sub = nc
+        .subscribe("mister-smith.system.all.*")
+        .expect("subscribe");
+    nc.flush().expect("flush");
+    let bogus = json!({"message_type": "system_health_check", "payload": {"report": {
+        "daemon_id": "odd", "uptime_seconds": 1.0, "nats": "connected\"\n", "queued": 0,
+        "queue_capacity": 1, "agents": []}}})
+    .to_string();
+    std::thread::spawn(move || {
+        for m in sub.messages() {
+            let _ = m.respond(bogus.as_bytes());
+        }
+    });
+
+    for args in [&["status"][..], &["status", "--format", "prometheus"][..]] {
+        let (st, out, err) = run_cli_stdin(args, &[("NATS_URL", url.as_str())], None);
+        assert_eq!(st.code(), Some(0), "{args:?}: {out}{err}");
+        assert!(out.contains("coder-1"), "{out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("left out"), "{err}");
+    }
+    let (st, out, err) = run_cli_stdin(&["health"], &[("NATS_URL", url.as_str())], None);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
 }

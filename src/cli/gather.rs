@@ -98,6 +98,7 @@ pub(super) fn reports(
     // By daemon process: two that share a daemon_id by mistake both count.
     let mut parts: BTreeMap<(String, Option<String>), Parts> = BTreeMap::new();
     let mut until = deadline;
+    let mut unreadable = 0usize;
     while let Some(m) = client.next_until(until)? {
         if m.subject != reply {
             continue;
@@ -108,7 +109,16 @@ pub(super) fn reports(
             }
             continue;
         }
-        let answer = client::decode(&m)?;
+        // One answer that cannot be read (a daemon of another version, a
+        // broken one) is left out, said once; the others still count.
+        let answer = match client::decode(&m) {
+            Ok(a) => a,
+            Err(e) => {
+                unreadable += 1;
+                crate::cli::notice(&format!("an answer was left out: {e}"));
+                continue;
+            }
+        };
         if let Some(err) = refusal(&answer) {
             return Err(err);
         }
@@ -129,6 +139,13 @@ pub(super) fn reports(
             (true, true) => (Instant::now() + client::MORE_ANSWERS).min(deadline),
             (false, _) => deadline,
         };
+    }
+    if parts.is_empty() && unreadable > 0 {
+        return Err(SystemError::Unanswered(format!(
+            "no readable answer within {} ms ({unreadable} could not be read; {})",
+            within.as_millis(),
+            client.describe()
+        )));
     }
     if parts.is_empty() {
         return Err(SystemError::Unanswered(format!(

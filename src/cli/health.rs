@@ -50,6 +50,9 @@ pub(super) fn run(cli: &Cli, args: &HealthArgs) -> u8 {
         Ok(verdict) => verdict,
         Err(e) => (HealthState::Unknown, format!("MISTER-SMITH UNKNOWN - {e}")),
     };
+    // One line, whatever a daemon's answer or an error held: Nagios reads
+    // the first line only.
+    let line = crate::cli::logging::printable(&line);
     match client::write_stdout(format!("{line}\n").as_bytes()) {
         Ok(()) => state.exit_code(),
         Err(SystemError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -106,7 +106,31 @@ const ENDINGS: [TaskStatus; 4] = [
 ];
 
 /// The exposition of `reports`, every family in a fixed order.
+///
+/// Two daemons that answer with one `daemon_id` (a config deployed twice:
+/// `health` is CRITICAL for it) would give every series twice, which the
+/// format does not allow: the first one's report is used, and
+/// `mister_smith_daemon_instances` says how many answered.
 pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
+    let mut instances: Vec<(&str, usize)> = Vec::new();
+    let mut firsts: Vec<&HealthReport> = Vec::new();
+    for r in reports {
+        match instances.iter_mut().find(|(d, _)| *d == r.daemon_id) {
+            Some((_, n)) => *n += 1,
+            None => {
+                instances.push((r.daemon_id.as_str(), 1));
+                firsts.push(r);
+            }
+        }
+    }
+    let mut count = Family::new(
+        "mister_smith_daemon_instances",
+        "gauge",
+        "Daemons that answered with this daemon_id: more than 1 is a fault (one config deployed twice).",
+    );
+    for (d, n) in &instances {
+        count.sample(&[("daemon", d)], *n as f64);
+    }
     let mut up = Family::new(
         "mister_smith_daemon_uptime_seconds",
         "gauge",
@@ -188,7 +212,7 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
         "Durable mode: tasks waiting in the stream for each consumer.",
     );
 
-    for r in reports {
+    for r in firsts {
         let d = r.daemon_id.as_str();
         up.sample(&[("daemon", d)], r.uptime_seconds);
         for l in LINKS {
@@ -256,6 +280,7 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
 
     let mut out = String::new();
     for f in [
+        &count,
         &up,
         &nats,
         &queued,
@@ -357,6 +382,29 @@ mod tests {
         assert_eq!(number(0.25), "0.25");
         assert_eq!(number(f64::NAN), "NaN");
         assert_eq!(number(f64::INFINITY), "+Inf");
+    }
+
+    #[test]
+    fn two_daemons_with_one_id_give_each_series_once() {
+        let report = |instance: &str| -> HealthReport {
+            serde_json::from_value(serde_json::json!({
+                "daemon_id": "host-a", "instance": instance, "uptime_seconds": 1.0,
+                "nats": "connected", "queued": 0, "queue_capacity": 10,
+                "agents": [{"agent_id": "coder-1", "status": "idle", "agent_type": "claude"}],
+            }))
+            .expect("a report")
+        };
+        let text = prometheus(&[report("one"), report("two")]);
+        let mut samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k))
+            .collect();
+        let n = samples.len();
+        samples.sort_unstable();
+        samples.dedup();
+        assert_eq!(samples.len(), n, "{text}");
+        assert!(text.contains("mister_smith_daemon_instances{daemon=\"host-a\"} 2"));
     }
 
     #[test]

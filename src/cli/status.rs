@@ -102,6 +102,19 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
         return Ok(exit::OK);
     }
     if format == Format::Prometheus {
+        let mut ids: Vec<&str> = reports.iter().map(|r| r.daemon_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut twice: Vec<&str> = ids
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        twice.dedup();
+        for d in twice {
+            crate::cli::notice(&format!(
+                "several daemons answer as daemon_id {d}: the metrics hold the first one's report"
+            ));
+        }
         out.write_all(crate::cli::metrics::prometheus(&reports).as_bytes())
             .and_then(|()| out.flush())
             .map_err(|source| SystemError::Io {
