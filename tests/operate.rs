@@ -652,6 +652,60 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
     assert!(seen.len() >= 3, "{out}");
     assert_eq!(events(progress), seen);
 
+    // A task that times out in the queue behind a slow one: its result
+    // ends a transcript too, and a log line says so.
+    let socket = d.socket();
+    let socket = socket.to_str().expect("utf-8").to_string();
+    let slow = std::thread::spawn(move || {
+        run_cli_stdin(
+            &[
+                "--socket",
+                &socket,
+                "send",
+                "--to",
+                "coder-1",
+                "--wait",
+                "[[fake:delay=400]] slow",
+            ],
+            &[],
+            None,
+        )
+    });
+    // planted, fifo, hello, then the slow one.
+    d.wait_for_n("started (priority", 4, T);
+    let (st, _, err) = d.cli(&[
+        "send",
+        "--to",
+        "coder-1",
+        "--wait",
+        "--timeout",
+        "200",
+        "--trace-id",
+        "late-1",
+        r#"{"task_id":"late","prompt":"late"}"#,
+    ]);
+    assert_eq!(st.code(), Some(75), "{err}");
+    assert!(slow.join().expect("slow").0.success());
+    d.wait_seen(
+        "task late [trace late-1] timed out (timeout) before it ran",
+        T,
+    );
+    let deadline = std::time::Instant::now() + T;
+    let late = loop {
+        let (_, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", "late"], &[], None);
+        let lines = json_lines(&text);
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transcript of the late task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["payload"]["status"], "timeout");
+
     let (st, _, err) = run_cli_stdin(&["--config", &cfg, "transcript", "no-such-task"], &[], None);
     assert_eq!(st.code(), Some(69), "{err}");
     assert!(err.contains("no transcript"), "{err}");

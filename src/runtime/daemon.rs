@@ -197,12 +197,22 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
     let _server = local_transport::serve(&endpoints.socket, hub_tx, handler, max_frame, locals)?;
 
     let holds = Arc::new(HoldBoard::new(config.agents.len()));
+    let transcripts = config
+        .logs
+        .transcripts
+        .then(|| {
+            let dir = transcripts::dir_of(&config.logs, &run_dir);
+            log::info!("transcripts under {}", dir.display());
+            Transcripts::start(dir, &config.logs)
+        })
+        .flatten();
     let sink = DaemonSink {
         table: table.clone(),
         events: events_tx.clone(),
         outbox: outbox.clone(),
         holds: holds.clone(),
         pump: pump.clone(),
+        transcripts: transcripts.clone(),
     };
     let capacity = config.message.queue_capacity;
     let mut dispatcher = Dispatcher::new(capacity, table.types());
@@ -269,15 +279,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         stream: durable
             .as_ref()
             .map(|js| (js.stream.clone(), js_state.clone())),
-        transcripts: config
-            .logs
-            .transcripts
-            .then(|| {
-                let dir = transcripts::dir_of(&config.logs, &run_dir);
-                log::info!("transcripts under {}", dir.display());
-                Transcripts::start(dir, &config.logs)
-            })
-            .flatten(),
+        transcripts,
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(

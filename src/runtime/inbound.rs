@@ -351,6 +351,8 @@ pub(crate) struct DaemonSink {
     /// Durable mode: the pump, which stores results of tasks from the
     /// stream and takes back the ones given up.
     pub pump: Option<Sender<JsCmd>>,
+    /// Where an unrun task's result ends its transcript.
+    pub transcripts: Option<crate::runtime::transcripts::Transcripts>,
 }
 
 impl DaemonSink {
@@ -425,21 +427,38 @@ impl DaemonSink {
             error_kind: Some(kind),
             attempts: t.attempts,
         };
+        log::info!(
+            "task {}{} {} ({kind}) before it ran: {}",
+            t.task_id,
+            t.trace(),
+            match status {
+                TaskStatus::Timeout => "timed out",
+                s => s.as_str(),
+            },
+            result
+                .errors
+                .as_deref()
+                .and_then(<[String]>::first)
+                .map_or("", String::as_str)
+        );
         let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
+        let data = Arc::new(env.encode());
+        if let Some(tr) = &self.transcripts {
+            let agent = match &t.target {
+                Target::Agent(i) => Some(self.table.route(*i).id.as_str()),
+                Target::Type(_) => None,
+            };
+            tr.finish_unrun(agent, &t.task_id, data.clone());
+        }
         if let (Some(pump), Some(r)) = (&self.pump, &t.receipt) {
             let live = durable::live_subjects(&self.table, t, MessageType::TaskResult);
-            let _ = pump.send(JsCmd::Finish(durable::finish(
-                r,
-                &t.task_id,
-                std::sync::Arc::new(env.encode()),
-                live,
-            )));
+            let _ = pump.send(JsCmd::Finish(durable::finish(r, &t.task_id, data, live)));
             return;
         }
-        self.outbox.publish_and_reply(
+        self.outbox.publish_shared(
             &self.subject(t, MessageType::TaskResult),
             t.origin.reply_to.as_deref(),
-            &env,
+            data,
         );
     }
 }

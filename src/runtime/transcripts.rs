@@ -87,7 +87,8 @@ pub(crate) fn file_name(task_id: &str) -> String {
 }
 
 struct Line {
-    agent: String,
+    /// `None`: the transcript this task has open, wherever it is.
+    agent: Option<String>,
     task: String,
     data: Arc<Vec<u8>>,
     /// The result: the file is closed after it.
@@ -142,12 +143,33 @@ impl Transcripts {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let line = Line {
-            agent: agent.to_string(),
+        self.send(Line {
+            agent: Some(agent.to_string()),
             task: task.to_string(),
             data,
             last,
-        };
+        });
+    }
+
+    /// The result of a task answered without running (it timed out in the
+    /// queue, or was cancelled): the end of the transcript it has open (it
+    /// ran before and was put back), else of one for `agent`, the agent it
+    /// was sent to; a task for any agent that never reached one has none.
+    pub(crate) fn finish_unrun(&self, agent: Option<&str>, task: &str, data: Arc<Vec<u8>>) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.send(Line {
+            agent: agent.map(|a| format!("?{a}")),
+            task: task.to_string(),
+            data,
+            last: true,
+        });
+    }
+
+    fn send(&self, line: Line) {
         if self.tx.send(line).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
@@ -196,7 +218,25 @@ impl Writer {
     }
 
     fn append(&mut self, l: Line) {
-        let key = (l.agent, l.task);
+        // An unrun task's result: where its transcript is open, else the
+        // agent it was for (marked `?`), else nowhere.
+        let open_for = |task: &str| {
+            self.open
+                .keys()
+                .find(|(_, t)| t == task)
+                .map(|(a, _)| a.clone())
+        };
+        let agent = match l.agent {
+            Some(a) => match a.strip_prefix('?') {
+                Some(fallback) => open_for(&l.task).unwrap_or_else(|| fallback.to_string()),
+                None => a,
+            },
+            None => match open_for(&l.task) {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        let key = (agent, l.task);
         if !self.open.contains_key(&key) {
             if self.open.len() >= OPEN_FILES {
                 self.flush_all();

@@ -314,15 +314,6 @@ impl Outbox {
         self.send(subject, Arc::new(env.encode()));
     }
 
-    /// Publishes `env` on `subject` and, when given, on `reply_to`.
-    pub(crate) fn publish_and_reply(&self, subject: &str, reply_to: Option<&str>, env: &Envelope) {
-        let data = Arc::new(env.encode());
-        self.send(subject, data.clone());
-        if let Some(r) = reply_to {
-            self.send(r, data);
-        }
-    }
-
     /// Publishes an envelope already encoded on `subject` and, when given,
     /// on `reply_to`.
     pub(crate) fn publish_encoded_and_reply(
