@@ -471,6 +471,11 @@ fn a_trace_id_follows_a_task_through_envelopes_and_log_lines() {
     assert!(about.iter().any(|l| l.contains("completed")), "{log:#?}");
     assert!(!about.iter().any(|l| l.contains("coder-2")), "{about:#?}");
 
+    // A refusal is traced too.
+    let (st, _, e) = d.cli(&["send", "--to", "nobody", "--trace-id", "lost-9", "x"]);
+    assert_eq!(st.code(), Some(69), "{e}");
+    d.wait_seen("[trace lost-9]: ", T);
+
     // Without --trace-id, a task still has one, the same everywhere.
     let (st, out, e) = d.cli(&["send", "--to", "coder-1", "--stream", "z"]);
     assert_eq!(st.code(), Some(0), "{e}");

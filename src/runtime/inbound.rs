@@ -17,7 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::message::dispatcher::{Cancel, DispatchCmd, DispatchSink, Refusal, Target, Task};
-use crate::message::envelope::{Envelope, MessageType, Payload};
+use crate::message::envelope::{check_trace_id, Envelope, MessageType, Payload};
 use crate::message::error::MessageError;
 use crate::message::failures::{ErrorKind, HoldReason};
 use crate::message::router::{
@@ -32,6 +32,13 @@ use crate::runtime::durable;
 use crate::runtime::events::{Command, Event, ReportKind};
 use crate::transport::hub::Outbox;
 use crate::transport::jetstream::JsCmd;
+
+/// The one field a refusal reads of an envelope it cannot decode.
+#[derive(serde::Deserialize)]
+struct Traced {
+    #[serde(default)]
+    trace_id: Option<String>,
+}
 
 /// Handles every message that reaches the daemon.
 #[derive(Clone)]
@@ -77,15 +84,27 @@ impl Inbound {
         let env = match Envelope::decode(data, self.max_size) {
             Ok(e) => e,
             Err(e) => {
-                log::warn!("refused a message on {subject}: {e}");
+                // What can still be read of it: its trace id, so that the
+                // refusal can be followed like any answer.
+                let trace = (data.len() <= self.max_size)
+                    .then(|| serde_json::from_slice::<Traced>(data).ok())
+                    .flatten()
+                    .and_then(|t| t.trace_id)
+                    .filter(|t| check_trace_id(t).is_ok());
+                let origin = Origin {
+                    trace_id: trace,
+                    ..Origin::default()
+                };
+                log::warn!("refused a message on {subject}{}: {e}", origin.trace());
                 if let Some(r) = reply {
-                    let refusal = alert(
+                    let mut refusal = alert(
                         Severity::Error,
                         AlertCode::BadRequest,
                         e.to_string(),
                         None,
                         None,
                     );
+                    refusal.trace_id = origin.trace_id;
                     self.outbox.reply(r, &refusal);
                 }
                 return;
@@ -131,7 +150,7 @@ impl Inbound {
                 MessageError::NoRoute { .. } => AlertCode::NoRoute,
                 _ => AlertCode::BadRequest,
             };
-            log::warn!("refused a message on {subject}: {e}");
+            log::warn!("refused a message on {subject}{}: {e}", origin.trace());
             if let Some(r) = &origin.reply_to {
                 let task_id = match &env.payload {
                     Payload::TaskAssignment(t) => Some(t.task_id.as_str()),
