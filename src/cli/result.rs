@@ -45,9 +45,7 @@ const LOOKUP: Duration = Duration::from_secs(2);
 
 pub(super) fn run(cli: &Cli, args: &ResultArgs) -> Result<u8, SystemError> {
     if args.task_id.is_empty() || args.task_id.len() > 128 {
-        return Err(SystemError::BadInput(
-            "a task id is 1 to 128 characters".into(),
-        ));
+        return Err(SystemError::BadInput("a task id is 1 to 128 bytes".into()));
     }
     if args.timeout == Some(0) {
         return Err(SystemError::BadInput(

@@ -28,9 +28,7 @@ pub struct TranscriptArgs {
 
 pub(super) fn run(cli: &Cli, args: &TranscriptArgs) -> Result<u8, SystemError> {
     if args.task_id.is_empty() || args.task_id.len() > 128 {
-        return Err(SystemError::BadInput(
-            "a task id is 1 to 128 characters".into(),
-        ));
+        return Err(SystemError::BadInput("a task id is 1 to 128 bytes".into()));
     }
     let config = cli.client_config()?;
     let (logs, daemon_id) = match &config {

@@ -157,7 +157,7 @@ impl Payload {
                 if t.task_id.is_empty() || t.task_id.len() > 128 {
                     return Err(MessageError::field(
                         "payload.task_id",
-                        "must be 1 to 128 characters",
+                        "must be 1 to 128 bytes",
                     ));
                 }
                 if t.prompt.trim().is_empty() {

@@ -149,6 +149,16 @@ pub(crate) fn check_files(s: &NatsSettings) -> Result<(), TransportError> {
 /// arises, and nowhere else.
 fn connect_error(s: &NatsSettings, source: std::io::Error) -> TransportError {
     let url = s.shown_url();
+    // The crate's words for a peer that hung up mid-handshake.
+    if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        return TransportError::NatsConnect {
+            url,
+            source: std::io::Error::new(
+                source.kind(),
+                "the server closed the connection before it introduced itself (not a NATS server, or one refusing connections)",
+            ),
+        };
+    }
     let text = source.to_string().to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
     if source.kind() == std::io::ErrorKind::PermissionDenied
