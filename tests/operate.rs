@@ -227,6 +227,7 @@ fn status_format_prometheus_is_read_by_an_independent_parser() {
         ("mister_smith_agent_uptime_seconds", "gauge"),
         ("mister_smith_agent_memory_bytes", "gauge"),
         ("mister_smith_tasks_total", "counter"),
+        ("mister_smith_tasks_unrun_total", "counter"),
         ("mister_smith_cost_usd_total", "counter"),
         ("mister_smith_account_held", "gauge"),
         ("mister_smith_account_state", "gauge"),
@@ -710,6 +711,14 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
     };
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0]["payload"]["status"], "timeout");
+    let (_, metrics, _) = d.cli(&["status", "--format", "prometheus"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mister_smith_tasks_unrun_total{")
+                && l.ends_with("status=\"timeout\",error_kind=\"timeout\"} 1")),
+        "{metrics}"
+    );
 
     let (st, _, err) = run_cli_stdin(&["--config", &cfg, "transcript", "no-such-task"], &[], None);
     assert_eq!(st.code(), Some(69), "{err}");

@@ -176,6 +176,11 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
         "counter",
         "Tasks the agent ended, by status and error_kind (empty when completed).",
     );
+    let mut unrun = Family::new(
+        "mister_smith_tasks_unrun_total",
+        "counter",
+        "Tasks answered before any agent ran them (timed out or cancelled in the queue), by status and error_kind.",
+    );
     let mut cost = Family::new(
         "mister_smith_cost_usd_total",
         "counter",
@@ -222,6 +227,16 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
             );
         }
         queued.sample(&[("daemon", d)], r.queued as f64);
+        for c in &r.unrun {
+            unrun.sample(
+                &[
+                    ("daemon", d),
+                    ("status", c.status.as_str()),
+                    ("error_kind", c.error_kind.map_or("", |k| k.as_str())),
+                ],
+                c.count as f64,
+            );
+        }
         capacity.sample(&[("daemon", d)], r.queue_capacity as f64);
         for a in &r.agents {
             agent(a, d, &mut state, &mut restarts, &mut uptime, &mut memory);
@@ -290,6 +305,7 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
         &uptime,
         &memory,
         &tasks,
+        &unrun,
         &cost,
         &held,
         &account_state,

@@ -542,6 +542,10 @@ pub struct HealthReport {
     /// Durable mode (`transport.jetstream`), when on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<crate::message::stream_view::StreamView>,
+    /// Tasks answered before they ran (timed out or cancelled in the
+    /// queue), by how, since the daemon started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrun: Vec<TaskCount>,
     /// A report too large for one message comes in parts, numbered from 1;
     /// absent when it fits in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -663,6 +667,7 @@ mod tests {
             agents: (0..100).map(agent).collect(),
             accounts: Vec::new(),
             jetstream: None,
+            unrun: Vec::new(),
             part: None,
             parts: None,
         };

@@ -206,6 +206,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             Transcripts::start(dir, &config.logs)
         })
         .flatten();
+    let unrun = crate::runtime::inbound::Unrun::default();
     let sink = DaemonSink {
         table: table.clone(),
         events: events_tx.clone(),
@@ -213,6 +214,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         holds: holds.clone(),
         pump: pump.clone(),
         transcripts: transcripts.clone(),
+        unrun: unrun.clone(),
     };
     let capacity = config.message.queue_capacity;
     let mut dispatcher = Dispatcher::new(capacity, table.types());
@@ -280,6 +282,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             .as_ref()
             .map(|js| (js.stream.clone(), js_state.clone())),
         transcripts,
+        unrun,
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(

@@ -25,7 +25,7 @@ use crate::message::router::{
 };
 use crate::message::schemas::{
     check_subject, AgentCommand, AgentRegistration, AlertCode, CommandType, RawJson, Severity,
-    TaskAssignment, TaskProgress, TaskResult, TaskStatus,
+    TaskAssignment, TaskCount, TaskProgress, TaskResult, TaskStatus,
 };
 use crate::runtime::accounts::HoldBoard;
 use crate::runtime::durable;
@@ -372,6 +372,34 @@ pub(crate) struct DaemonSink {
     pub pump: Option<Sender<JsCmd>>,
     /// Where an unrun task's result ends its transcript.
     pub transcripts: Option<crate::runtime::transcripts::Transcripts>,
+    /// How many tasks were answered before they ran.
+    pub unrun: Unrun,
+}
+
+/// Tasks answered before they ran, by status and kind: the dispatcher's
+/// sink counts, reports read.
+#[derive(Clone, Default)]
+pub(crate) struct Unrun(Arc<std::sync::Mutex<Vec<TaskCount>>>);
+
+impl Unrun {
+    fn count(&self, status: TaskStatus, kind: ErrorKind) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match c
+            .iter_mut()
+            .find(|c| c.status == status && c.error_kind == Some(kind))
+        {
+            Some(c) => c.count += 1,
+            None => c.push(TaskCount {
+                status,
+                error_kind: Some(kind),
+                count: 1,
+            }),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Vec<TaskCount> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl DaemonSink {
@@ -460,6 +488,7 @@ impl DaemonSink {
                 .and_then(<[String]>::first)
                 .map_or("", String::as_str)
         );
+        self.unrun.count(status, kind);
         let env = answer_to(Envelope::new(Payload::TaskResult(result)), &t.origin);
         let data = Arc::new(env.encode());
         if let Some(tr) = &self.transcripts {

@@ -97,6 +97,8 @@ pub(crate) struct Links {
     pub stream: Option<(String, Arc<crate::transport::jetstream::JsState>)>,
     /// Where each task's envelopes are written, when transcripts are on.
     pub transcripts: Option<crate::runtime::transcripts::Transcripts>,
+    /// Tasks answered before they ran, counted by the dispatcher's sink.
+    pub unrun: crate::runtime::inbound::Unrun,
 }
 
 pub(crate) struct Supervisor {

@@ -112,6 +112,7 @@ impl Supervisor {
                 }
                 view
             }),
+            unrun: self.links.unrun.counts(),
             part: None,
             parts: None,
         }

@@ -227,6 +227,7 @@ impl Harness {
             pump: None,
             stream: None,
             transcripts: None,
+            unrun: Default::default(),
         };
         let now = Rc::new(Cell::new(Instant::now()));
         let world = Shared::default();
