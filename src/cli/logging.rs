@@ -57,6 +57,24 @@ struct QueueLogger {
     tx: Sender<Msg>,
     dropped: &'static AtomicU64,
     colour: bool,
+    /// The writer's end until its thread starts, at the first line: most
+    /// client commands log nothing, and a thread costs each of them.
+    rx: std::sync::Mutex<Option<Receiver<Msg>>>,
+}
+
+impl QueueLogger {
+    fn start_writer(&self) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let dropped = self.dropped;
+        // Without its thread (out of threads) the queue fills and lines are
+        // dropped and counted: never a blocked caller.
+        let _ = thread::Builder::new()
+            .name("log".into())
+            .stack_size(64 * 1024)
+            .spawn(move || write_out(&rx, dropped));
+    }
 }
 
 impl Log for QueueLogger {
@@ -68,6 +86,7 @@ impl Log for QueueLogger {
         if !self.filter.matches(record) {
             return;
         }
+        STARTED.call_once(|| self.start_writer());
         if QUEUED.fetch_add(1, Ordering::Relaxed) >= QUEUE {
             QUEUED.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +150,9 @@ fn format_line(record: &Record<'_>, colour: bool) -> Vec<u8> {
 /// The writer's end, kept for [`flush`].
 static SENDER: OnceLock<Sender<Msg>> = OnceLock::new();
 
+/// Whether the writer thread was started (at the first line logged).
+static STARTED: std::sync::Once = std::sync::Once::new();
+
 /// Installs the logger with `default` as the filter when the environment
 /// sets none. Lines go to stderr through the writer thread.
 pub(super) fn init(default: &str) {
@@ -147,18 +169,13 @@ pub(super) fn init(default: &str) {
         _ => std::io::stderr().is_terminal(),
     };
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-    // Without its thread (out of threads at startup) the queue fills and
-    // lines are dropped and counted: never a blocked caller.
-    let _ = thread::Builder::new()
-        .name("log".into())
-        .stack_size(64 * 1024)
-        .spawn(move || write_out(&rx, &DROPPED));
     let max = filter.filter();
     let logger = QueueLogger {
         filter,
         tx: tx.clone(),
         dropped: &DROPPED,
         colour,
+        rx: std::sync::Mutex::new(Some(rx)),
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(max);
@@ -193,6 +210,10 @@ fn write_out(rx: &Receiver<Msg>, dropped: &AtomicU64) {
 
 /// Waits, at most `within`, until every line logged so far is written.
 pub(crate) fn flush(within: Duration) {
+    // Nothing was logged: nothing to wait for.
+    if !STARTED.is_completed() {
+        return;
+    }
     let Some(tx) = SENDER.get() else { return };
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     if tx.send_timeout(Msg::Flush(done_tx), within).is_ok() {
