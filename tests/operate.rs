@@ -709,8 +709,9 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(late.len(), 1, "{late:?}");
-    assert_eq!(late[0]["payload"]["status"], "timeout");
+    assert_eq!(late.len(), 2, "{late:?}");
+    assert_eq!(late[0]["message_type"], "task_assignment");
+    assert_eq!(late[1]["payload"]["status"], "timeout");
     let (_, metrics, _) = d.cli(&["status", "--format", "prometheus"]);
     assert!(
         metrics

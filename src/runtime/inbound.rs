@@ -496,7 +496,7 @@ impl DaemonSink {
                 Target::Agent(i) => Some(self.table.route(*i).id.as_str()),
                 Target::Type(_) => None,
             };
-            tr.finish_unrun(agent, &t.task_id, data.clone());
+            tr.finish_unrun(agent, t, data.clone());
         }
         if let (Some(pump), Some(r)) = (&self.pump, &t.receipt) {
             let live = durable::live_subjects(&self.table, t, MessageType::TaskResult);

@@ -91,6 +91,9 @@ struct Line {
     agent: Option<String>,
     task: String,
     data: Arc<Vec<u8>>,
+    /// Written before `data` when the file is new: an unrun task's
+    /// assignment, so that its transcript starts like any other.
+    first: Option<Vec<u8>>,
     /// The result: the file is closed after it.
     last: bool,
 }
@@ -119,6 +122,7 @@ impl Transcripts {
             max_bytes: logs.max_bytes,
             open: HashMap::new(),
             made: std::collections::HashSet::new(),
+            top: None,
             failed_at: None,
         };
         let (queued, dropped) = (t.queued.clone(), t.dropped.clone());
@@ -147,6 +151,7 @@ impl Transcripts {
             agent: Some(agent.to_string()),
             task: task.to_string(),
             data,
+            first: None,
             last,
         });
     }
@@ -155,7 +160,7 @@ impl Transcripts {
     /// queue, or was cancelled): the end of the transcript it has open (it
     /// ran before and was put back), else of one for `agent`, the agent it
     /// was sent to; a task for any agent that never reached one has none.
-    pub(crate) fn finish_unrun(&self, agent: Option<&str>, task: &str, data: Arc<Vec<u8>>) {
+    pub(crate) fn finish_unrun(&self, agent: Option<&str>, task: &Task, data: Arc<Vec<u8>>) {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -163,8 +168,9 @@ impl Transcripts {
         }
         self.send(Line {
             agent: agent.map(|a| format!("?{a}")),
-            task: task.to_string(),
+            task: task.task_id.clone(),
             data,
+            first: agent.map(|a| assignment(task, a)),
             last: true,
         });
     }
@@ -183,6 +189,8 @@ struct Writer {
     open: HashMap<(String, String), BufWriter<File>>,
     /// The agents whose directory exists (made once, not for every task).
     made: std::collections::HashSet<String>,
+    /// log_dir's device and inode at the first write.
+    top: Option<(u64, u64)>,
     /// When a write last failed (a full disk is said once a minute).
     failed_at: Option<Instant>,
 }
@@ -244,7 +252,12 @@ impl Writer {
             }
             match self.open_file(&key.0, &key.1) {
                 Ok(f) => {
-                    self.open.insert(key.clone(), BufWriter::new(f));
+                    let fresh = f.metadata().is_ok_and(|m| m.len() == 0);
+                    let mut w = BufWriter::new(f);
+                    if let Some(first) = l.first.as_deref().filter(|_| fresh) {
+                        let _ = w.write_all(first).and_then(|()| w.write_all(b"\n"));
+                    }
+                    self.open.insert(key.clone(), w);
                 }
                 Err(e) => return self.failed(&key.0, &key.1, &e),
             }
@@ -268,14 +281,34 @@ impl Writer {
     /// Agent `agent`'s directory, made (with its mark) the first time: a
     /// directory of its own, not a symbolic link to somewhere else.
     fn agent_dir(&mut self, agent: &str) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
         let dir = self.dir.join(agent);
+        // log_dir must still be the directory it was at the first write
+        // (swapped for a link to elsewhere, it is not written through).
+        let top = fs::metadata(&self.dir).ok().map(|m| (m.dev(), m.ino()));
+        match (self.top, top) {
+            (Some(first), Some(now)) if first != now => {
+                return Err(std::io::Error::other(
+                    "log_dir was replaced while the daemon ran (restart it to take the new one)",
+                ))
+            }
+            _ => {}
+        }
         if self.made.contains(agent) {
-            return Ok(dir);
+            // Checked again at every file: an agent's directory swapped for
+            // a link after its first transcript is not written through.
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+                return Ok(dir);
+            }
+            self.made.remove(agent);
         }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
+        if self.top.is_none() {
+            self.top = fs::metadata(&self.dir).ok().map(|m| (m.dev(), m.ino()));
+        }
         if !fs::symlink_metadata(&dir)?.file_type().is_dir() {
             return Err(std::io::Error::other(
                 "not a directory of its own (a symbolic link?)",
