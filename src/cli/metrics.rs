@@ -98,13 +98,6 @@ const ACCOUNT_STATES: [AccountState; 3] = [
     AccountState::HalfOpen,
 ];
 
-const ENDINGS: [TaskStatus; 4] = [
-    TaskStatus::Completed,
-    TaskStatus::Failed,
-    TaskStatus::Cancelled,
-    TaskStatus::Timeout,
-];
-
 /// The exposition of `reports`, every family in a fixed order.
 ///
 /// Two daemons that answer with one `daemon_id` (a config deployed twice:
@@ -238,7 +231,13 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
             );
         }
         capacity.sample(&[("daemon", d)], r.queue_capacity as f64);
+        let mut seen = std::collections::HashSet::new();
         for a in &r.agents {
+            // One agent id twice in a report (a broken peer) would give
+            // its series twice.
+            if !seen.insert(a.agent_id.as_str()) {
+                continue;
+            }
             agent(a, d, &mut state, &mut restarts, &mut uptime, &mut memory);
             let labels = agent_labels(a, d);
             let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -250,21 +249,20 @@ pub(crate) fn prometheus(reports: &[HealthReport]) -> String {
                 with.push(("error_kind", c.error_kind.map_or("", |k| k.as_str())));
                 tasks.sample(&with, c.count as f64);
             }
-            // Each status at least once, from the totals where the report
-            // has no breakdown (a daemon of an older version).
-            for s in ENDINGS {
-                if a.task_counts.iter().any(|c| c.status == s) {
-                    continue;
-                }
-                let n = match s {
-                    TaskStatus::Completed if !seen_completed => a.tasks_completed,
-                    TaskStatus::Failed if a.task_counts.is_empty() => a.tasks_failed,
-                    _ => 0,
-                };
+            // Completed at least once (0 until the first), so that a rate
+            // of it exists from the start; a report without the breakdown
+            // (a daemon of an older version) gives its two totals.
+            if !seen_completed {
                 let mut with = l.clone();
-                with.push(("status", s.as_str()));
+                with.push(("status", "completed"));
                 with.push(("error_kind", ""));
-                tasks.sample(&with, n as f64);
+                tasks.sample(&with, a.tasks_completed as f64);
+            }
+            if a.task_counts.is_empty() && a.tasks_failed > 0 {
+                let mut with = l.clone();
+                with.push(("status", "failed"));
+                with.push(("error_kind", ""));
+                tasks.sample(&with, a.tasks_failed as f64);
             }
             cost.sample(&l, a.total_cost_usd);
         }
@@ -352,7 +350,7 @@ fn agent(
     }
     restarts.sample(&l, f64::from(a.restarts));
     uptime.sample(&l, a.uptime_seconds);
-    if let Some(r) = a.resource_usage {
+    if let Some(r) = a.resource_usage.filter(|r| r.memory_mb >= 0.0) {
         memory.sample(&l, (r.memory_mb * 1024.0 * 1024.0).round());
     }
 }
@@ -406,7 +404,10 @@ mod tests {
             serde_json::from_value(serde_json::json!({
                 "daemon_id": "host-a", "instance": instance, "uptime_seconds": 1.0,
                 "nats": "connected", "queued": 0, "queue_capacity": 10,
-                "agents": [{"agent_id": "coder-1", "status": "idle", "agent_type": "claude"}],
+                // One agent twice, from a broken peer; memory below zero.
+                "agents": [{"agent_id": "coder-1", "status": "idle", "agent_type": "claude"},
+                           {"agent_id": "coder-1", "status": "busy", "agent_type": "claude",
+                            "resource_usage": {"memory_mb": -1e300, "cpu_seconds": 0.0}}],
             }))
             .expect("a report")
         };
@@ -421,6 +422,7 @@ mod tests {
         samples.dedup();
         assert_eq!(samples.len(), n, "{text}");
         assert!(text.contains("mister_smith_daemon_instances{daemon=\"host-a\"} 2"));
+        assert!(!text.contains("mister_smith_agent_memory_bytes{"), "{text}");
     }
 
     #[test]

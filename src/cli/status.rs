@@ -154,7 +154,7 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
         if let Some(acc) = a.account.as_ref().filter(|c| c.state != AccountState::Open) {
             line.push_str(&format!("  HELD ({})", acc.name));
         }
-        print_line(&mut out, line.as_bytes())?;
+        print_line(&mut out, crate::cli::logging::printable(&line).as_bytes())?;
     }
     // The accounts, one line each per daemon: held ones say why and until
     // when; every one says today's spend.
@@ -181,7 +181,10 @@ pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<u8, SystemError> {
                 c.daily_budget_usd
                     .map_or("-".to_string(), |b| format!("${b:.4}")),
             );
-            print_line(&mut out, line.trim_end().as_bytes())?;
+            print_line(
+                &mut out,
+                crate::cli::logging::printable(line.trim_end()).as_bytes(),
+            )?;
         }
     }
     if args.id.is_none() {
@@ -230,7 +233,7 @@ fn streams(out: &mut impl Write, reports: &[HealthReport]) -> Result<(), SystemE
     print_line(out, header.as_bytes())?;
     for ((stream, name), (waiting, state)) in rows {
         let line = format!("{stream:<24} {name:<28} {waiting:>8} {state}");
-        print_line(out, line.as_bytes())?;
+        print_line(out, crate::cli::logging::printable(&line).as_bytes())?;
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::message::demand::{self, AgentView, Consumers, Demand};
 use crate::message::lent::Lent;
-use crate::message::router::{AgentIx, Origin, TraceTag};
+use crate::message::router::{AgentIx, Origin, Shown};
 
 /// Where a task is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +66,9 @@ pub struct Task {
 }
 
 impl Task {
-    /// ` [trace ID]`, for every log line about the task.
-    pub fn trace(&self) -> TraceTag<'_> {
-        self.origin.trace()
+    /// `ID [trace T]`, for every log line about the task (see [`Shown`]).
+    pub fn shown(&self) -> Shown<'_> {
+        Shown(&self.task_id, self.origin.trace())
     }
 }
 

@@ -302,6 +302,26 @@ impl std::fmt::Display for TraceTag<'_> {
     }
 }
 
+/// A task as a log line names it: the id as it is when it is plain, else
+/// quoted and escaped (no task id can write the rest of the line), then
+/// its trace.
+pub struct Shown<'a>(pub &'a str, pub TraceTag<'a>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.0.is_empty()
+            && self
+                .0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=#".contains(c));
+        if plain {
+            write!(f, "{}{}", self.0, self.1)
+        } else {
+            write!(f, "{:?}{}", self.0, self.1)
+        }
+    }
+}
+
 /// What the sender of a request needs in every answer to it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Origin {

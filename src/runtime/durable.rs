@@ -155,11 +155,7 @@ impl Glue {
                 d.delivered - 1,
                 self.config.max_deliver
             );
-            log::error!(
-                "task {}{}: {why}; not run again",
-                task.task_id,
-                task.trace()
-            );
+            log::error!("task {}: {why}; not run again", task.shown());
             let agent = self.agent_id(&task);
             let a = alert(
                 Severity::Error,

@@ -475,9 +475,8 @@ impl DaemonSink {
             attempts: t.attempts,
         };
         log::info!(
-            "task {}{} {} ({kind}) before it ran: {}",
-            t.task_id,
-            t.trace(),
+            "task {} {} ({kind}) before it ran: {}",
+            t.shown(),
             match status {
                 TaskStatus::Timeout => "timed out",
                 s => s.as_str(),
@@ -545,11 +544,7 @@ impl DispatchSink for DaemonSink {
     fn refused(&self, t: &Task, why: Refusal) {
         // A task from the stream waits there for a daemon that can take it.
         if self.release(t) {
-            log::debug!(
-                "task {}{} given back to the stream: {why:?}",
-                t.task_id,
-                t.trace()
-            );
+            log::debug!("task {} given back to the stream: {why:?}", t.shown());
             return;
         }
         let (code, message) = match why {
@@ -577,7 +572,7 @@ impl DispatchSink for DaemonSink {
                 ),
             ),
         };
-        log::warn!("task {}{} refused: {message}", t.task_id, t.trace());
+        log::warn!("task {} refused: {message}", t.shown());
         if let Some(r) = &t.origin.reply_to {
             let id = self.agent_id(t);
             let refusal = alert(Severity::Error, code, message, Some(&id), Some(&t.task_id));
@@ -611,11 +606,7 @@ impl DispatchSink for DaemonSink {
         // A task from the stream is not lost with this daemon or its
         // agent: another daemon (or this one, later) runs it.
         if self.release(t) {
-            log::info!(
-                "task {}{} given back to the stream: {why:?}",
-                t.task_id,
-                t.trace()
-            );
+            log::info!("task {} given back to the stream: {why:?}", t.shown());
             return;
         }
         let why = match why {

@@ -251,9 +251,8 @@ impl Supervisor {
         if failed && running && matches!(kind, Some(ErrorKind::Auth | ErrorKind::RateLimited)) {
             let k = kind.unwrap_or(ErrorKind::Other);
             log::warn!(
-                "agent {id}: task {}{} failed ({k}): back to the queue until its account works again",
-                task.task_id,
-                task.trace()
+                "agent {id}: task {} failed ({k}): back to the queue until its account works again",
+                task.shown()
             );
             self.tell(
                 &task,
@@ -276,9 +275,8 @@ impl Supervisor {
                     .min(MAX_RETRY_DELAY);
                 if now + delay < task.deadline {
                     log::warn!(
-                        "agent {id}: task {}{} failed ({k}, attempt {}): retrying in {} ms",
-                        task.task_id,
-                        task.trace(),
+                        "agent {id}: task {} failed ({k}, attempt {}): retrying in {} ms",
+                        task.shown(),
                         task.attempts,
                         delay.as_millis()
                     );
@@ -297,9 +295,8 @@ impl Supervisor {
         }
         self.agents[i.0].count_task(result.status, result.error_kind);
         log::info!(
-            "agent {id}: task {}{} {}{}",
-            task.task_id,
-            task.trace(),
+            "agent {id}: task {} {}{}",
+            task.shown(),
             super::tasks::status_word(result.status),
             result
                 .error_kind

@@ -366,12 +366,7 @@ impl Supervisor {
                     format!("the agent's process ended before its result ({how})"),
                 ),
             };
-            log::warn!(
-                "agent {}: task {}{} ended: {why}",
-                a.spec.id,
-                r.task.task_id,
-                r.task.trace()
-            );
+            log::warn!("agent {}: task {} ended: {why}", a.spec.id, r.task.shown());
             let mut errors = vec![why];
             errors.extend(tail.iter().rev().take(5).rev().cloned());
             let result = self.bare_result(i, &r.task, status, kind, errors, r.started);

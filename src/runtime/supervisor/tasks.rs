@@ -144,10 +144,9 @@ impl Supervisor {
         let now = self.now();
         let a = &mut self.agents[i.0];
         log::info!(
-            "agent {}: task {}{} started (priority {})",
+            "agent {}: task {} started (priority {})",
             a.spec.id,
-            task.task_id,
-            task.trace(),
+            task.shown(),
             task.priority
         );
         if let Some(t) = &self.links.transcripts {
@@ -231,10 +230,9 @@ impl Supervisor {
         let a = &self.agents[i.0];
         let Some(r) = a.task.as_ref() else { return };
         log::warn!(
-            "agent {}: task {}{} timed out after {} ms: interrupting",
+            "agent {}: task {} timed out after {} ms: interrupting",
             a.spec.id,
-            r.task.task_id,
-            r.task.trace(),
+            r.task.shown(),
             r.task.timeout.as_millis()
         );
         match a.spec.protocol {
@@ -404,11 +402,7 @@ impl Supervisor {
             // A task from the stream is not lost with this daemon: given
             // back, another daemon (or this one, restarted) runs it.
             if self.shutdown.is_some() && env_status(&env) == Some(TaskStatus::Cancelled) {
-                log::info!(
-                    "task {}{}: given back to the stream",
-                    task.task_id,
-                    task.trace()
-                );
+                log::info!("task {}: given back to the stream", task.shown());
                 let _ = pump.send(durable::release(receipt));
                 return;
             }
