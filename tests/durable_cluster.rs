@@ -127,7 +127,7 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
     // Each round of chaos stalls the cluster for seconds (an election, a
     // redelivery after ack_wait_ms): about 3 tasks a second get through,
     // so the long run's tasks may wait minutes.
-    let timeout = Duration::from_millis(90_000.max(total as u64 * 400));
+    let timeout = Duration::from_millis(150_000.max(total as u64 * 400));
     let bound = timeout + Duration::from_secs(60);
     let start_ms = now_ms();
     let mut senders: Vec<Sender> = (0..batches)

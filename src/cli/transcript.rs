@@ -39,7 +39,7 @@ pub(super) fn run(cli: &Cli, args: &TranscriptArgs) -> Result<u8, SystemError> {
     let found = transcripts::find(&dir, &args.task_id);
     if found.is_empty() {
         return Err(SystemError::NoAnswer(format!(
-            "no transcript of task {:?} under {}",
+            "no transcript of task {:?} under {} (an unknown id, one run on another host, one pruned, or one not written yet: they follow the result by moments)",
             args.task_id,
             dir.display()
         )));
