@@ -381,6 +381,16 @@ fn bad_transcript_settings_are_listed() {
         assert!(err.contains(w), "missing {w:?} in:\n{err}");
     }
     let path = dir.config(&json!({
+        "log_dir": "/dev/null",
+        "agents": [{"id": "a", "command": fake}]
+    }));
+    let (status, _, err) = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("log_dir: /dev/null is not a directory"),
+        "{err}"
+    );
+    let path = dir.config(&json!({
         "log_dir": "/var/log/mister-smith",
         "logs": {"retain_days": 30, "max_mb": 10_000, "transcripts": false},
         "agents": [{"id": "a", "command": fake}]

@@ -73,6 +73,16 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             message,
         }));
     }
+    // Transcripts go into log_dir: one that is there must be a directory
+    // (it is made when it is not there yet).
+    if let Some(dir) = config.logs.dir.as_ref().filter(|_| config.logs.transcripts) {
+        if dir.exists() && !dir.is_dir() {
+            problems.push(Problem {
+                path: "log_dir".into(),
+                message: format!("{} is not a directory", dir.display()),
+            });
+        }
+    }
     problems
 }
 

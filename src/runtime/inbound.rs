@@ -33,11 +33,16 @@ use crate::runtime::events::{Command, Event, ReportKind};
 use crate::transport::hub::Outbox;
 use crate::transport::jetstream::JsCmd;
 
-/// The one field a refusal reads of an envelope it cannot decode.
+/// What a refusal reads of an envelope it cannot decode: its trace and
+/// correlation ids, copied into the answer like any answer's.
 #[derive(serde::Deserialize)]
 struct Traced {
     #[serde(default)]
     trace_id: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<uuid::Uuid>,
+    #[serde(default)]
+    message_id: Option<uuid::Uuid>,
 }
 
 /// Handles every message that reaches the daemon.
@@ -86,13 +91,17 @@ impl Inbound {
             Err(e) => {
                 // What can still be read of it: its trace id, so that the
                 // refusal can be followed like any answer.
-                let trace = (data.len() <= self.max_size)
+                let read = (data.len() <= self.max_size)
                     .then(|| serde_json::from_slice::<Traced>(data).ok())
-                    .flatten()
-                    .and_then(|t| t.trace_id)
-                    .filter(|t| check_trace_id(t).is_ok());
+                    .flatten();
                 let origin = Origin {
-                    trace_id: trace,
+                    trace_id: read
+                        .as_ref()
+                        .and_then(|t| t.trace_id.clone())
+                        .filter(|t| check_trace_id(t).is_ok()),
+                    correlation_id: read
+                        .as_ref()
+                        .and_then(|t| t.correlation_id.or(t.message_id)),
                     ..Origin::default()
                 };
                 log::warn!("refused a message on {subject}{}: {e}", origin.trace());
@@ -104,7 +113,8 @@ impl Inbound {
                         None,
                         None,
                     );
-                    refusal.trace_id = origin.trace_id;
+                    refusal.trace_id.clone_from(&origin.trace_id);
+                    refusal.correlation_id = origin.correlation_id;
                     self.outbox.reply(r, &refusal);
                 }
                 return;
