@@ -620,25 +620,12 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
         .expect("task id")
         .to_string();
 
-    // Written off the supervisor's thread: read once the result is in it.
-    let deadline = std::time::Instant::now() + T;
-    let lines = loop {
-        // Read on the daemon's host, with its config (as an operator would).
-        let (st, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", &task_id], &[], None);
-        let lines = json_lines(&text);
-        if st.code() == Some(0)
-            && lines
-                .last()
-                .is_some_and(|l| l["message_type"] == "task_result")
-        {
-            break lines;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no whole transcript: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Written off the supervisor's thread: read once the writer says so.
+    d.wait_seen(&format!("transcripts: coder-1/{task_id}.ndjson written"), T);
+    // Read on the daemon's host, with its config (as an operator would).
+    let (st, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", &task_id], &[], None);
+    assert_eq!(st.code(), Some(0), "{text}");
+    let lines = json_lines(&text);
     let (first, rest) = lines.split_first().expect("lines");
     let (last, progress) = rest.split_last().expect("lines");
     assert_eq!(first["message_type"], "task_assignment");
@@ -671,14 +658,13 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
                 "--to",
                 "coder-1",
                 "--wait",
-                "[[fake:delay=400]] slow",
+                r#"{"task_id":"slow","prompt":"[[fake:delay=400]] slow"}"#,
             ],
             &[],
             None,
         )
     });
-    // planted, fifo, hello, then the slow one.
-    d.wait_for_n("started (priority", 4, T);
+    d.wait_seen("task slow [trace", T);
     let (st, _, err) = d.cli(&[
         "send",
         "--to",
@@ -696,19 +682,9 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
         "task late [trace late-1] timed out (timeout) before it ran",
         T,
     );
-    let deadline = std::time::Instant::now() + T;
-    let late = loop {
-        let (_, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", "late"], &[], None);
-        let lines = json_lines(&text);
-        if !lines.is_empty() {
-            break lines;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no transcript of the late task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    d.wait_seen("transcripts: coder-1/late.ndjson written", T);
+    let (_, text, _) = run_cli_stdin(&["--config", &cfg, "transcript", "late"], &[], None);
+    let late = json_lines(&text);
     assert_eq!(late.len(), 2, "{late:?}");
     assert_eq!(late[0]["message_type"], "task_assignment");
     assert_eq!(late[1]["payload"]["status"], "timeout");

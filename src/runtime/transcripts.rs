@@ -271,8 +271,9 @@ impl Writer {
         }
         if l.last {
             if let Some(mut w) = self.open.remove(&key) {
-                if let Err(e) = w.flush() {
-                    self.failed(&key.0, &key.1, &e);
+                match w.flush() {
+                    Ok(()) => log::debug!("transcripts: {}/{} written", key.0, file_name(&key.1)),
+                    Err(e) => self.failed(&key.0, &key.1, &e),
                 }
             }
         }
