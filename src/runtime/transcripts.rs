@@ -142,11 +142,6 @@ impl Transcripts {
     /// Appends `data` (one encoded envelope) to the transcript of `task`
     /// on `agent`; `last` closes it.
     pub(crate) fn write(&self, agent: &str, task: &str, data: Arc<Vec<u8>>, last: bool) {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         self.send(Line {
             agent: Some(agent.to_string()),
             task: task.to_string(),
@@ -161,11 +156,6 @@ impl Transcripts {
     /// ran before and was put back), else of one for `agent`, the agent it
     /// was sent to; a task for any agent that never reached one has none.
     pub(crate) fn finish_unrun(&self, agent: Option<&str>, task: &Task, data: Arc<Vec<u8>>) {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         self.send(Line {
             agent: agent.map(|a| format!("?{a}")),
             task: task.task_id.clone(),
@@ -175,7 +165,13 @@ impl Transcripts {
         });
     }
 
+    /// Queues `line`, or drops and counts it past the bound.
     fn send(&self, line: Line) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self.tx.send(line).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
