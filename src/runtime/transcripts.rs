@@ -86,9 +86,17 @@ pub(crate) fn file_name(task_id: &str) -> String {
     format!("{}-{h:016x}.ndjson", &token[..150])
 }
 
+/// Which transcript a line goes to.
+enum Place {
+    /// The task's on this agent.
+    Agent(String),
+    /// An unrun task's result: the transcript the task has open, wherever
+    /// it is; else one for the agent it was sent to; else none.
+    Open { or_agent: Option<String> },
+}
+
 struct Line {
-    /// `None`: the transcript this task has open, wherever it is.
-    agent: Option<String>,
+    place: Place,
     task: String,
     data: Arc<Vec<u8>>,
     /// Written before `data` when the file is new: an unrun task's
@@ -143,7 +151,7 @@ impl Transcripts {
     /// on `agent`; `last` closes it.
     pub(crate) fn write(&self, agent: &str, task: &str, data: Arc<Vec<u8>>, last: bool) {
         self.send(Line {
-            agent: Some(agent.to_string()),
+            place: Place::Agent(agent.to_string()),
             task: task.to_string(),
             data,
             first: None,
@@ -157,7 +165,9 @@ impl Transcripts {
     /// was sent to; a task for any agent that never reached one has none.
     pub(crate) fn finish_unrun(&self, agent: Option<&str>, task: &Task, data: Arc<Vec<u8>>) {
         self.send(Line {
-            agent: agent.map(|a| format!("?{a}")),
+            place: Place::Open {
+                or_agent: agent.map(String::from),
+            },
             task: task.task_id.clone(),
             data,
             first: agent.map(|a| assignment(task, a)),
@@ -222,20 +232,15 @@ impl Writer {
     }
 
     fn append(&mut self, l: Line) {
-        // An unrun task's result: where its transcript is open, else the
-        // agent it was for (marked `?`), else nowhere.
         let open_for = |task: &str| {
             self.open
                 .keys()
                 .find(|(_, t)| t == task)
                 .map(|(a, _)| a.clone())
         };
-        let agent = match l.agent {
-            Some(a) => match a.strip_prefix('?') {
-                Some(fallback) => open_for(&l.task).unwrap_or_else(|| fallback.to_string()),
-                None => a,
-            },
-            None => match open_for(&l.task) {
+        let agent = match l.place {
+            Place::Agent(a) => a,
+            Place::Open { or_agent } => match open_for(&l.task).or(or_agent) {
                 Some(a) => a,
                 None => return,
             },
