@@ -171,7 +171,12 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
     );
     assert!(st.success(), "{err}");
 
-    let slow = "slow [[fake:delay=400]]";
+    // The slow task's first run cannot finish before the kill: its result
+    // waits while the gate file exists.
+    let gate = dir.join("gate");
+    std::fs::write(&gate, b"").expect("gate file");
+    let slow = format!("slow [[fake:gate={}]]", gate.display());
+    let slow = slow.as_str();
     let waiter = spawn(
         &path,
         &["send", "--to", "c-1", "--wait", "--timeout", "40000", slow],
@@ -180,6 +185,7 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
     first.wait_for_n("started (priority", 6, Duration::from_secs(20));
     kill(first.pid(), libc::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
+    std::fs::remove_file(&gate).expect("gate opened");
 
     // The same daemon, started again, takes it after ack_wait.
     let second = Daemon::start(dir.clone(), &cfg);

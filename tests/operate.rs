@@ -579,6 +579,8 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
 
     let cfg = dir.join("mister-smith.json");
     let cfg = cfg.to_str().expect("utf-8").to_string();
+    // The slow task's result waits while this file exists.
+    let gate = dir.join("gate");
     let d = Daemon::start(
         dir,
         &json!({
@@ -647,18 +649,17 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
 
     // A task that times out in the queue behind a slow one: its result
     // ends a transcript too, and a log line says so.
+    std::fs::write(&gate, b"").expect("gate file");
+    let prompt = format!(
+        "{{\"task_id\":\"slow\",\"prompt\":\"[[fake:gate={}]] slow\"}}",
+        gate.display()
+    );
     let socket = d.socket();
     let socket = socket.to_str().expect("utf-8").to_string();
     let slow = std::thread::spawn(move || {
         run_cli_stdin(
             &[
-                "--socket",
-                &socket,
-                "send",
-                "--to",
-                "coder-1",
-                "--wait",
-                r#"{"task_id":"slow","prompt":"[[fake:delay=400]] slow"}"#,
+                "--socket", &socket, "send", "--to", "coder-1", "--wait", &prompt,
             ],
             &[],
             None,
@@ -677,6 +678,7 @@ fn each_task_has_a_transcript_and_old_ones_are_pruned() {
         r#"{"task_id":"late","prompt":"late"}"#,
     ]);
     assert_eq!(st.code(), Some(75), "{err}");
+    std::fs::remove_file(&gate).expect("gate opened");
     assert!(slow.join().expect("slow").0.success());
     d.wait_seen(
         "task late [trace late-1] timed out (timeout) before it ran",

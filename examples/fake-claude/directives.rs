@@ -19,6 +19,8 @@ pub(crate) struct TaskCfg {
     pub(crate) reset_in_s: u64,
     /// `total_cost_usd` of a run that reached the model (`None`: the fake's own figure).
     pub(crate) cost: Option<f64>,
+    /// `gate=PATH`: the result waits while PATH exists (a test opens the gate by deleting it).
+    pub(crate) gate: Option<std::path::PathBuf>,
     /// Faults no sound agent has, for the daemon's robustness tests.
     pub(crate) fault: Fault,
 }
@@ -73,6 +75,7 @@ impl TaskCfg {
             retries: k.api_retries,
             reset_in_s: k.reset_in_s,
             cost: k.cost,
+            gate: None,
             fault: Fault::None,
         };
         for (name, value) in directives(prompt) {
@@ -98,6 +101,7 @@ impl TaskCfg {
                         .unwrap_or(cfg.retries)
                 }
                 "reset_in" => cfg.reset_in_s = num().unwrap_or(cfg.reset_in_s),
+                "gate" => cfg.gate = v.map(std::path::PathBuf::from),
                 "cost" => cfg.cost = v.and_then(parse_cost).or(cfg.cost),
                 "nest" => {
                     cfg.fault =

@@ -132,7 +132,7 @@
 //! `[[fake:hang=before_result|after_result|forever]]`, `[[fake:delay=MS]]`, `[[fake:turns=K]]`,
 //! `[[fake:stderr=N]]` (N bytes of stderr during the task), `[[fake:big=N]]`,
 //! `[[fake:result=KIND]]` (any kind above), `[[fake:retries=N]]`, `[[fake:reset_in=S]]`,
-//! `[[fake:cost=X]]`.
+//! `[[fake:cost=X]]`, `[[fake:gate=PATH]]` (the result waits while PATH exists).
 //!
 //! Faults no sound agent has, for the daemon's robustness tests: `[[fake:nest=N]]` (an assistant
 //! event whose tool input is nested N levels deep), `[[fake:double_result]]` (the result line

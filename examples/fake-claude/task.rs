@@ -312,6 +312,12 @@ impl Session {
             if cfg.hang == Some(Hang::BeforeResult) {
                 hang_forever();
             }
+            if let Some(gate) = &cfg.gate {
+                // Interrupts are honoured here as during line delays.
+                while gate.exists() && !w.aborted() {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
             // The result line gets the line delay too (an interrupt here is too late to matter).
             let _ = w.wait();
         }
