@@ -175,14 +175,16 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
     // waits while the gate file exists.
     let gate = dir.join("gate");
     std::fs::write(&gate, b"").expect("gate file");
-    let slow = format!("slow [[fake:gate={}]]", gate.display());
+    let slow = format!("slow [[fake:stderr=50]] [[fake:gate={}]]", gate.display());
     let slow = slow.as_str();
     let waiter = spawn(
         &path,
         &["send", "--to", "c-1", "--wait", "--timeout", "40000", slow],
     );
-    // Five quick tasks started, then the slow one.
+    // Five quick tasks started, then the slow one, which the agent has
+    // begun (its stderr comes before its result).
     first.wait_for_n("started (priority", 6, Duration::from_secs(20));
+    first.wait_for("c-1 stderr: fake-claude: noise", Duration::from_secs(20));
     kill(first.pid(), libc::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
     std::fs::remove_file(&gate).expect("gate opened");
