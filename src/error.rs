@@ -172,6 +172,7 @@ impl SystemError {
                     exit::TEMPORARY
                 }
                 AlertCode::BadRequest | AlertCode::Duplicate => exit::DATA,
+                AlertCode::BadConfig => exit::CONFIG,
                 AlertCode::NoRoute | AlertCode::AgentDown => exit::UNAVAILABLE,
                 _ => exit::UNAVAILABLE,
             },
@@ -187,6 +188,8 @@ impl SystemError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             SystemError::Config(c) => c.lines(),
+            // A reload refused says each problem on a line of its own.
+            SystemError::Refused { message, .. } => message.lines().map(String::from).collect(),
             other => vec![other.to_string()],
         }
     }

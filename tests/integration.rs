@@ -16,6 +16,7 @@ mod man;
 mod nats;
 mod operate;
 mod pipelines;
+mod reload;
 mod security;
 mod supervise;
 mod tasks;

@@ -27,6 +27,7 @@ mod listen;
 mod logging;
 mod metrics;
 mod output;
+mod reload;
 mod result;
 mod run;
 mod send;
@@ -112,6 +113,7 @@ pub enum Command {
     Listen(listen::ListenArgs),
     Result(result::ResultArgs),
     Transcript(transcript::TranscriptArgs),
+    Reload(reload::ReloadArgs),
 }
 
 /// The version line: package version and the git commit it was built from.
@@ -260,6 +262,7 @@ pub fn main() -> u8 {
         Some(Command::Listen(a)) => listen::run(&cli, a),
         Some(Command::Result(a)) => result::run(&cli, a),
         Some(Command::Transcript(a)) => transcript::run(&cli, a),
+        Some(Command::Reload(a)) => reload::run(&cli, a),
     };
     finish(result)
 }

@@ -220,7 +220,7 @@ pub struct NatsAuth {
 }
 
 /// How the daemon and the CLI reach each other.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TransportConfig {
     pub nats_url: Option<String>,
     pub socket: Option<PathBuf>,
@@ -419,6 +419,27 @@ impl AgentSpec {
             limits: Limits::default(),
             account: DEFAULT_ACCOUNT.to_string(),
         }
+    }
+}
+
+impl AgentSpec {
+    /// Whether a process started from `other` would be the same as one
+    /// started from this spec: every field but where in the file it came
+    /// from.
+    pub fn same_run(&self, other: &AgentSpec) -> bool {
+        self.id == other.id
+            && self.agent_type == other.agent_type
+            && self.command == other.command
+            && self.args == other.args
+            && self.env == other.env
+            && self.working_dir == other.working_dir
+            && self.protocol == other.protocol
+            && self.restart == other.restart
+            && self.stop_timeout == other.stop_timeout
+            && self.startup_timeout == other.startup_timeout
+            && self.health == other.health
+            && self.limits == other.limits
+            && self.account == other.account
     }
 }
 

@@ -23,97 +23,17 @@
 //! the supervisor then hands the task back (`Requeue`), and it keeps its
 //! place in the queue.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::message::demand::{self, AgentView, Consumers, Demand};
 use crate::message::lent::Lent;
-use crate::message::router::{AgentIx, Origin, Shown};
+use crate::message::router::AgentIx;
 
-/// Where a task is going.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// This agent.
-    Agent(AgentIx),
-    /// Any agent of this type.
-    Type(String),
-}
-
-/// A task on its way to an agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Task {
-    pub task_id: String,
-    pub prompt: String,
-    pub context: Option<Value>,
-    pub priority: u8,
-    pub timeout: Duration,
-    pub deadline: Instant,
-    pub target: Target,
-    pub origin: Origin,
-    pub submitted: Instant,
-    /// Arrival order, set by the queue.
-    pub seq: u64,
-    /// How many times it has been run so far.
-    pub attempts: u32,
-    /// How many times a transient failure may be retried.
-    pub retries: u32,
-    /// Set for a task taken from the durable stream: how to acknowledge it.
-    pub receipt: Option<Box<Receipt>>,
-}
-
-impl Task {
-    /// `ID [trace T]`, for every log line about the task (see [`Shown`]).
-    pub fn shown(&self) -> Shown<'_> {
-        Shown(&self.task_id, self.origin.trace())
-    }
-}
-
-/// A task taken from the durable stream: its delivery, to acknowledge once
-/// its result is stored (or to give back).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    /// The JetStream acknowledgement subject of this delivery.
-    pub ack: String,
-    /// The task's sequence number in its stream.
-    pub seq: u64,
-    /// Which delivery this is (1 = the first).
-    pub delivered: u32,
-    /// The consumer it came through.
-    pub consumer: usize,
-}
-
-/// The order of the heaps: a smaller priority number first, then the
-/// earlier arrival. `BinaryHeap` is a max-heap, hence the `Reverse`s.
-type Key = (Reverse<u8>, Reverse<u64>);
-
-fn key(t: &Task) -> Key {
-    (Reverse(t.priority), Reverse(t.seq))
-}
-
-/// Why a task was not queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    Full {
-        capacity: usize,
-    },
-    ShuttingDown,
-    /// The agent (or every agent of the type) is terminated: a task would
-    /// wait for nobody. `why` is the agent's reason.
-    AgentDown {
-        why: String,
-    },
-    /// A request with this `message_id` was accepted within the
-    /// deduplication window; its answers go to its first sender.
-    /// `same_sender`: this one came with the same reply subject (a retry
-    /// or a replay), which needs no answer of its own.
-    Duplicate {
-        same_sender: bool,
-    },
-}
+use crate::message::queue::Fast;
+pub use crate::message::queue::{FastHash, Queue, Receipt, Refusal, Target, Task};
 
 /// How long a request's `message_id` is remembered: the same envelope
 /// again within it is not run again (JetStream's default window).
@@ -160,229 +80,6 @@ pub enum Cancel {
     AgentDown { why: String },
 }
 
-/// A fast hash for the queue's small keys (sequence numbers, agent indexes,
-/// type names): the keys come from us, not from an attacker, so SipHash's
-/// protection buys nothing and costs a third of the queue's time.
-#[derive(Default, Clone, Copy)]
-pub struct FastHash(u64);
-
-impl std::hash::Hasher for FastHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type Fast = std::hash::BuildHasherDefault<FastHash>;
-
-/// The queue itself, without threads: what the dispatcher thread drives and
-/// what the benchmark measures.
-#[derive(Debug)]
-pub struct Queue {
-    capacity: usize,
-    tasks: HashMap<u64, Task, Fast>,
-    by_agent: HashMap<AgentIx, BinaryHeap<Key>, Fast>,
-    by_type: HashMap<String, BinaryHeap<Key>, Fast>,
-    /// Earliest deadline first; entries of tasks already gone are skipped
-    /// (and compacted away when they pile up).
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    next_seq: u64,
-    /// Tasks queued per agent and per type (the heaps hold stale keys).
-    count_agent: HashMap<AgentIx, usize, Fast>,
-    count_type: HashMap<String, usize, Fast>,
-}
-
-impl Queue {
-    pub fn new(capacity: usize) -> Queue {
-        Queue {
-            capacity,
-            tasks: HashMap::with_capacity_and_hasher(capacity.min(65_536), Fast::default()),
-            by_agent: HashMap::default(),
-            by_type: HashMap::default(),
-            deadlines: BinaryHeap::new(),
-            next_seq: 0,
-            count_agent: HashMap::default(),
-            count_type: HashMap::default(),
-        }
-    }
-
-    /// Tasks queued for agent `i` alone.
-    pub fn queued_for_agent(&self, i: AgentIx) -> usize {
-        self.count_agent.get(&i).copied().unwrap_or(0)
-    }
-
-    /// Tasks queued for any agent of type `t`.
-    pub fn queued_for_type(&self, t: &str) -> usize {
-        self.count_type.get(t).copied().unwrap_or(0)
-    }
-
-    fn count(&mut self, target: &Target, up: bool) {
-        let n = match target {
-            Target::Agent(i) => self.count_agent.entry(*i).or_default(),
-            Target::Type(t) => match self.count_type.get_mut(t.as_str()) {
-                Some(n) => n,
-                None => self.count_type.entry(t.clone()).or_default(),
-            },
-        };
-        if up {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    /// Takes task `seq` out of the map, keeping the counts.
-    fn take(&mut self, seq: u64) -> Option<Task> {
-        let t = self.tasks.remove(&seq)?;
-        self.count(&t.target, false);
-        Some(t)
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// Gives a new task its arrival number, unique for the queue's life.
-    /// Every task is stamped, also one that goes straight to an idle agent:
-    /// the supervisor tells tasks apart by it.
-    pub fn stamp(&mut self, task: &mut Task) {
-        self.next_seq += 1;
-        task.seq = self.next_seq;
-    }
-
-    /// Adds a new task, or gives it back when the queue is full.
-    pub fn push(&mut self, mut task: Task) -> Result<(), (Box<Task>, Refusal)> {
-        if self.tasks.len() >= self.capacity {
-            let capacity = self.capacity;
-            return Err((Box::new(task), Refusal::Full { capacity }));
-        }
-        if task.seq == 0 {
-            self.stamp(&mut task);
-        }
-        self.insert(task);
-        Ok(())
-    }
-
-    /// Puts back a task an agent could not take; it keeps its place (its
-    /// sequence number) and may exceed the capacity by the tasks in flight.
-    pub fn requeue(&mut self, task: Task) {
-        self.insert(task);
-    }
-
-    fn insert(&mut self, task: Task) {
-        let k = key(&task);
-        match &task.target {
-            Target::Agent(i) => self.by_agent.entry(*i).or_default().push(k),
-            Target::Type(t) => self.by_type.entry(t.clone()).or_default().push(k),
-        }
-        self.deadlines.push(Reverse((task.deadline, task.seq)));
-        self.count(&task.target, true);
-        self.tasks.insert(task.seq, task);
-        if self.deadlines.len() > 2 * self.tasks.len() + 1024 {
-            let tasks = &self.tasks;
-            self.deadlines
-                .retain(|Reverse((_, seq))| tasks.contains_key(seq));
-        }
-    }
-
-    /// Takes the most urgent task for agent `agent` of type `agent_type`.
-    pub fn pop_for(&mut self, agent: AgentIx, agent_type: &str) -> Option<Task> {
-        let own = Self::head(&self.tasks, self.by_agent.get_mut(&agent));
-        let typed = Self::head(&self.tasks, self.by_type.get_mut(agent_type));
-        let take_own = match (own, typed) {
-            (None, None) => return None,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(a), Some(b)) => a >= b,
-        };
-        let heap = if take_own {
-            self.by_agent.get_mut(&agent)
-        } else {
-            self.by_type.get_mut(agent_type)
-        }?;
-        let (_, Reverse(seq)) = heap.pop()?;
-        self.take(seq)
-    }
-
-    /// The head key of `heap`, after dropping keys of tasks already gone.
-    fn head(tasks: &HashMap<u64, Task, Fast>, heap: Option<&mut BinaryHeap<Key>>) -> Option<Key> {
-        let heap = heap?;
-        while let Some(&k) = heap.peek() {
-            if tasks.contains_key(&(k.1).0) {
-                return Some(k);
-            }
-            heap.pop();
-        }
-        None
-    }
-
-    /// The earliest deadline of a queued task.
-    pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, seq))) = self.deadlines.peek() {
-            if self.tasks.contains_key(&seq) {
-                return Some(t);
-            }
-            self.deadlines.pop();
-        }
-        None
-    }
-
-    /// Removes and returns every task whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<Task> {
-        let mut out = Vec::new();
-        while let Some(&Reverse((t, seq))) = self.deadlines.peek() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop();
-            if let Some(task) = self.take(seq) {
-                out.push(task);
-            }
-        }
-        out
-    }
-
-    /// Removes and returns the tasks for which `pick` holds, in arrival
-    /// order (their heap keys are skipped later).
-    pub fn remove_where(&mut self, mut pick: impl FnMut(&Task) -> bool) -> Vec<Task> {
-        let seqs: Vec<u64> = self
-            .tasks
-            .values()
-            .filter(|t| pick(t))
-            .map(|t| t.seq)
-            .collect();
-        let mut out: Vec<Task> = seqs.iter().filter_map(|s| self.take(*s)).collect();
-        out.sort_by_key(|t| t.seq);
-        out
-    }
-
-    /// Removes and returns every task (at shutdown).
-    pub fn drain(&mut self) -> Vec<Task> {
-        self.by_agent.clear();
-        self.by_type.clear();
-        self.deadlines.clear();
-        self.count_agent.clear();
-        self.count_type.clear();
-        let mut all: Vec<Task> = self.tasks.drain().map(|(_, t)| t).collect();
-        all.sort_by_key(|t| t.seq);
-        all
-    }
-}
-
 /// Requests to the dispatcher.
 #[derive(Debug)]
 pub enum DispatchCmd {
@@ -401,6 +98,8 @@ pub enum DispatchCmd {
     Down(AgentIx, String),
     /// The agent was started again.
     Up(AgentIx),
+    /// A reload added agents of these types, after the ones known.
+    Grow(Vec<String>),
     /// Stop taking tasks; answer every queued one `cancelled`, then say
     /// [`DispatchSink::closed`].
     Shutdown,
@@ -673,6 +372,19 @@ impl Dispatcher {
                         sink.cancelled(&t, Cancel::AgentDown { why });
                     }
                 }
+            }
+            DispatchCmd::Grow(types) => {
+                self.lent.grow(&types);
+                self.down.resize(self.down.len() + types.len(), None);
+                if let Some(d) = &mut self.durable {
+                    let known = &d.consumers.types;
+                    d.type_of.extend(
+                        types
+                            .iter()
+                            .map(|t| known.iter().position(|(name, _)| name == t)),
+                    );
+                }
+                self.types.extend(types);
             }
             DispatchCmd::Up(i) => {
                 if let Some(slot) = self.down.get_mut(i.0) {

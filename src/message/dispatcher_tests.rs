@@ -5,6 +5,8 @@ use super::*;
 use std::sync::Mutex;
 use uuid::Uuid;
 
+use crate::message::router::Origin;
+
 fn task(id: &str, priority: u8, target: Target) -> Task {
     let now = Instant::now();
     Task {

@@ -26,6 +26,13 @@ impl Lent {
         }
     }
 
+    /// Agents added after the ones known, none of them lent yet.
+    pub(crate) fn grow(&mut self, types: &[String]) {
+        self.types.extend_from_slice(types);
+        self.lent.resize(self.types.len(), false);
+        self.listed.resize(self.types.len(), false);
+    }
+
     pub(crate) fn lend(&mut self, i: AgentIx) {
         self.lent[i.0] = true;
         if !self.listed[i.0] {

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod failures;
 pub(crate) mod lent;
+pub mod queue;
 pub mod router;
 pub mod schemas;
 pub mod stream_view;

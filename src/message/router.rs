@@ -145,8 +145,9 @@ pub fn parse_subject(subject: &str, daemon_id: &str) -> Option<Dest> {
 }
 
 /// An agent's place in this daemon's table: its index in the config's
-/// agents after replicas are expanded. Cheap to copy and to hash, and valid
-/// for the daemon's whole life (the table never changes while it runs).
+/// agents after replicas are expanded, then in the order reloads added
+/// agents. Cheap to copy and to hash, and valid for the daemon's whole life:
+/// the table only grows, and a removed agent keeps its place (retired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentIx(pub usize);
 
@@ -157,11 +158,21 @@ impl fmt::Display for AgentIx {
 }
 
 /// One agent, as far as routing is concerned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub id: String,
     pub agent_type: String,
     pub protocol: Protocol,
+}
+
+impl Route {
+    pub fn of(spec: &crate::config::AgentSpec) -> Route {
+        Route {
+            id: spec.id.clone(),
+            agent_type: spec.agent_type.clone(),
+            protocol: spec.protocol,
+        }
+    }
 }
 
 /// A subscription a daemon makes: a subject pattern, and the queue group
@@ -172,98 +183,158 @@ pub struct Sub {
     pub queue: Option<String>,
 }
 
-/// This daemon's agents by id and by type.
+/// This daemon's agents by id and by type. A reload adds agents at the
+/// end and retires removed ones in place; readers (the transports'
+/// threads, the dispatcher's sink) see each change whole.
 #[derive(Debug)]
 pub struct RoutingTable {
     pub daemon_id: String,
     /// This daemon process, among any that share its `daemon_id` by
     /// mistake (one config copied to two hosts): a new id each start.
     pub instance: String,
+    slots: std::sync::RwLock<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
     agents: Vec<Route>,
+    /// Removed by a reload: no longer found by id or type.
+    retired: Vec<bool>,
     by_id: HashMap<String, AgentIx>,
     by_type: HashMap<String, Vec<AgentIx>>,
 }
 
-impl RoutingTable {
-    pub fn new(config: &Config) -> RoutingTable {
-        let agents: Vec<Route> = config
-            .agents
-            .iter()
-            .map(|a| Route {
-                id: a.id.clone(),
-                agent_type: a.agent_type.clone(),
-                protocol: a.protocol,
-            })
-            .collect();
-        let mut by_id = HashMap::new();
-        let mut by_type: HashMap<String, Vec<AgentIx>> = HashMap::new();
-        for (i, a) in agents.iter().enumerate() {
-            by_id.insert(a.id.clone(), AgentIx(i));
+impl Slots {
+    fn index(&mut self) {
+        self.by_id.clear();
+        self.by_type.clear();
+        for (i, a) in self.agents.iter().enumerate() {
+            if self.retired[i] {
+                continue;
+            }
+            self.by_id.insert(a.id.clone(), AgentIx(i));
             if a.protocol.takes_tasks() {
-                by_type
+                self.by_type
                     .entry(a.agent_type.clone())
                     .or_default()
                     .push(AgentIx(i));
             }
         }
+    }
+}
+
+impl RoutingTable {
+    pub fn new(config: &Config) -> RoutingTable {
+        let agents: Vec<Route> = config.agents.iter().map(Route::of).collect();
+        let mut slots = Slots {
+            retired: vec![false; agents.len()],
+            agents,
+            ..Slots::default()
+        };
+        slots.index();
         RoutingTable {
             daemon_id: config.daemon_id.clone(),
             instance: uuid::Uuid::new_v4().to_string(),
-            agents,
-            by_id,
-            by_type,
+            slots: std::sync::RwLock::new(slots),
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Slots> {
+        self.slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Slots> {
+        self.slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The live agent with this id.
     pub fn find(&self, id: &str) -> Option<AgentIx> {
-        self.by_id.get(id).copied()
+        self.read().by_id.get(id).copied()
     }
 
-    /// The agent at `i`. Every `AgentIx` comes from this table.
-    pub fn route(&self, i: AgentIx) -> &Route {
-        &self.agents[i.0]
+    /// The agent at `i` (live or retired). Every `AgentIx` comes from this
+    /// table.
+    pub fn route(&self, i: AgentIx) -> Route {
+        self.read().agents[i.0].clone()
     }
 
+    /// Agent `i`'s id.
+    pub fn id(&self, i: AgentIx) -> String {
+        self.read().agents[i.0].id.clone()
+    }
+
+    /// Every slot, retired ones included.
     pub fn len(&self) -> usize {
-        self.agents.len()
+        self.read().agents.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.read().agents.is_empty()
     }
 
     /// Every agent's type, by index (what the dispatcher needs).
     pub fn types(&self) -> Vec<String> {
-        self.agents.iter().map(|a| a.agent_type.clone()).collect()
+        self.read()
+            .agents
+            .iter()
+            .map(|a| a.agent_type.clone())
+            .collect()
     }
 
-    /// The agents of `agent_type` that take tasks, or `None` when there are
-    /// none.
-    pub fn of_type(&self, agent_type: &str) -> Option<&[AgentIx]> {
-        self.by_type.get(agent_type).map(Vec::as_slice)
+    /// The live agents of `agent_type` that take tasks, or `None` when
+    /// there are none.
+    pub fn of_type(&self, agent_type: &str) -> Option<Vec<AgentIx>> {
+        self.read().by_type.get(agent_type).cloned()
     }
 
     pub fn subject(&self, i: AgentIx, t: MessageType) -> String {
-        let a = self.route(i);
+        let slots = self.read();
+        let a = &slots.agents[i.0];
         agent_subject(&a.agent_type, &a.id, t)
+    }
+
+    /// Adds agents at the end; their places, in order.
+    pub fn grow(&self, routes: Vec<Route>) -> Vec<AgentIx> {
+        let mut slots = self.write();
+        let first = slots.agents.len();
+        let n = routes.len();
+        slots.agents.extend(routes);
+        slots.retired.resize(first + n, false);
+        slots.index();
+        (first..first + n).map(AgentIx).collect()
+    }
+
+    /// Agent `i` is no longer found by id or type (it keeps its place).
+    pub fn retire(&self, i: AgentIx) {
+        let mut slots = self.write();
+        if let Some(r) = slots.retired.get_mut(i.0) {
+            *r = true;
+        }
+        slots.index();
     }
 
     /// The NATS subscriptions that reach this daemon's agents and control
     /// plane. `any` is a queue group, so one daemon of several takes each
     /// task.
     pub fn daemon_subs(&self, durable: bool) -> Vec<Sub> {
+        let slots = self.read();
         let sub = |subject: String, queue: Option<String>| Sub { subject, queue };
         // Each agent id in a queue group of its own: should the same id run
         // on two daemons (one config deployed twice), a task to it still
         // reaches only one of them.
-        let mut subs: Vec<Sub> = self
-            .agents
-            .iter()
-            .map(|a| sub(format!("{PREFIX}.*.{}.*", a.id), Some(agent_group(&a.id))))
+        let mut ids: Vec<&String> = slots.by_id.keys().collect();
+        ids.sort();
+        let mut subs: Vec<Sub> = ids
+            .into_iter()
+            .map(|id| sub(format!("{PREFIX}.*.{id}.*"), Some(agent_group(id))))
             .collect();
         // Only types with agents that take tasks: a daemon must not take
         // its share of `any` tasks it can only refuse.
-        let mut types: Vec<&String> = self.by_type.keys().collect();
+        let mut types: Vec<&String> = slots.by_type.keys().collect();
         types.sort();
         for t in types {
             // Durable: `any` tasks come from the stream, not from core NATS.

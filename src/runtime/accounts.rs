@@ -121,20 +121,40 @@ pub(crate) struct Accounts {
 /// without asking the supervisor (a task that expires in the queue is
 /// answered with its agent's hold as its `error_kind`).
 #[derive(Debug)]
-pub(crate) struct HoldBoard(Vec<AtomicU8>);
+pub(crate) struct HoldBoard(std::sync::RwLock<Vec<AtomicU8>>);
 
 impl HoldBoard {
     pub(crate) fn new(agents: usize) -> HoldBoard {
-        HoldBoard((0..agents).map(|_| AtomicU8::new(0)).collect())
+        HoldBoard(std::sync::RwLock::new(
+            (0..agents).map(|_| AtomicU8::new(0)).collect(),
+        ))
+    }
+
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<AtomicU8>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn get(&self, i: AgentIx) -> Option<HoldReason> {
-        HoldReason::from_code(self.0.get(i.0)?.load(Ordering::Relaxed))
+        HoldReason::from_code(self.slots().get(i.0)?.load(Ordering::Relaxed))
     }
 
     fn set(&self, i: usize, reason: Option<HoldReason>) {
-        if let Some(slot) = self.0.get(i) {
+        if let Some(slot) = self.slots().get(i) {
             slot.store(reason.map_or(0, HoldReason::code), Ordering::Relaxed);
+        }
+    }
+
+    /// Room for `agents` agents (a reload added some), the new ones not
+    /// held.
+    pub(crate) fn grow(&self, agents: usize) {
+        let mut slots = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slots.len() < agents {
+            slots.resize_with(agents, || AtomicU8::new(0));
         }
     }
 }
@@ -220,6 +240,28 @@ impl Accounts {
             .spec
             .daily_budget_usd
             .is_some()
+    }
+
+    /// Agent `i` (added by a reload, or its spec changed) draws on account
+    /// `name`; an account not known yet starts with `spec` and no spend.
+    /// Returns the account.
+    pub(crate) fn set_agent(
+        &mut self,
+        i: AgentIx,
+        name: &str,
+        spec: AccountSpec,
+        wall_ms: i64,
+    ) -> usize {
+        let n = self.find(name).unwrap_or_else(|| {
+            self.list
+                .push(Account::new(name.to_string(), spec, 0.0, day_of(wall_ms)));
+            self.list.len() - 1
+        });
+        if self.of_agent.len() <= i.0 {
+            self.of_agent.resize(i.0 + 1, n);
+        }
+        self.of_agent[i.0] = n;
+        n
     }
 
     pub(crate) fn account_of(&self, i: AgentIx) -> usize {

@@ -47,8 +47,8 @@ fn thread_err(name: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError
 pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, RuntimeError> {
     // Signal handlers are registered before any other thread exists
     // (signal-hook's documented limitation) and before any child is spawned.
-    // SIGHUP and SIGQUIT stop the daemon like SIGTERM: a daemon that loses
-    // its terminal should still take its agents down cleanly.
+    // SIGHUP reloads the config (as nginx and sshd do); SIGQUIT stops the
+    // daemon like SIGTERM.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT])
         .map_err(|source| RuntimeError::Signals { source })?;
     let signals_handle = signals.handle();
@@ -134,6 +134,7 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
         default_timeout: Duration::from_millis(config.message.default_timeout_ms),
         retry_attempts: config.message.retry_attempts,
         tasks_from_stream: false,
+        config_path: config.path.clone(),
     };
     let nats_inbound = Inbound {
         tasks_from_stream: durable.is_some(),
@@ -173,10 +174,12 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
     });
     let pump = durable.is_some().then(|| pump_tx.clone());
 
+    // A reload sends the subscriptions it needs here.
+    let (subs_tx, subs_rx) = crossbeam_channel::unbounded();
     match &endpoints.nats {
         Some(settings) => nats_transport::start_daemon(
             settings.clone(),
-            table.daemon_subs(durable.is_some()),
+            (table.daemon_subs(durable.is_some()), subs_rx),
             nats_handler,
             nats_state.clone(),
             nats_rx,
@@ -283,6 +286,8 @@ pub(crate) fn run(config: Config, endpoints: Endpoints) -> Result<Outcome, Runti
             .map(|js| (js.stream.clone(), js_state.clone())),
         transcripts,
         unrun,
+        config: config.clone(),
+        subs: endpoints.nats.is_some().then_some(subs_tx),
     };
     let drain = links.outbox.clone();
     let outcome = Supervisor::new(

@@ -187,7 +187,7 @@ impl Glue {
 
     fn agent_id(&self, t: &Task) -> String {
         match &t.target {
-            Target::Agent(i) => self.table.route(*i).id.clone(),
+            Target::Agent(i) => self.table.id(*i),
             Target::Type(_) => "any".into(),
         }
     }

@@ -69,6 +69,11 @@ pub(crate) enum Command {
     PeerClaims { agent: AgentIx, daemon: String },
     /// `resume --account NAME`: lift the account's hold.
     ResumeAccount { account: String, origin: Origin },
+    /// The config, read again (SIGHUP has no origin to answer).
+    Reload {
+        loaded: Box<Result<crate::config::Config, crate::config::ConfigError>>,
+        origin: Option<Origin>,
+    },
 }
 
 /// The shape a report is answered in.

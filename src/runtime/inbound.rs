@@ -59,6 +59,8 @@ pub(crate) struct Inbound {
     /// Durable mode, on NATS: tasks for one agent or `any` come from the
     /// stream, and the copy core NATS delivers too is not run.
     pub tasks_from_stream: bool,
+    /// The config file a `reload` reads again.
+    pub config_path: std::path::PathBuf,
 }
 
 impl Inbound {
@@ -336,6 +338,14 @@ impl Inbound {
                 self.report(h.agent_id.as_deref(), ReportKind::Health, origin.clone())
             }
             ("status" | "health", _) => self.report(None, ReportKind::Health, origin.clone()),
+            ("reload", _) => {
+                crate::runtime::reload::load_later(
+                    self.config_path.clone(),
+                    self.events.clone(),
+                    Some(origin.clone()),
+                );
+                Ok(())
+            }
             ("agent_command", Payload::AgentCommand(c)) if c.account.is_some() => {
                 let (Some(account), CommandType::Resume) = (&c.account, c.command_type) else {
                     return Err(MessageError::field(
@@ -415,7 +425,7 @@ impl Unrun {
 impl DaemonSink {
     fn agent_id(&self, t: &Task) -> String {
         match &t.target {
-            Target::Agent(i) => self.table.route(*i).id.clone(),
+            Target::Agent(i) => self.table.id(*i),
             Target::Type(_) => "any".into(),
         }
     }
@@ -431,7 +441,7 @@ impl DaemonSink {
     /// to any agent of a type, the dispatcher's words for the type.
     fn down_text(&self, t: &Task, why: &str) -> String {
         match &t.target {
-            Target::Agent(i) => format!("agent {} is terminated ({why})", self.table.route(*i).id),
+            Target::Agent(i) => format!("agent {} is terminated ({why})", self.table.id(*i)),
             Target::Type(_) => why.to_string(),
         }
     }
@@ -502,10 +512,10 @@ impl DaemonSink {
         let data = Arc::new(env.encode());
         if let Some(tr) = &self.transcripts {
             let agent = match &t.target {
-                Target::Agent(i) => Some(self.table.route(*i).id.as_str()),
+                Target::Agent(i) => Some(self.table.id(*i)),
                 Target::Type(_) => None,
             };
-            tr.finish_unrun(agent, t, data.clone());
+            tr.finish_unrun(agent.as_deref(), t, data.clone());
         }
         if let (Some(pump), Some(r)) = (&self.pump, &t.receipt) {
             let live = durable::live_subjects(&self.table, t, MessageType::TaskResult);

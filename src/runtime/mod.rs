@@ -18,6 +18,7 @@ pub(crate) mod health_monitor;
 pub(crate) mod inbound;
 pub(crate) mod lifecycle;
 pub(crate) mod process;
+pub(crate) mod reload;
 pub(crate) mod spend;
 pub(crate) mod supervisor;
 pub(crate) mod tracker;

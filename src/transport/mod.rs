@@ -26,6 +26,7 @@ pub(crate) mod hub;
 pub(crate) mod jetstream;
 pub(crate) mod lines;
 pub(crate) mod local_transport;
+mod nats_subs;
 pub(crate) mod nats_transport;
 
 pub(crate) use error::TransportError;

@@ -28,6 +28,7 @@ use crate::message::schemas::LinkState;
 use crate::transport::health_check::{spawn_probe, NatsState};
 use crate::transport::hub::{NatsOut, NatsRx};
 use crate::transport::jetstream::{self, JsBoot};
+use crate::transport::nats_subs as subs;
 use crate::transport::{Handler, Incoming, Transport, TransportError, TransportKind};
 
 /// How to reach and log in to NATS. Secrets in `auth` never reach a log
@@ -193,7 +194,7 @@ pub(crate) const OUT_QUEUE: usize = 65_536;
 /// take what arrives on `out_rx`.
 pub(crate) fn start_daemon(
     settings: NatsSettings,
-    subs: Vec<Sub>,
+    subs: (Vec<Sub>, Receiver<Vec<Sub>>),
     inbound: Handler,
     state: Arc<NatsState>,
     out_rx: NatsRx,
@@ -222,7 +223,7 @@ pub(crate) fn start_daemon(
 
 fn daemon_connect(
     settings: &NatsSettings,
-    subs: &[Sub],
+    (subs, changes): &(Vec<Sub>, Receiver<Vec<Sub>>),
     inbound: &Handler,
     state: &Arc<NatsState>,
     out_rx: NatsRx,
@@ -288,22 +289,10 @@ fn daemon_connect(
             }
         }
     };
+    // A reload while we were connecting has the last word.
+    let wanted = changes.try_iter().last().unwrap_or_else(|| subs.clone());
     let mut subscriptions = Vec::new();
-    for Sub { subject, queue } in subs {
-        let sub = match queue {
-            Some(q) => conn.queue_subscribe(subject, q),
-            None => conn.subscribe(subject),
-        };
-        match sub {
-            Ok(s) => {
-                // Bound what a stuck receiver can hold (the crate's queues
-                // are unbounded by default).
-                s.set_message_limits(65_536);
-                subscriptions.push(s);
-            }
-            Err(e) => log::error!("NATS: cannot subscribe to {subject}: {e}"),
-        }
-    }
+    subs::subscribe(&conn, &wanted, &mut subscriptions);
     if let Err(e) = conn.flush_timeout(Duration::from_secs(5)) {
         log::warn!("NATS: subscriptions not confirmed: {e}");
     }
@@ -336,7 +325,7 @@ fn daemon_connect(
             log::error!("NATS: cannot start publisher {n}: {e}");
         }
     }
-    receive_loop(&subscriptions, inbound);
+    subs::receive_loop(&conn, subscriptions, changes, inbound);
 }
 
 /// How many publishers take turns. A flush writes what is buffered at
@@ -417,28 +406,6 @@ fn header_map(pairs: &[(&'static str, String)]) -> Option<nats::HeaderMap> {
         h.insert(*k, v.clone());
     }
     Some(h)
-}
-
-/// Hands every message of every subscription to `inbound`.
-fn receive_loop(subs: &[nats::Subscription], inbound: &Handler) {
-    if subs.is_empty() {
-        return;
-    }
-    let mut sel = Select::new();
-    for s in subs {
-        sel.recv(s.receiver());
-    }
-    loop {
-        let op = sel.select();
-        let i = op.index();
-        match op.recv(subs[i].receiver()) {
-            Ok(msg) => inbound(&msg.subject, msg.reply.as_deref(), &msg.data),
-            Err(_) => {
-                log::error!("NATS subscription closed");
-                return;
-            }
-        }
-    }
 }
 
 /// How long a command waits for NATS to accept its connection.

@@ -113,6 +113,11 @@ pub(super) struct Agent {
     /// Terminated only on the way to a new run (`restart`): its queued
     /// tasks are kept for it.
     pub(super) restarting: bool,
+    /// A reload changed the spec: it takes effect once the agent is not
+    /// busy (a running task finishes first).
+    pub(super) next_spec: Option<AgentSpec>,
+    /// A reload removed the agent: it stays terminated, out of reports.
+    pub(super) retired: bool,
 }
 
 impl Agent {
@@ -162,6 +167,8 @@ impl Agent {
             watchdog: 0,
             also_on: std::collections::BTreeMap::new(),
             restarting: false,
+            next_spec: None,
+            retired: false,
         }
     }
 }

@@ -75,9 +75,13 @@ impl Supervisor {
                 let _ = self.links.dispatch.send(DispatchCmd::Up(i));
             }
         }
+        // A spec changed by a reload waits for the agent to be idle.
+        let respec = to == AgentState::Idle && a.next_spec.is_some();
         if a.spec.protocol.takes_tasks() {
             if to == AgentState::Idle {
-                self.offer(i);
+                if !respec {
+                    self.offer(i);
+                }
             } else if from == AgentState::Idle && to != AgentState::Busy {
                 // Busy only ever follows the dispatcher's own assignment, so
                 // it knows already; waking its thread in the task's first
@@ -86,6 +90,9 @@ impl Supervisor {
             }
         }
         self.publish_status(i, from);
+        if respec {
+            self.apply_next_spec(i);
+        }
         true
     }
 

@@ -40,6 +40,7 @@ use self::timers::{Clock, Timer, Timers};
 mod agent;
 mod holds;
 mod lifecycle;
+mod reload;
 mod reports;
 mod tasks;
 #[cfg(test)]
@@ -99,6 +100,10 @@ pub(crate) struct Links {
     pub transcripts: Option<crate::runtime::transcripts::Transcripts>,
     /// Tasks answered before they ran, counted by the dispatcher's sink.
     pub unrun: crate::runtime::inbound::Unrun,
+    /// The config in force: a reload is compared with it.
+    pub config: crate::config::Config,
+    /// With NATS: where the subscriptions a reload needs are sent.
+    pub subs: Option<Sender<Vec<crate::message::router::Sub>>>,
 }
 
 pub(crate) struct Supervisor {
@@ -193,6 +198,11 @@ impl Supervisor {
 
     fn indexes(&self) -> impl Iterator<Item = AgentIx> {
         (0..self.agents.len()).map(AgentIx)
+    }
+
+    /// Every agent a reload has not removed.
+    fn live(&self) -> impl Iterator<Item = AgentIx> + '_ {
+        self.indexes().filter(|i| !self.agents[i.0].retired)
     }
 
     /// Announces every agent and starts them all at once (the spawner pool
@@ -322,6 +332,17 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: i32) {
         let name = signal_name(sig);
+        if sig == libc::SIGHUP {
+            if self.shutdown.is_none() {
+                log::info!("SIGHUP: reading {} again", self.links.config.path.display());
+                crate::runtime::reload::load_later(
+                    self.links.config.path.clone(),
+                    self.events_tx.clone(),
+                    None,
+                );
+            }
+            return;
+        }
         match self.shutdown {
             None => self.begin_shutdown(&name),
             Some(Outcome::Graceful) => {
@@ -539,6 +560,7 @@ impl Supervisor {
             } => self.answer_report(agent, kind == ReportKind::AgentStatus, &origin),
             Command::PeerClaims { agent, daemon } => self.peer_claims(agent, daemon),
             Command::ResumeAccount { account, origin } => self.resume_account(&account, &origin),
+            Command::Reload { loaded, origin } => self.reload(*loaded, origin.as_ref()),
             Command::Control { agent, op, origin } => {
                 let r = if self.shutdown.is_some() {
                     Err("the daemon is shutting down".to_string())

@@ -69,7 +69,7 @@ impl Supervisor {
     pub(super) fn report(&self, agent: Option<AgentIx>) -> HealthReport {
         let agents = match agent {
             Some(i) => vec![self.status(i, None)],
-            None => self.indexes().map(|i| self.status(i, None)).collect(),
+            None => self.live().map(|i| self.status(i, None)).collect(),
         };
         HealthReport {
             daemon_id: self.links.table.daemon_id.clone(),
@@ -96,7 +96,7 @@ impl Supervisor {
                     &self
                         .agents
                         .iter()
-                        .map(|a| a.spec.protocol.takes_tasks())
+                        .map(|a| a.spec.protocol.takes_tasks() && !a.retired)
                         .collect::<Vec<_>>(),
                     self.clock.wall_ms(),
                 ),

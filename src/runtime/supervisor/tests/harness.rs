@@ -228,6 +228,8 @@ impl Harness {
             stream: None,
             transcripts: None,
             unrun: Default::default(),
+            config: config.clone(),
+            subs: None,
         };
         let now = Rc::new(Cell::new(Instant::now()));
         let world = Shared::default();
@@ -391,6 +393,7 @@ impl Harness {
                 DispatchCmd::Submit(_) => "submit".into(),
                 DispatchCmd::Down(i, why) => format!("down {} ({why})", i.0),
                 DispatchCmd::Up(i) => format!("up {}", i.0),
+                DispatchCmd::Grow(types) => format!("grow {}", types.join(",")),
             })
             .collect()
     }

@@ -5,4 +5,5 @@
 mod harness;
 mod holds;
 mod lifecycle;
+mod reload;
 mod tasks;
