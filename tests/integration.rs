@@ -18,6 +18,7 @@ mod operate;
 mod pipelines;
 mod reload;
 mod security;
+mod sessions;
 mod supervise;
 mod tasks;
 mod tidy;

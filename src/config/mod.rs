@@ -398,6 +398,26 @@ pub struct AgentSpec {
     pub limits: Limits,
     /// The entry of `accounts` whose credentials it uses.
     pub account: String,
+    /// When a stream-json agent starts a fresh session.
+    pub recycle: Recycle,
+}
+
+/// `agents[].recycle`: a stream-json agent is restarted right after the
+/// result that reaches either threshold, so that the next task starts in a
+/// fresh claude session (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recycle {
+    pub after_tasks: Option<u64>,
+    /// Input tokens of the session's turns, cache reads and writes included.
+    pub after_input_tokens: Option<u64>,
+}
+
+impl Recycle {
+    /// Whether a session of `tasks` tasks and `input_tokens` tokens is done.
+    pub fn due(&self, tasks: u64, input_tokens: u64) -> bool {
+        self.after_tasks.is_some_and(|n| tasks >= n)
+            || self.after_input_tokens.is_some_and(|n| input_tokens >= n)
+    }
 }
 
 impl AgentSpec {
@@ -418,6 +438,7 @@ impl AgentSpec {
             health: HealthSpec::default(),
             limits: Limits::default(),
             account: DEFAULT_ACCOUNT.to_string(),
+            recycle: Recycle::default(),
         }
     }
 }
@@ -440,6 +461,7 @@ impl AgentSpec {
             && self.health == other.health
             && self.limits == other.limits
             && self.account == other.account
+            && self.recycle == other.recycle
     }
 }
 

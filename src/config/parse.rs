@@ -17,9 +17,9 @@ use super::problems::{kind, Problems};
 use super::url::check_nats_url;
 use super::{
     AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig, PolicyKind,
-    Problem, Protocol, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT, DEFAULT_AGENT_TYPE,
-    DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_CONFIG_BYTES, MAX_REPLICAS,
-    MAX_RETRIES,
+    Problem, Protocol, Recycle, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT,
+    DEFAULT_AGENT_TYPE, DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    MAX_CONFIG_BYTES, MAX_REPLICAS, MAX_RETRIES,
 };
 
 /// Reads and checks the config file at `path`, including that every
@@ -335,6 +335,7 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
             "health",
             "limits",
             "account",
+            "recycle",
         ],
     );
     let before = p.0.len();
@@ -409,6 +410,16 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
     let startup_timeout = p.duration(m, path, "startup_timeout_ms", DEFAULT_STARTUP_TIMEOUT, 1);
     let health = health(p, m.get("health"), &format!("{path}.health"));
     let limits = limits(p, m.get("limits"), &format!("{path}.limits"));
+    let recycle = recycle(p, m.get("recycle"), &format!("{path}.recycle"));
+    if recycle != Recycle::default() && protocol != Protocol::StreamJson {
+        p.push(
+            &format!("{path}.recycle"),
+            format!(
+                "only a stream-json agent keeps a session across tasks (this one is {})",
+                protocol.as_str()
+            ),
+        );
+    }
     let account = match p.opt_string(m, path, "account") {
         None => DEFAULT_ACCOUNT.to_string(),
         Some(a) => {
@@ -437,6 +448,7 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
         health,
         limits,
         account,
+        recycle,
     };
     if replicas == 1 {
         return vec![(spec, path.to_string())];
@@ -600,6 +612,20 @@ fn limits(p: &mut Problems, v: Option<&Value>, path: &str) -> Limits {
     l.cpu_seconds = p.opt_uint(m, path, "cpu_seconds", 1);
     l.open_files = p.opt_uint(m, path, "open_files", 1);
     l
+}
+
+fn recycle(p: &mut Problems, v: Option<&Value>, path: &str) -> Recycle {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Recycle::default();
+    };
+    let Some(m) = p.object(v, path) else {
+        return Recycle::default();
+    };
+    p.known_keys(m, path, &["after_tasks", "after_input_tokens"]);
+    Recycle {
+        after_tasks: p.opt_uint(m, path, "after_tasks", 1),
+        after_input_tokens: p.opt_uint(m, path, "after_input_tokens", 1),
+    }
 }
 
 fn env_map(p: &mut Problems, v: Option<&Value>, path: &str) -> BTreeMap<String, String> {

@@ -86,3 +86,23 @@ fn secrets_stay_out_of_debug_output() {
     assert!(!dbg.contains("s3cret") && !dbg.contains("pw\"") && !dbg.contains("sk-123"));
     assert!(dbg.contains("ANTHROPIC_API_KEY"));
 }
+
+#[test]
+fn recycle_thresholds_are_for_stream_json_agents() {
+    let c = parse(
+        &json!({"agents":[{"id":"a","recycle":{"after_tasks":1,"after_input_tokens":null}}]}),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.agents[0].recycle.after_tasks, Some(1));
+    assert!(c.agents[0].recycle.due(1, 0));
+    assert!(!c.agents[0].recycle.due(0, u64::MAX));
+    let ps = problems(json!({"agents":[
+        {"id":"a","protocol":"oneshot","recycle":{"after_tasks":2}},
+        {"id":"b","recycle":{"after_tasks":0,"after_turns":3}}]}));
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    assert!(
+        ps[0].starts_with("agents[0].recycle: only a stream-json agent"),
+        "{ps:?}"
+    );
+}

@@ -218,6 +218,11 @@ fn payload(g: &mut Gen) -> Payload {
                     count: g.next() % 9,
                 }]
             },
+            session: g.opt(|g| SessionView {
+                session_id: g.id(),
+                tasks: g.next() % 5,
+                input_tokens: g.next(),
+            }),
         }),
         5 => Payload::AgentRegistration(AgentRegistration {
             agent_id: g.id(),

@@ -474,6 +474,21 @@ pub struct AgentStatus {
     /// only, for metrics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub task_counts: Vec<TaskCount>,
+    /// The claude session its process is in (in a report only, once a task
+    /// has said which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionView>,
+}
+
+/// An agent's current claude session: what `send --session` continues, and
+/// what `recycle` measures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session_id: String,
+    /// Tasks run in it by this process.
+    pub tasks: u64,
+    /// Their input tokens, cache reads and writes included.
+    pub input_tokens: u64,
 }
 
 /// How many of an agent's tasks ended one way.

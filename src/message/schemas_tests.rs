@@ -52,6 +52,7 @@ fn a_large_report_splits_into_parts_that_each_fit() {
         tasks_completed: 0,
         tasks_failed: 0,
         task_counts: Vec::new(),
+        session: None,
         total_cost_usd: 0.0,
         reason: None,
         reason_code: None,

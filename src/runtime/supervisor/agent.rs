@@ -118,6 +118,52 @@ pub(super) struct Agent {
     pub(super) next_spec: Option<AgentSpec>,
     /// A reload removed the agent: it stays terminated, out of reports.
     pub(super) retired: bool,
+    /// The claude session of the current process, and what it holds.
+    pub(super) session: Session,
+    /// The restart under way is a recycle (not counted as a restart).
+    pub(super) recycling: bool,
+}
+
+/// The claude session an agent's process is in: its id (from the last
+/// result), the tasks run in it and their input tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Session {
+    pub(super) id: Option<String>,
+    pub(super) tasks: u64,
+    pub(super) input_tokens: u64,
+}
+
+impl Session {
+    /// A task of this session ended with `session_id` and `usage`.
+    pub(super) fn count(
+        &mut self,
+        session_id: Option<&str>,
+        usage: Option<&crate::message::schemas::RawJson>,
+    ) {
+        #[derive(serde::Deserialize, Default)]
+        struct Usage {
+            #[serde(default)]
+            input_tokens: u64,
+            #[serde(default)]
+            cache_creation_input_tokens: u64,
+            #[serde(default)]
+            cache_read_input_tokens: u64,
+        }
+        if let Some(id) = session_id.filter(|id| !id.is_empty()) {
+            if self.id.as_deref() != Some(id) {
+                self.id = Some(id.to_string());
+            }
+        }
+        let u: Usage = usage
+            .and_then(|u| serde_json::from_str(u.text()).ok())
+            .unwrap_or_default();
+        self.tasks += 1;
+        self.input_tokens = self
+            .input_tokens
+            .saturating_add(u.input_tokens)
+            .saturating_add(u.cache_creation_input_tokens)
+            .saturating_add(u.cache_read_input_tokens);
+    }
 }
 
 impl Agent {
@@ -169,6 +215,8 @@ impl Agent {
             restarting: false,
             next_spec: None,
             retired: false,
+            session: Session::default(),
+            recycling: false,
         }
     }
 }

@@ -75,8 +75,12 @@ impl Supervisor {
                 let _ = self.links.dispatch.send(DispatchCmd::Up(i));
             }
         }
-        // A spec changed by a reload waits for the agent to be idle.
-        let respec = to == AgentState::Idle && a.next_spec.is_some();
+        // A spec changed by a reload, or a session to end, waits for the
+        // agent to be idle.
+        let respec = to == AgentState::Idle
+            && (a.next_spec.is_some()
+                || (a.spec.protocol == Protocol::StreamJson
+                    && a.spec.recycle.due(a.session.tasks, a.session.input_tokens)));
         if a.spec.protocol.takes_tasks() {
             if to == AgentState::Idle {
                 if !respec {
@@ -91,9 +95,28 @@ impl Supervisor {
         }
         self.publish_status(i, from);
         if respec {
-            self.apply_next_spec(i);
+            if self.agents[i.0].next_spec.is_some() {
+                self.apply_next_spec(i);
+            } else {
+                self.recycle(i);
+            }
         }
         true
+    }
+
+    /// Agent `i` reached its `recycle` threshold: restarted now, between
+    /// tasks, so the next task starts in a fresh session.
+    fn recycle(&mut self, i: AgentIx) {
+        let a = &mut self.agents[i.0];
+        log::info!(
+            "agent {}: recycled after {} tasks and {} input tokens in session {}",
+            a.spec.id,
+            a.session.tasks,
+            a.session.input_tokens,
+            a.session.id.as_deref().unwrap_or("-")
+        );
+        a.recycling = true;
+        self.stop(i, Takedown::Restart);
     }
 
     /// Starts agent `i`: spawns its long-lived process, or for one-shot
@@ -178,6 +201,7 @@ impl Supervisor {
             Ok(child) => {
                 a.last_output = now;
                 a.child_since = now;
+                a.session = Default::default();
                 let pid = child.pid();
                 let _ = self.links.tracker.send(TrackCmd::Up {
                     id: a.spec.id.clone(),
@@ -395,7 +419,10 @@ impl Supervisor {
                 self.set_state(i, AgentState::Terminated);
                 self.agents[i.0].restarting = false;
                 if self.shutdown.is_none() {
-                    self.agents[i.0].restarts += 1;
+                    // A recycle is routine, not a restart worth counting.
+                    if !std::mem::take(&mut self.agents[i.0].recycling) {
+                        self.agents[i.0].restarts += 1;
+                    }
                     self.start(i);
                 }
             }

@@ -6,7 +6,8 @@ use super::Supervisor;
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::router::{alert, answer_to, AgentIx, Origin};
 use crate::message::schemas::{
-    AgentState, AgentStatus, AlertCode, HealthReport, LinkState, Severity, SystemHealthCheck,
+    AgentState, AgentStatus, AlertCode, HealthReport, LinkState, SessionView, Severity,
+    SystemHealthCheck,
 };
 use crate::message::stream_view::StreamLink;
 
@@ -51,6 +52,14 @@ impl Supervisor {
                 a.outcomes.clone()
             } else {
                 Vec::new()
+            },
+            session: match (&a.session.id, previous, &a.child) {
+                (Some(id), None, Some(_)) => Some(SessionView {
+                    session_id: id.clone(),
+                    tasks: a.session.tasks,
+                    input_tokens: a.session.input_tokens,
+                }),
+                _ => None,
             },
         }
     }

@@ -370,6 +370,8 @@ impl Supervisor {
             timed_out,
         );
         a.cost_usd = (a.cost_usd + result.total_cost_usd.unwrap_or(0.0)).min(1e12);
+        a.session
+            .count(result.session_id.as_deref(), result.usage.as_ref());
         self.settle(i, r.task, result, failure.and_then(|f| f.resets_at));
         let a = &mut self.agents[i.0];
         match a.spec.protocol {

@@ -263,3 +263,70 @@ fn an_agent_that_closes_its_stdout_is_taken_down_at_once() {
         "the agent was taken down: closed its stdout and stayed alive"
     );
 }
+
+/// One turn of session `sid` with `input` input tokens (half of them read
+/// from the cache).
+fn turn(h: &mut Harness, agent: usize, sid: &str, input: u64) {
+    h.init_line(agent);
+    h.line(
+        agent,
+        json!({"type": "result", "subtype": "success", "is_error": false, "result": "ok",
+               "session_id": sid, "total_cost_usd": 0.0,
+               "usage": {"input_tokens": input / 2, "cache_read_input_tokens": input - input / 2,
+                         "output_tokens": 3}}),
+    );
+}
+
+#[test]
+fn an_agent_is_recycled_right_after_the_result_that_reaches_its_threshold() {
+    let mut s = spec("a");
+    s.recycle.after_input_tokens = Some(1_000);
+    let mut h = Harness::ready(vec![s]);
+    let pid = h.pid(0);
+    h.assign(0, "t1", 60_000);
+    turn(&mut h, 0, "s-1", 600);
+    // Below the threshold: idle, offered again, the session shown.
+    assert_eq!(h.state(0), AgentState::Idle);
+    assert_eq!(h.dispatched(), ["ready 0"]);
+    let st = h.sup.report(None).agents.remove(0);
+    let session = st.session.expect("a session");
+    assert_eq!(
+        (
+            session.session_id.as_str(),
+            session.tasks,
+            session.input_tokens
+        ),
+        ("s-1", 1, 600)
+    );
+    h.assign(0, "t2", 60_000);
+    turn(&mut h, 0, "s-1", 600);
+    // Reached: the result is answered, then the agent restarts at once,
+    // without being offered, and it is not counted as a restart.
+    assert_eq!(h.results().len(), 2);
+    assert_eq!(h.state(0), AgentState::Stopping);
+    assert!(!h.dispatched().contains(&"ready 0".to_string()));
+    h.exit_pid(pid, 0);
+    assert_ne!(h.pid(0), pid);
+    h.initialize(0);
+    assert_eq!(h.state(0), AgentState::Idle);
+    assert_eq!(h.sup.agents[0].restarts, 0);
+    assert!(h.sup.report(None).agents[0].session.is_none());
+}
+
+#[test]
+fn after_tasks_one_gives_every_task_a_fresh_process() {
+    let mut s = spec("a");
+    s.recycle.after_tasks = Some(1);
+    let mut h = Harness::ready(vec![s]);
+    let mut pids = vec![h.pid(0)];
+    for n in 0..3 {
+        h.assign(0, &format!("t{n}"), 60_000);
+        turn(&mut h, 0, &format!("s-{n}"), 10);
+        assert_eq!(h.state(0), AgentState::Stopping);
+        h.exit(0, 0);
+        h.initialize(0);
+        pids.push(h.pid(0));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 4);
+}
