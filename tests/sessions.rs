@@ -1,5 +1,5 @@
 //! Sessions: a stream-json agent recycled into a fresh claude session by
-//! its `recycle` thresholds.
+//! its `recycle` thresholds, and the fake claude's sessions.
 
 use std::time::Duration;
 
@@ -135,4 +135,50 @@ fn after_input_tokens_recycles_once_the_threshold_is_crossed_not_before() {
     let (_, out, _) = d.cli(&["status", "--json"]);
     let agents: Vec<Value> = serde_json::from_str(&out).expect("status --json");
     assert_eq!(agents[0]["session"]["tasks"], 1, "{out}");
+}
+
+/// The fake `claude` keeps sessions as the real one does: `--resume`
+/// restores a session's turns under a new id, and an unknown id fails with
+/// claude's own words.
+#[test]
+fn the_fake_claude_resumes_sessions_like_the_real_one() {
+    let dir = TempDir::new("fake-sessions");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::fake_claude())
+            .args(["-p", "--output-format", "json"])
+            .args(args)
+            .current_dir(dir.path())
+            .env("FAKE_CLAUDE_STATE_DIR", dir.join("state"))
+            .env_remove("CLAUDECODE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the fake");
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.code(),
+            result,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, first, err) = run(&["remember 42"]);
+    assert_eq!(code, Some(0), "{err}");
+    let sid = first["session_id"]
+        .as_str()
+        .expect("a session id")
+        .to_string();
+    let (code, second, err) = run(&["--resume", &sid, "what did I ask?"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(second["result"], "you asked: remember 42");
+    let forked = second["session_id"].as_str().expect("a session id");
+    assert_ne!(forked, sid);
+    // The fork carries the whole conversation on.
+    let (_, third, _) = run(&["--resume", forked, "what did I ask?"]);
+    assert_eq!(third["result"], "you asked: what did I ask?");
+    let unknown = "0b5a7c55-0000-4000-8000-000000000000";
+    let (code, _, err) = run(&["--resume", unknown, "hi"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        format!("No conversation found with session ID: {unknown}")
+    );
 }

@@ -107,12 +107,15 @@
 //!   without a newline, flushed, then exit 1.
 //! * `FAKE_CLAUDE_SPAWN_GRANDCHILD` is spawned after argument validation, before the stderr noise;
 //!   it is never waited for.
-//! * `FAKE_CLAUDE_STATE_DIR` holds one file `<session_id>.session` (content: the cwd) per session
-//!   that ran a task (unless `--no-session-persistence`). `--resume ID` needs that file with the
-//!   same cwd (else `No conversation found with session ID: ID`); `--continue` and a valueless
-//!   `--resume` pick the newest session of this cwd, or start a new one; `--session-id` of an
-//!   existing file → `Error: Session ID <id> is already in use.`. Without the knob every
-//!   `--resume ID` is unknown.
+//! * `FAKE_CLAUDE_STATE_DIR` holds one file `<session_id>.session` (the cwd, then each prompt of
+//!   the session) per session that ran a task (unless `--no-session-persistence`). `--resume ID`
+//!   needs that file with the same cwd (else `No conversation found with session ID: ID`), and
+//!   restores the session's turns under a new session id, as the real CLI forks on resume;
+//!   `--continue` and a valueless `--resume` pick the newest session of this cwd, or start a new
+//!   one; `--session-id` of an existing file → `Error: Session ID <id> is already in use.`.
+//!   Without the knob every `--resume ID` is unknown. A prompt containing `what did I ask`
+//!   (any case) is answered `you asked: <the session's previous prompt>` (or `you asked nothing
+//!   before`).
 //! * Signals: TERM → exit 143 (unless ignored), HUP → 129, QUIT → 131 (ordinary exit statuses,
 //!   recorded, after waiting at most 200 ms for a half-written stdout line); INT → exit 0 in
 //!   stream-json mode (a running task is aborted first), deferred (ignored) in one-shot mode;
@@ -202,7 +205,7 @@ use crate::knobs::{Hang, Knobs};
 use crate::oneshot::run_oneshot;
 use crate::output::{exit_now, fail, hang_forever, open_recorder, record_start};
 use crate::session::Session;
-use crate::session_store::{latest_session, session_exists, session_resumable};
+use crate::session_store::{latest_session, session_exists, session_history};
 use crate::side_effects::{spawn_grandchild, stderr_noise};
 use crate::signals::{install_signals, STREAM_MODE};
 use crate::stream::run_stream;
@@ -263,9 +266,10 @@ fn main() {
     let state_dir = knobs.state_dir.clone();
     let resume_id = match &cli.resume {
         Some(Some(id)) => {
-            if !state_dir
+            if state_dir
                 .as_deref()
-                .is_some_and(|d| session_resumable(d, id, &cwd))
+                .and_then(|d| session_history(d, id, &cwd))
+                .is_none()
             {
                 fail(&format!("No conversation found with session ID: {id}"));
             }
@@ -276,8 +280,15 @@ fn main() {
         None if cli.continue_ => state_dir.as_deref().and_then(|d| latest_session(d, &cwd)),
         None => None,
     };
+    // A resumed session keeps its turns under a new id, as the real CLI forks on `--resume`
+    // (`--continue` keeps the id).
+    let history = resume_id
+        .as_deref()
+        .zip(state_dir.as_deref())
+        .and_then(|(id, d)| session_history(d, id, &cwd))
+        .unwrap_or_default();
     let session_id = match resume_id {
-        Some(id) if !cli.fork => id,
+        Some(id) if !cli.fork && cli.resume.is_none() => id,
         _ => {
             let id = cli.session_id.clone().unwrap_or_else(new_uuid);
             if cli.session_id.is_some()
@@ -326,6 +337,7 @@ fn main() {
         include_partial: cli.include_partial,
         persist_dir: if cli.no_persist { None } else { state_dir },
         tasks_started: 0,
+        history,
         knobs,
     };
 

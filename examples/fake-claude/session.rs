@@ -26,6 +26,8 @@ pub(crate) struct Session {
     /// State dir to register the session in (unless `--no-session-persistence`).
     pub(crate) persist_dir: Option<PathBuf>,
     pub(crate) tasks_started: u64,
+    /// The session's prompts so far (restored by `--resume`).
+    pub(crate) history: Vec<String>,
 }
 
 /// What a `result` line says (see [`Session::result_line`]).

@@ -1,5 +1,6 @@
-//! Session store (`FAKE_CLAUDE_STATE_DIR`): one file `<id>.session` per session, holding the cwd.
-//! It backs `--resume`, `--continue` and the duplicate `--session-id` check.
+//! Session store (`FAKE_CLAUDE_STATE_DIR`): one file `<id>.session` per session: its cwd on the
+//! first line, then each prompt of the session as a JSON string, one per line. It backs
+//! `--resume` (which restores the prompts), `--continue` and the duplicate `--session-id` check.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,11 +15,33 @@ pub(crate) fn session_exists(dir: &Path, id: &str) -> bool {
     session_path(dir, id).is_some_and(|p| p.is_file())
 }
 
-/// A session is resumable from the cwd it was created in (as with the real CLI).
-pub(crate) fn session_resumable(dir: &Path, id: &str, cwd: &str) -> bool {
-    session_path(dir, id)
-        .and_then(|p| fs::read_to_string(p).ok())
-        .is_some_and(|c| c == cwd)
+/// The prompts of session `id`, if it is resumable from `cwd` (the cwd it was created in, as
+/// with the real CLI).
+pub(crate) fn session_history(dir: &Path, id: &str, cwd: &str) -> Option<Vec<String>> {
+    let text = fs::read_to_string(session_path(dir, id)?).ok()?;
+    let mut lines = text.lines();
+    if lines.next() != Some(cwd) {
+        return None;
+    }
+    Some(
+        lines
+            .filter_map(|l| serde_json::from_str::<String>(l).ok())
+            .collect(),
+    )
+}
+
+/// Writes session `id`: its cwd and its prompts so far.
+pub(crate) fn save_session(dir: &Path, id: &str, cwd: &str, prompts: &[String]) {
+    let Some(path) = session_path(dir, id) else {
+        return;
+    };
+    let mut text = format!("{cwd}\n");
+    for p in prompts {
+        text.push_str(&serde_json::to_string(p).unwrap_or_default());
+        text.push('\n');
+    }
+    let _ = fs::create_dir_all(dir);
+    let _ = fs::write(path, text);
 }
 
 pub(crate) fn latest_session(dir: &Path, cwd: &str) -> Option<String> {
@@ -32,7 +55,8 @@ pub(crate) fn latest_session(dir: &Path, cwd: &str) -> Option<String> {
         else {
             continue;
         };
-        if fs::read_to_string(&path).ok().as_deref() != Some(cwd) {
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().next() != Some(cwd) {
             continue;
         }
         let mtime = entry

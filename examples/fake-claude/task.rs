@@ -1,7 +1,6 @@
 //! Running one task: the event sequence (replay, init, API retries, tool round trips, final
 //! text, result), line delays, interrupts, hangs and crashes, in the selected output format.
 
-use std::fs;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::json::{api_id, arr, new_uuid, null, obj, J};
 use crate::knobs::Hang;
 use crate::output::{emit, emit_str, hang_forever, record};
 use crate::session::{text_of_result, usage, ResultSpec, Session, Usage};
-use crate::session_store::session_path;
+use crate::session_store::save_session;
 use crate::side_effects::stderr_noise;
 use crate::signals::{ABORT_TASK, CURRENT_TASK};
 
@@ -89,11 +88,11 @@ impl Session {
         if self.knobs.crash_after.is_some_and(|after| n == after + 1) {
             self.crash(n, self.knobs.crash_mode, &self.init_line());
         }
-        if let Some(dir) = self.persist_dir.take() {
-            if let Some(path) = session_path(&dir, &self.session_id) {
-                let _ = fs::create_dir_all(&dir);
-                let _ = fs::write(path, &self.cwd);
-            }
+        // "what did I ask?" is answered from the session's earlier turns.
+        let asked = self.history.last().cloned();
+        self.history.push(prompt.to_owned());
+        if let Some(dir) = &self.persist_dir {
+            save_session(dir, &self.session_id, &self.cwd, &self.history);
         }
 
         let w = TaskWriter {
@@ -103,6 +102,10 @@ impl Session {
         };
         let final_text = match cfg.fault {
             Fault::ControlText(n) => "\u{1}".repeat(usize::try_from(n).unwrap_or(0)),
+            _ if prompt.to_lowercase().contains("what did i ask") => match asked {
+                Some(p) => format!("you asked: {p}"),
+                None => "you asked nothing before".to_owned(),
+            },
             _ => format!("done: {prompt}"),
         };
         let mut calls: u32 = 0;
