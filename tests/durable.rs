@@ -265,12 +265,12 @@ fn result_reads_the_store_and_says_when_there_is_nothing() {
     assert!(st.success());
     let id = out.trim().to_string();
     // A failed task's stored result exits like `send --wait` would: 1.
-    let (st, out, _) = cli(
+    let (st, out, err) = cli(
         &path,
         &["result", &id, "--wait", "--timeout", "30000"],
         None,
     );
-    assert_eq!(st.code(), Some(1), "{out}");
+    assert_eq!(st.code(), Some(1), "{out}{err}");
     assert_eq!(json_lines(&out)[0]["payload"]["task_id"], id.as_str());
     let (st, _, err) = cli(&path, &["result", "no-such-task"], None);
     assert_eq!(st.code(), Some(69), "{err}");

@@ -39,9 +39,10 @@ pub(super) fn run(cli: &Cli, _args: &ReloadArgs) -> Result<u8, SystemError> {
     let answers = client
         .ask(&subject, &mut env, Instant::now() + client::ACK_WAIT, None)
         .map_err(|e| match e {
-            SystemError::NoResponders { .. } => {
-                SystemError::NoAnswer(format!("no daemon {daemon} ({})", client.describe()))
-            }
+            SystemError::NoResponders { .. } => SystemError::NoAnswer(format!(
+                "no daemon {daemon} ({}); a daemon_id or NATS URL changed in the config takes effect only by restarting the daemon",
+                client.describe()
+            )),
             e => e,
         })?;
     let Some(answer) = answers.into_iter().next() else {

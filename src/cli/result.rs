@@ -88,8 +88,13 @@ pub(super) fn run(cli: &Cli, args: &ResultArgs) -> Result<u8, SystemError> {
         .ok_or_else(|| SystemError::NoAnswer(describe.clone()))?;
     bound::phase(bound::Phase::Waiting);
     let mut out = std::io::stdout().lock();
-    if let Some(data) = look(nats, &js, &args.task_id, &describe)? {
-        return print(&mut out, &data);
+    match look(nats, &js, &args.task_id, &describe) {
+        Ok(Some(data)) => return print(&mut out, &data),
+        Ok(None) => {}
+        // Waiting: a results stream its daemon has not made yet will come
+        // (the subscription above hears the result either way).
+        Err(SystemError::NoAnswer(_)) if args.wait => {}
+        Err(e) => return Err(e),
     }
     if !args.wait {
         return Err(SystemError::NoAnswer(format!(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod accounts;
 mod dups;
+mod file;
 mod host;
 mod jetstream;
 mod logs;
@@ -78,6 +79,8 @@ pub enum ConfigError {
     NotFound { path: PathBuf },
     #[error("config {}: larger than {MAX_CONFIG_BYTES} bytes", path.display())]
     TooLarge { path: PathBuf },
+    #[error("config {}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     #[error("config {}: not valid JSON: {source}", path.display())]
     Syntax {
         path: PathBuf,

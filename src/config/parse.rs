@@ -19,7 +19,7 @@ use super::{
     AgentSpec, Config, ConfigError, HealthCommand, HealthSpec, Limits, MessageConfig, PolicyKind,
     Problem, Protocol, Recycle, RestartPolicy, Secret, TransportConfig, DEFAULT_ACCOUNT,
     DEFAULT_AGENT_TYPE, DEFAULT_COMMAND, DEFAULT_STARTUP_TIMEOUT, DEFAULT_STOP_TIMEOUT,
-    MAX_CONFIG_BYTES, MAX_REPLICAS, MAX_RETRIES,
+    MAX_REPLICAS, MAX_RETRIES,
 };
 
 /// Reads and checks the config file at `path`, including that every
@@ -53,27 +53,7 @@ pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ConfigError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = super::file::read(path)?;
     let value: Value = serde_json::from_slice(&text).map_err(|source| ConfigError::Syntax {
         path: path.to_path_buf(),
         source,

@@ -106,3 +106,13 @@ fn recycle_thresholds_are_for_stream_json_agents() {
         "{ps:?}"
     );
 }
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    for path in ["/dev/zero", "/"] {
+        match load_unchecked(Path::new(path)) {
+            Err(ConfigError::NotAFile { .. }) => {}
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+}

@@ -120,8 +120,9 @@ pub(super) struct Agent {
     pub(super) retired: bool,
     /// The claude session of the current process, and what it holds.
     pub(super) session: Session,
-    /// The restart under way is a recycle (not counted as a restart).
-    pub(super) recycling: bool,
+    /// The restart under way is routine (a recycle, or a reload's): not
+    /// counted as a restart.
+    pub(super) routine: bool,
 }
 
 /// The claude session an agent's process is in: its id (from the last
@@ -216,7 +217,7 @@ impl Agent {
             next_spec: None,
             retired: false,
             session: Session::default(),
-            recycling: false,
+            routine: false,
         }
     }
 }

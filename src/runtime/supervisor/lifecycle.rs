@@ -115,7 +115,7 @@ impl Supervisor {
             a.session.input_tokens,
             a.session.id.as_deref().unwrap_or("-")
         );
-        a.recycling = true;
+        a.routine = true;
         self.stop(i, Takedown::Restart);
     }
 
@@ -144,6 +144,7 @@ impl Supervisor {
         let a = &mut self.agents[i.0];
         a.run += 1;
         a.takedown = None;
+        a.routine = false;
         a.health_failures = 0;
         a.paused_from = None;
         if a.spec.protocol == Protocol::Oneshot {
@@ -419,8 +420,8 @@ impl Supervisor {
                 self.set_state(i, AgentState::Terminated);
                 self.agents[i.0].restarting = false;
                 if self.shutdown.is_none() {
-                    // A recycle is routine, not a restart worth counting.
-                    if !std::mem::take(&mut self.agents[i.0].recycling) {
+                    // A recycle or a reload's restart is routine, not worth counting.
+                    if !std::mem::take(&mut self.agents[i.0].routine) {
                         self.agents[i.0].restarts += 1;
                     }
                     self.start(i);

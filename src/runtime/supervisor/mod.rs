@@ -200,9 +200,13 @@ impl Supervisor {
         (0..self.agents.len()).map(AgentIx)
     }
 
-    /// Every agent a reload has not removed.
+    /// Every agent a reload has not removed, and removed ones still
+    /// stopping (they show as `stopping` until their process is gone).
     fn live(&self) -> impl Iterator<Item = AgentIx> + '_ {
-        self.indexes().filter(|i| !self.agents[i.0].retired)
+        self.indexes().filter(|i| {
+            let a = &self.agents[i.0];
+            !a.retired || a.child.is_some()
+        })
     }
 
     /// Announces every agent and starts them all at once (the spawner pool
@@ -333,7 +337,9 @@ impl Supervisor {
     fn on_signal(&mut self, sig: i32) {
         let name = signal_name(sig);
         if sig == libc::SIGHUP {
-            if self.shutdown.is_none() {
+            if self.shutdown.is_some() {
+                log::info!("SIGHUP while stopping: no reload");
+            } else {
                 log::info!("SIGHUP: reading {} again", self.links.config.path.display());
                 crate::runtime::reload::load_later(
                     self.links.config.path.clone(),

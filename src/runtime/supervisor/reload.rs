@@ -38,7 +38,8 @@ impl Supervisor {
                 log::error!("reload refused: nothing changed");
                 self.answer_reload(origin, code, Severity::Error, problems.join("\n"));
             }
-            Ok((new, p)) => {
+            Ok((new, mut p)) => {
+                self.undo_pending(&mut p);
                 let summary = p.summary();
                 self.links.config = new;
                 self.apply_plan(p);
@@ -73,6 +74,24 @@ impl Supervisor {
         }
     }
 
+    /// A change back to what the agent runs already (a pending change
+    /// undone before the agent was idle) is no change: nothing restarts.
+    fn undo_pending(&mut self, p: &mut Plan) {
+        let mut changed = Vec::new();
+        for spec in std::mem::take(&mut p.changed) {
+            match self.links.table.find(&spec.id) {
+                Some(i) if self.agents[i.0].spec.same_run(&spec) => {
+                    if self.agents[i.0].next_spec.take().is_some() {
+                        log::info!("agent {}: its pending change was undone", spec.id);
+                    }
+                    p.unchanged += 1;
+                }
+                _ => changed.push(spec),
+            }
+        }
+        p.changed = changed;
+    }
+
     fn apply_plan(&mut self, p: Plan) {
         for id in &p.removed {
             if let Some(i) = self.links.table.find(id) {
@@ -83,7 +102,10 @@ impl Supervisor {
             if let Some(i) = self.links.table.find(&spec.id) {
                 log::info!("agent {}: its spec changed", spec.id);
                 self.agents[i.0].next_spec = Some(spec);
-                if self.agents[i.0].task.is_none() {
+                // Busy: after its task. Paused: once resumed (a pause is
+                // the operator's, and a restart would undo it).
+                let a = &self.agents[i.0];
+                if a.task.is_none() && a.state != AgentState::Paused {
                     self.apply_next_spec(i);
                 }
             }
@@ -102,6 +124,8 @@ impl Supervisor {
         let a = &mut self.agents[i.0];
         a.retired = true;
         a.next_spec = None;
+        // Not announced any more: a clash over its id ends with it.
+        a.also_on.clear();
         log::info!("agent {}: removed from the config: stopping it", a.spec.id);
         a.reason = Some(Reason::new(
             ReasonCode::StoppedByOperator,
@@ -178,6 +202,7 @@ impl Supervisor {
             (AgentState::Idle, false) if a.spec.protocol == Protocol::Oneshot => self.offer(i),
             (_, true) => {
                 log::info!("agent {}: restarting with its new spec", a.spec.id);
+                a.routine = true;
                 self.stop(i, Takedown::Restart);
             }
             (AgentState::Terminated, false) if !operator_stopped => {

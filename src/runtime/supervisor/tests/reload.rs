@@ -4,7 +4,7 @@ use super::harness::{spec, Harness};
 use crate::config::AgentSpec;
 use crate::message::envelope::{Envelope, Payload};
 use crate::message::router::Origin;
-use crate::message::schemas::{AgentState, AlertCode, TaskStatus};
+use crate::message::schemas::{AgentState, AlertCode, CommandType, TaskStatus};
 use crate::runtime::events::{Command, Event};
 
 /// Reloads a config whose agents are `agents`; the answer.
@@ -141,4 +141,75 @@ fn an_agent_added_again_while_its_removal_still_runs_must_wait() {
         )
     );
     assert_eq!(h.sup.links.table.find("b").map(|i| i.0), Some(2));
+}
+
+#[test]
+fn a_pending_change_undone_before_the_agent_is_idle_restarts_nothing() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    let pid = h.pid(0);
+    h.assign(0, "t1", 60_000);
+    let mut a2 = spec("a");
+    a2.args = vec!["-v".into()];
+    let (_, said1) = said(&reload(&mut h, vec![a2]));
+    assert_eq!(
+        said1,
+        "reloaded: 0 added, 0 removed, 1 changed, 0 unchanged"
+    );
+    let (_, said2) = said(&reload(&mut h, vec![spec("a")]));
+    assert_eq!(
+        said2,
+        "reloaded: 0 added, 0 removed, 0 changed, 1 unchanged"
+    );
+    h.result_line(0, "done");
+    assert_eq!(h.state(0), AgentState::Idle);
+    assert_eq!(h.pid(0), pid);
+    assert!(h.signals(pid).is_empty());
+}
+
+#[test]
+fn a_paused_agent_takes_its_change_when_resumed_and_a_reload_restart_is_not_counted() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    let pid = h.pid(0);
+    h.control(0, CommandType::Pause);
+    let mut a2 = spec("a");
+    a2.args = vec!["-v".into()];
+    said(&reload(&mut h, vec![a2]));
+    assert_eq!(h.state(0), AgentState::Paused);
+    h.control(0, CommandType::Resume);
+    assert_eq!(h.state(0), AgentState::Stopping);
+    h.exit_pid(pid, 0);
+    h.initialize(0);
+    assert_eq!(h.state(0), AgentState::Idle);
+    assert_eq!(h.sup.agents[0].restarts, 0);
+}
+
+#[test]
+fn a_removed_agent_shows_as_stopping_until_its_process_is_gone() {
+    let mut h = Harness::ready(vec![spec("a"), spec("b")]);
+    let pid_b = h.pid(1);
+    // b's id also runs on another daemon: removing b ends the clash.
+    let _ = h.events.send(Event::Command(Command::PeerClaims {
+        agent: crate::message::router::AgentIx(1),
+        daemon: "other".into(),
+    }));
+    h.pump();
+    assert!(!h.sup.agents[1].also_on.is_empty());
+    said(&reload(&mut h, vec![spec("a")]));
+    assert!(h.sup.agents[1].also_on.is_empty());
+    let states: Vec<(String, Option<AgentState>)> = h
+        .sup
+        .report(None)
+        .agents
+        .into_iter()
+        .map(|s| (s.agent_id, s.status))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".into(), Some(AgentState::Idle)),
+            ("b".into(), Some(AgentState::Stopping))
+        ]
+    );
+    h.exit_pid(pid_b, 0);
+    assert_eq!(h.sup.report(None).agents.len(), 1);
 }
