@@ -22,7 +22,14 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
             }
         }
     };
-    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    // Opening a device can act on it (a tape rewinds): look first. Then
+    // open non-blocking, so that a FIFO swapped in meanwhile does not wait
+    // for a writer, and look again at what was opened.
+    if !std::fs::metadata(path).map_err(read_err)?.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

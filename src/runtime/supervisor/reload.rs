@@ -135,6 +135,13 @@ impl Supervisor {
             // Already down (and the dispatcher told why): nothing to stop.
             return;
         }
+        // Its queued tasks are answered now, not once its process is gone.
+        if a.spec.protocol.takes_tasks() {
+            let _ = self
+                .links
+                .dispatch
+                .send(DispatchCmd::Down(i, "removed from the config".into()));
+        }
         self.stop(i, Takedown::Stop);
     }
 

@@ -196,6 +196,10 @@ fn a_removed_agent_shows_as_stopping_until_its_process_is_gone() {
     assert!(!h.sup.agents[1].also_on.is_empty());
     said(&reload(&mut h, vec![spec("a")]));
     assert!(h.sup.agents[1].also_on.is_empty());
+    // Its queued tasks are cancelled at once, not when its process is gone.
+    assert!(h
+        .dispatched()
+        .contains(&"down 1 (removed from the config)".to_string()));
     let states: Vec<(String, Option<AgentState>)> = h
         .sup
         .report(None)
