@@ -217,12 +217,45 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
         );
         eprintln!("{out}");
     }
+    // A task whose storing outlasted the sender's bound (an election under
+    // load) is reported "not stored ... it was not sent" with exit 75, as
+    // the contract says: not lost, and never run. Any other failure fails.
+    let mut unsent: Vec<String> = Vec::new();
     for s in &senders {
         let out = s.done.as_ref().expect("finished");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let not_stored = stderr
+            .lines()
+            .filter(|l| l.contains("not stored in stream") && l.contains("it was not sent"))
+            .count();
+        let only_not_stored = not_stored > 0
+            && out.status.code() == Some(75)
+            && stderr
+                .lines()
+                .all(|l| !l.starts_with("mister-smith: error:") || l.contains("it was not sent"));
+        if only_not_stored {
+            let answered: Vec<String> = json_lines(&stdout)
+                .iter()
+                .map(|v| {
+                    v["payload"]["result"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_start_matches("done: ")
+                        .to_string()
+                })
+                .collect();
+            let missing: Vec<String> = s
+                .prompts
+                .iter()
+                .filter(|p| !answered.contains(p))
+                .cloned()
+                .collect();
+            assert_eq!(missing.len(), not_stored, "{stderr}");
+            unsent.extend(missing);
+        }
         assert!(
-            out.status.success(),
+            out.status.success() || only_not_stored,
             "a sender failed: {:?}\n{stderr}\nits results that did not complete:\n{}",
             out.status,
             json_lines(&stdout)
@@ -245,7 +278,7 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
             }
             answers.entry(prompt).or_default().push(p.clone());
         }
-        for p in &s.prompts {
+        for p in s.prompts.iter().filter(|p| !unsent.contains(p)) {
             let got = answers.get(p).map_or(0, Vec::len);
             assert_eq!(got, 1, "{p:?} answered {got} times");
         }
@@ -277,9 +310,18 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
             );
         }
     }
-    assert_eq!(answers.len(), per * batches);
+    for p in &unsent {
+        assert!(!starts.contains_key(p), "{p:?} was not stored but ran");
+    }
+    assert_eq!(answers.len() + unsent.len(), per * batches);
+    assert!(
+        unsent.len() * 4 < per * batches,
+        "{} not stored",
+        unsent.len()
+    );
     println!(
-        "FIGURE cluster_chaos tasks={} nats_kills={nats_kills} daemon_kills={daemon_kills} redelivered={redelivered} ran_twice={twice} max_latency_ms={max_latency_ms}",
-        per * batches
+        "FIGURE cluster_chaos tasks={} not_stored={} nats_kills={nats_kills} daemon_kills={daemon_kills} redelivered={redelivered} ran_twice={twice} max_latency_ms={max_latency_ms}",
+        per * batches,
+        unsent.len()
     );
 }
