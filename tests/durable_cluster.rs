@@ -122,6 +122,28 @@ fn a_cluster_under_chaos_answers_every_task_exactly_once() {
     let sender_dir = TempDir::new("cluster-sender");
     let sender_cfg = sender_dir.config(&daemon_config("s", &cluster.url(2), "unused", &record));
 
+    // The cluster stores tasks before the chaos begins: a loaded machine
+    // can take a while to settle its stream leaders after they are made.
+    let settle = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (st, _, err) = run_cli_stdin(
+            &[
+                "--config",
+                sender_cfg.to_str().unwrap_or(""),
+                "send",
+                "--to",
+                "w0-1",
+                "settling",
+            ],
+            &[],
+            None,
+        );
+        if st.success() {
+            break;
+        }
+        assert!(Instant::now() < settle, "the cluster stores no task: {err}");
+    }
+
     let batches = 4;
     let per = total / batches;
     // Each round of chaos stalls the cluster for seconds (an election, a
