@@ -8,6 +8,7 @@ mod accounts;
 mod chaos;
 mod check_config;
 mod contract;
+mod conversations;
 mod durable;
 mod durable_cluster;
 mod faults;

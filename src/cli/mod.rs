@@ -164,7 +164,7 @@ fn usage_code(args: &[String]) -> u8 {
 /// lone `-` for an unknown flag, so it is dropped before parsing (unless it
 /// is the value of an option).
 fn drop_stdin_dash(args: &mut Vec<String>) {
-    const TAKES_VALUE: [&str; 18] = [
+    const TAKES_VALUE: [&str; 21] = [
         "--config",
         "--nats",
         "--socket",
@@ -183,6 +183,9 @@ fn drop_stdin_dash(args: &mut Vec<String>) {
         "--correlation-id",
         "--meta",
         "--retries",
+        "--session",
+        "--trace-id",
+        "--output-format",
     ];
     let Some(send) = args.iter().position(|a| a == "send") else {
         return;

@@ -19,7 +19,7 @@ use crate::config::MessageConfig;
 use crate::error::{exit, task_exit_code, SystemError};
 use crate::message::envelope::{check_meta_entry, check_trace_id, Envelope, MessageType, Payload};
 use crate::message::router::agent_subject;
-use crate::message::schemas::TaskAssignment;
+use crate::message::schemas::{check_session_id, TaskAssignment};
 use crate::transport::TransportKind;
 
 /// send a task (or any message) to an agent. BODY is the prompt as plain
@@ -97,6 +97,11 @@ pub struct SendArgs {
     /// (default: the daemon's message.retry_attempts)
     #[argh(option, arg_name = "N")]
     pub retries: Option<u32>,
+
+    /// continue claude session ID (a result's session_id); the result
+    /// names the session to continue next
+    #[argh(option, arg_name = "ID")]
+    pub session: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> SystemError {
@@ -138,6 +143,19 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
             "--retries {n} is more than {}",
             crate::config::MAX_RETRIES
         )));
+    }
+    if let Some(s) = &args.session {
+        check_session_id(s).map_err(|why| bad(format!("--session {s:?} {why}")))?;
+        if message_type != MessageType::TaskAssignment {
+            return Err(SystemError::Usage(format!(
+                "--session is for tasks, not a {message_type}"
+            )));
+        }
+        if args.to.as_deref() == Some("all") {
+            return Err(SystemError::Usage(
+                "--session continues one conversation: not with --to all".into(),
+            ));
+        }
     }
     let correlation_id = match &args.correlation_id {
         None => None,
@@ -182,13 +200,14 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
     }
     let mut envelopes = Vec::with_capacity(bodies.len());
     for (n, b) in bodies.iter().enumerate() {
-        let payload = payload(message_type, b, args.retries).map_err(|e| {
-            if args.lines {
-                bad(format!("line {}: {e}", n + 1))
-            } else {
-                e
-            }
-        })?;
+        let payload =
+            payload(message_type, b, args.retries, args.session.as_deref()).map_err(|e| {
+                if args.lines {
+                    bad(format!("line {}: {e}", n + 1))
+                } else {
+                    e
+                }
+            })?;
         let mut env = Envelope::new(payload);
         env.priority = args.priority as u8;
         env.timeout_ms = args.timeout;
@@ -314,7 +333,12 @@ fn destination(args: &SendArgs) -> Result<(String, Option<String>, String), Syst
 
 /// The payload for one body: plain text is a prompt; a JSON object is the
 /// payload itself (a task without `task_id` gets one).
-fn payload(t: MessageType, body: &str, retries: Option<u32>) -> Result<Payload, SystemError> {
+fn payload(
+    t: MessageType,
+    body: &str,
+    retries: Option<u32>,
+    session: Option<&str>,
+) -> Result<Payload, SystemError> {
     let trimmed = body.trim();
     if trimmed.starts_with('{') {
         let mut v: Value = serde_json::from_str(trimmed)
@@ -325,6 +349,9 @@ fn payload(t: MessageType, body: &str, retries: Option<u32>) -> Result<Payload, 
                     .or_insert_with(|| Value::String(Uuid::new_v4().to_string()));
                 if let Some(n) = retries {
                     m.insert("retries".into(), Value::from(n));
+                }
+                if let Some(s) = session {
+                    m.insert("session_id".into(), Value::from(s));
                 }
             }
         }
@@ -340,6 +367,7 @@ fn payload(t: MessageType, body: &str, retries: Option<u32>) -> Result<Payload, 
         prompt: trimmed.to_string(),
         context: None,
         retries,
+        session_id: session.map(String::from),
     }))
 }
 

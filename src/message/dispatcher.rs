@@ -100,6 +100,12 @@ pub enum DispatchCmd {
     Up(AgentIx),
     /// A reload added agents of these types, after the ones known.
     Grow(Vec<String>),
+    /// The task `seq` of claude session `session` was answered: another
+    /// task of the session may run.
+    Release { session: String, seq: u64 },
+    /// The agent's process is in this claude session now (`None`: in none
+    /// worth continuing): a task of the session goes to it when it is idle.
+    Holds(AgentIx, Option<String>),
     /// Stop taking tasks; answer every queued one `cancelled`, then say
     /// [`DispatchSink::closed`].
     Shutdown,
@@ -135,6 +141,12 @@ pub struct Dispatcher {
     closed: bool,
     /// Durable mode: the stream's consumers and what came from each.
     durable: Option<Durable>,
+    /// The claude sessions with a task running (or handed to an agent),
+    /// and that task's sequence number: no other task of one may start.
+    running: HashMap<String, u64>,
+    /// The session each agent's process is in, and the other way round.
+    holds: Vec<Option<String>>,
+    holder: HashMap<String, AgentIx>,
 }
 
 #[derive(Debug)]
@@ -151,10 +163,13 @@ impl Dispatcher {
             queue: Queue::new(capacity),
             lent: Lent::new(&types),
             down: vec![None; types.len()],
+            holds: vec![None; types.len()],
             recent: Recent::default(),
             types,
             closed: false,
             durable: None,
+            running: HashMap::new(),
+            holder: HashMap::new(),
         }
     }
 
@@ -181,6 +196,60 @@ impl Dispatcher {
         match target {
             Target::Agent(i) => self.lent.take_for(Some(*i), ""),
             Target::Type(t) => self.lent.take_for(None, t),
+        }
+    }
+
+    /// A lent agent for `task`, now taken back: for a task that continues a
+    /// session, the agent whose process is in it, if that one is lent.
+    fn lent_for_task(&mut self, task: &Task) -> Option<AgentIx> {
+        if let Some(&h) = task.session.as_ref().and_then(|s| self.holder.get(s)) {
+            let fits = match &task.target {
+                Target::Agent(i) => *i == h,
+                Target::Type(t) => self.types.get(h.0) == Some(t),
+            };
+            if fits {
+                if let Some(i) = self.lent.take_for(Some(h), "") {
+                    return Some(i);
+                }
+            }
+        }
+        self.lent_for(&task.target)
+    }
+
+    /// Whether another task of `task`'s session is running.
+    fn held(running: &HashMap<String, u64>, task: &Task) -> bool {
+        task.session
+            .as_ref()
+            .is_some_and(|s| running.get(s).is_some_and(|&seq| seq != task.seq))
+    }
+
+    /// Hands `task` to agent `i`; a task of a session marks it running.
+    fn start(&mut self, i: AgentIx, task: Task, sink: &dyn DispatchSink) {
+        if let Some(s) = &task.session {
+            self.running.insert(s.clone(), task.seq);
+        }
+        sink.assign(i, task);
+    }
+
+    /// A task of `session` that waited for the one before it, to a lent
+    /// agent if one fits.
+    fn next_of_session(&mut self, session: &str, sink: &dyn DispatchSink) {
+        if self.closed || self.running.contains_key(session) {
+            return;
+        }
+        let Some(t) = self.queue.first_of_session(session) else {
+            return;
+        };
+        let probe = Task {
+            prompt: String::new(),
+            context: None,
+            receipt: None,
+            ..t.clone()
+        };
+        if let Some(i) = self.lent_for_task(&probe) {
+            if let Some(task) = self.queue.take_seq(probe.seq) {
+                self.start(i, task, sink);
+            }
         }
     }
 
@@ -306,8 +375,12 @@ impl Dispatcher {
                         continue;
                     }
                     self.queue.stamp(&mut task);
-                    if let Some(i) = self.lent_for(&task.target) {
+                    let free = !Self::held(&self.running, &task);
+                    if let Some(i) = free.then(|| self.lent_for_task(&task)).flatten() {
                         sink.accepted(&task, 0);
+                        if let Some(s) = &task.session {
+                            self.running.insert(s.clone(), task.seq);
+                        }
                         start.push((i, task));
                         taken = true;
                     } else {
@@ -334,25 +407,64 @@ impl Dispatcher {
             }
             DispatchCmd::Requeue(task) => {
                 let task = *task;
+                // Back from its agent: its session runs nothing now.
+                let session = task.session.clone();
+                if let Some(s) = &session {
+                    if self.running.get(s) == Some(&task.seq) {
+                        self.running.remove(s);
+                    }
+                }
                 if self.closed {
                     sink.cancelled(&task, Cancel::Shutdown);
                 } else if let Some(why) = self.down_reason(&task.target) {
                     sink.cancelled(&task, Cancel::AgentDown { why });
-                } else if let Some(i) = self.lent_for(&task.target) {
+                } else if Self::held(&self.running, &task) {
+                    self.queue.requeue(task);
+                } else if let Some(i) = self.lent_for_task(&task) {
                     // Another idle agent that fits takes it now.
-                    sink.assign(i, task);
+                    self.start(i, task, sink);
                 } else {
                     self.queue.requeue(task);
+                }
+                if let Some(s) = session {
+                    self.next_of_session(&s, sink);
                 }
             }
             DispatchCmd::Ready(i) if self.closed || i.0 >= self.types.len() => {}
             DispatchCmd::Ready(i) => {
-                if let Some(task) = self.queue.pop_for(i, &self.types[i.0]) {
+                let running = &self.running;
+                let popped = if running.is_empty() {
+                    self.queue.pop_for(i, &self.types[i.0])
+                } else {
+                    self.queue
+                        .pop_unless(i, &self.types[i.0], |t| Self::held(running, t))
+                };
+                if let Some(task) = popped {
                     self.lent.take_back(i);
-                    sink.assign(i, task);
+                    self.start(i, task, sink);
                 } else {
                     self.lent.lend(i);
                 }
+            }
+            DispatchCmd::Release { session, seq } => {
+                if self.running.get(&session) == Some(&seq) {
+                    self.running.remove(&session);
+                    self.next_of_session(&session, sink);
+                }
+            }
+            DispatchCmd::Holds(i, session) => {
+                let Some(slot) = self.holds.get_mut(i.0) else {
+                    return;
+                };
+                if let Some(old) = slot.take() {
+                    if self.holder.get(&old) == Some(&i) {
+                        self.holder.remove(&old);
+                    }
+                }
+                if let Some(s) = &session {
+                    self.holder.insert(s.clone(), i);
+                }
+                *slot = session;
             }
             DispatchCmd::NotReady(i) => self.lent.take_back(i),
             DispatchCmd::Down(i, why) => {
@@ -376,6 +488,7 @@ impl Dispatcher {
             DispatchCmd::Grow(types) => {
                 self.lent.grow(&types);
                 self.down.resize(self.down.len() + types.len(), None);
+                self.holds.resize(self.holds.len() + types.len(), None);
                 if let Some(d) = &mut self.durable {
                     let known = &d.consumers.types;
                     d.type_of.extend(

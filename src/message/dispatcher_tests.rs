@@ -23,6 +23,7 @@ fn task(id: &str, priority: u8, target: Target) -> Task {
         attempts: 0,
         retries: 0,
         receipt: None,
+        session: None,
     }
 }
 
@@ -277,6 +278,139 @@ fn the_same_request_twice_within_the_window_runs_once() {
             "refused other Duplicate { same_sender: false }",
             "refused later Full { capacity: 1 }",
             "refused again Full { capacity: 1 }",
+        ]
+    );
+}
+
+fn of_session(id: &str, session: &str) -> Task {
+    let mut t = task(id, 5, Target::Type("claude".into()));
+    t.session = Some(session.into());
+    t
+}
+
+/// Two tasks of one claude session never run at once: the second waits,
+/// keeping its place, while others pass it; once the first is answered it
+/// goes to an idle agent.
+#[test]
+fn a_task_waits_while_another_of_its_session_runs() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(10, vec!["claude".into(), "claude".into()]);
+    let cmds = [
+        DispatchCmd::Ready(AgentIx(0)),
+        DispatchCmd::Ready(AgentIx(1)),
+        DispatchCmd::Submit(vec![of_session("s1", "X")]),
+        DispatchCmd::Submit(vec![of_session("s2", "X")]),
+        DispatchCmd::Submit(vec![task("t3", 5, Target::Type("claude".into()))]),
+        // Agent 1 is done with t3: s2 is still held back.
+        DispatchCmd::Ready(AgentIx(1)),
+        // A release of a task that is not the one running changes nothing.
+        DispatchCmd::Release {
+            session: "X".into(),
+            seq: 99,
+        },
+        DispatchCmd::Release {
+            session: "X".into(),
+            seq: 1,
+        },
+    ];
+    for cmd in cmds {
+        d.handle(cmd, &log);
+    }
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted s1 0",
+            "assign 0 s1",
+            "accepted s2 1",
+            "accepted t3 0",
+            "assign 1 t3",
+            "assign 1 s2",
+        ]
+    );
+    assert_eq!(d.queued(), 0);
+}
+
+/// A session's task goes to the idle agent whose process is in that
+/// session, not to the first idle one.
+#[test]
+fn a_session_task_goes_to_the_agent_holding_the_session() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(10, vec!["claude".into(), "claude".into()]);
+    d.handle(DispatchCmd::Holds(AgentIx(1), Some("X".into())), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s1", "X")]), &log);
+    d.handle(
+        DispatchCmd::Submit(vec![task("t2", 5, Target::Type("claude".into()))]),
+        &log,
+    );
+    // Agent 1 left the session: the next one of X goes to anyone idle.
+    d.handle(DispatchCmd::Holds(AgentIx(1), None), &log);
+    d.handle(
+        DispatchCmd::Release {
+            session: "X".into(),
+            seq: 1,
+        },
+        &log,
+    );
+    d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s3", "X")]), &log);
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted s1 0",
+            "assign 1 s1",
+            "accepted t2 0",
+            "assign 0 t2",
+            "accepted s3 0",
+            "assign 1 s3",
+        ]
+    );
+}
+
+/// A held task keeps its deadline; a task handed back (its agent could not
+/// take it) frees its session.
+#[test]
+fn a_held_task_still_times_out_and_a_requeue_frees_its_session() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(10, vec!["claude".into()]);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s1", "X")]), &log);
+    let mut short = of_session("s2", "X");
+    short.deadline = Instant::now();
+    d.handle(
+        DispatchCmd::Submit(vec![short, of_session("s3", "X")]),
+        &log,
+    );
+    d.expire(Instant::now(), &log);
+    // s1 comes back: its agent was paused meanwhile, say.
+    let mut back = of_session("s1", "X");
+    back.seq = 1;
+    d.handle(DispatchCmd::Requeue(Box::new(back)), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    // s3 waits for s1 again, even with the agent idle.
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(
+        DispatchCmd::Release {
+            session: "X".into(),
+            seq: 1,
+        },
+        &log,
+    );
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted s1 0",
+            "assign 0 s1",
+            "accepted s2 1",
+            "accepted s3 2",
+            "expired s2",
+            "assign 0 s1",
+            "assign 0 s3",
         ]
     );
 }

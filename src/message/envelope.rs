@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::config::names::check_token;
 use crate::message::error::MessageError;
 use crate::message::schemas::{
-    check_subject, AgentCommand, AgentRegistration, AgentStatus, SystemAlert, SystemHealthCheck,
-    TaskAssignment, TaskProgress, TaskResult,
+    check_session_id, check_subject, AgentCommand, AgentRegistration, AgentStatus, SystemAlert,
+    SystemHealthCheck, TaskAssignment, TaskProgress, TaskResult,
 };
 
 pub const SCHEMA_VERSION: &str = "1.0.0";
@@ -168,6 +168,11 @@ impl Payload {
                         "payload.retries",
                         format!("{n} is more than {}", crate::config::MAX_RETRIES),
                     ));
+                }
+                if let Some(s) = &t.session_id {
+                    check_session_id(s).map_err(|why| {
+                        MessageError::field("payload.session_id", format!("{s:?} {why}"))
+                    })?;
                 }
             }
             Payload::AgentCommand(c) => {

@@ -154,6 +154,7 @@ fn payload(g: &mut Gen) -> Payload {
             prompt: format!("p{}", g.text()),
             context: g.opt(Gen::value),
             retries: g.opt(|g| (g.next() % 5) as u32),
+            session_id: g.opt(|_| uuid::Uuid::new_v4().to_string()),
         }),
         1 => Payload::TaskProgress(TaskProgress {
             task_id: g.id(),

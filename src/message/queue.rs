@@ -41,6 +41,9 @@ pub struct Task {
     pub retries: u32,
     /// Set for a task taken from the durable stream: how to acknowledge it.
     pub receipt: Option<Box<Receipt>>,
+    /// The claude session it continues: no other task of the session runs
+    /// while it does.
+    pub session: Option<String>,
 }
 
 impl Task {
@@ -133,6 +136,8 @@ pub struct Queue {
     /// Tasks queued per agent and per type (the heaps hold stale keys).
     count_agent: HashMap<AgentIx, usize, Fast>,
     count_type: HashMap<String, usize, Fast>,
+    /// Tasks queued per claude session (of tasks that continue one).
+    sessions: HashMap<String, usize>,
 }
 
 impl Queue {
@@ -146,6 +151,7 @@ impl Queue {
             next_seq: 0,
             count_agent: HashMap::default(),
             count_type: HashMap::default(),
+            sessions: HashMap::new(),
         }
     }
 
@@ -159,7 +165,17 @@ impl Queue {
         self.count_type.get(t).copied().unwrap_or(0)
     }
 
-    fn count(&mut self, target: &Target, up: bool) {
+    fn count(&mut self, target: &Target, session: Option<&String>, up: bool) {
+        if let Some(s) = session {
+            if up {
+                *self.sessions.entry(s.clone()).or_default() += 1;
+            } else if let Some(n) = self.sessions.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sessions.remove(s);
+                }
+            }
+        }
         let n = match target {
             Target::Agent(i) => self.count_agent.entry(*i).or_default(),
             Target::Type(t) => match self.count_type.get_mut(t.as_str()) {
@@ -177,7 +193,7 @@ impl Queue {
     /// Takes task `seq` out of the map, keeping the counts.
     fn take(&mut self, seq: u64) -> Option<Task> {
         let t = self.tasks.remove(&seq)?;
-        self.count(&t.target, false);
+        self.count(&t.target, t.session.as_ref(), false);
         Some(t)
     }
 
@@ -223,7 +239,7 @@ impl Queue {
             Target::Type(t) => self.by_type.entry(t.clone()).or_default().push(k),
         }
         self.deadlines.push(Reverse((task.deadline, task.seq)));
-        self.count(&task.target, true);
+        self.count(&task.target, task.session.as_ref(), true);
         self.tasks.insert(task.seq, task);
         if self.deadlines.len() > 2 * self.tasks.len() + 1024 {
             let tasks = &self.tasks;
@@ -234,33 +250,93 @@ impl Queue {
 
     /// Takes the most urgent task for agent `agent` of type `agent_type`.
     pub fn pop_for(&mut self, agent: AgentIx, agent_type: &str) -> Option<Task> {
-        let own = Self::head(&self.tasks, self.by_agent.get_mut(&agent));
-        let typed = Self::head(&self.tasks, self.by_type.get_mut(agent_type));
-        let take_own = match (own, typed) {
-            (None, None) => return None,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(a), Some(b)) => a >= b,
-        };
-        let heap = if take_own {
-            self.by_agent.get_mut(&agent)
-        } else {
-            self.by_type.get_mut(agent_type)
-        }?;
-        let (_, Reverse(seq)) = heap.pop()?;
-        self.take(seq)
+        self.pop_unless(agent, agent_type, |_| false)
     }
 
-    /// The head key of `heap`, after dropping keys of tasks already gone.
-    fn head(tasks: &HashMap<u64, Task, Fast>, heap: Option<&mut BinaryHeap<Key>>) -> Option<Key> {
+    /// Takes the most urgent task for agent `agent` of type `agent_type`
+    /// that is not `held` (a task of a session that is running): a held
+    /// task keeps its place, and its deadline runs on.
+    pub fn pop_unless(
+        &mut self,
+        agent: AgentIx,
+        agent_type: &str,
+        held: impl Fn(&Task) -> bool,
+    ) -> Option<Task> {
+        let mut set_aside = (Vec::new(), Vec::new());
+        let own = Self::head(
+            &self.tasks,
+            self.by_agent.get_mut(&agent),
+            &held,
+            &mut set_aside.0,
+        );
+        let typed = Self::head(
+            &self.tasks,
+            self.by_type.get_mut(agent_type),
+            &held,
+            &mut set_aside.1,
+        );
+        let take_own = match (own, typed) {
+            (None, None) => None,
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (Some(a), Some(b)) => Some(a >= b),
+        };
+        let seq = take_own.and_then(|own| {
+            let heap = if own {
+                self.by_agent.get_mut(&agent)
+            } else {
+                self.by_type.get_mut(agent_type)
+            }?;
+            heap.pop().map(|(_, Reverse(seq))| seq)
+        });
+        if !set_aside.0.is_empty() {
+            if let Some(h) = self.by_agent.get_mut(&agent) {
+                h.extend(set_aside.0);
+            }
+        }
+        if !set_aside.1.is_empty() {
+            if let Some(h) = self.by_type.get_mut(agent_type) {
+                h.extend(set_aside.1);
+            }
+        }
+        self.take(seq?)
+    }
+
+    /// The head key of `heap` that is not `held`, after dropping keys of
+    /// tasks already gone; the keys of held tasks are moved to `set_aside`
+    /// (to go back once the pick is made).
+    fn head(
+        tasks: &HashMap<u64, Task, Fast>,
+        heap: Option<&mut BinaryHeap<Key>>,
+        held: &impl Fn(&Task) -> bool,
+        set_aside: &mut Vec<Key>,
+    ) -> Option<Key> {
         let heap = heap?;
         while let Some(&k) = heap.peek() {
-            if tasks.contains_key(&(k.1).0) {
-                return Some(k);
+            match tasks.get(&(k.1).0) {
+                Some(t) if held(t) => set_aside.push(k),
+                Some(_) => return Some(k),
+                None => {}
             }
             heap.pop();
         }
         None
+    }
+
+    /// The most urgent queued task of session `session`, if any.
+    pub fn first_of_session(&self, session: &str) -> Option<&Task> {
+        if !self.sessions.contains_key(session) {
+            return None;
+        }
+        self.tasks
+            .values()
+            .filter(|t| t.session.as_deref() == Some(session))
+            .max_by_key(|t| key(t))
+    }
+
+    /// Takes task `seq` out of the queue (its heap key is skipped later).
+    pub fn take_seq(&mut self, seq: u64) -> Option<Task> {
+        self.take(seq)
     }
 
     /// The earliest deadline of a queued task.
@@ -310,6 +386,7 @@ impl Queue {
         self.deadlines.clear();
         self.count_agent.clear();
         self.count_type.clear();
+        self.sessions.clear();
         let mut all: Vec<Task> = self.tasks.drain().map(|(_, t)| t).collect();
         all.sort_by_key(|t| t.seq);
         all

@@ -276,6 +276,21 @@ pub struct TaskAssignment {
     /// `message.retry_attempts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// The claude session to continue (a result's `session_id`): the task
+    /// runs with `--resume`, never at the same time as another task of the
+    /// session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// Whether `id` can name a claude session: a UUID in its usual form
+/// (36 characters, hyphenated), as claude writes them.
+pub fn check_session_id(id: &str) -> Result<(), String> {
+    if id.len() == 36 && uuid::Uuid::try_parse(id).is_ok() {
+        Ok(())
+    } else {
+        Err("is not a claude session id (a UUID, as a result's session_id)".into())
+    }
 }
 
 /// `task_progress`: one raw stream-json event of a running task.

@@ -31,10 +31,20 @@ pub const REMOVED_ENV: [&str; 2] = ["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"];
 /// agent, the plain one of a `none` agent, or (with `prompt`) one one-shot
 /// task. The prompt goes last, after `--`, because claude's list flags
 /// (`--allowedTools`, `--mcp-config`, ...) would swallow it anywhere else.
-pub fn argv(spec: &AgentSpec, prompt: Option<&str>) -> Vec<String> {
-    let mut argv = Vec::with_capacity(spec.args.len() + 8);
+///
+/// `resume` continues that claude session, forked to a new id: the session
+/// may still be open in another agent's process, and two processes must
+/// never write one session.
+pub fn argv(spec: &AgentSpec, prompt: Option<&str>, resume: Option<&str>) -> Vec<String> {
+    let mut argv = Vec::with_capacity(spec.args.len() + 11);
+    let resume_args = |argv: &mut Vec<String>| {
+        if let Some(id) = resume {
+            argv.extend(["--resume", id, "--fork-session"].map(String::from));
+        }
+    };
     if let Some(prompt) = prompt {
         argv.extend(["-p", "--output-format", "stream-json", "--verbose"].map(String::from));
+        resume_args(&mut argv);
         argv.extend(spec.args.iter().cloned());
         argv.push("--".into());
         argv.push(prompt.into());
@@ -52,9 +62,17 @@ pub fn argv(spec: &AgentSpec, prompt: Option<&str>) -> Vec<String> {
             ]
             .map(String::from),
         );
+        resume_args(&mut argv);
     }
     argv.extend(spec.args.iter().cloned());
     argv
+}
+
+/// Whether claude's last stderr lines say it knew no session of the id
+/// it was asked to resume.
+pub fn no_conversation(tail: &[String]) -> bool {
+    tail.iter()
+        .any(|l| l.contains("No conversation found with session ID"))
 }
 
 /// The `initialize` control request: the agent is ready once it answers.
@@ -621,7 +639,7 @@ mod tests {
         let mut spec = AgentSpec::new("a", "claude");
         spec.args = vec!["--allowedTools".into(), "Read".into()];
         assert_eq!(
-            argv(&spec, Some("-p not a flag")),
+            argv(&spec, Some("-p not a flag"), None),
             [
                 "-p",
                 "--output-format",
@@ -634,11 +652,21 @@ mod tests {
             ]
         );
         assert_eq!(
-            argv(&spec, None)[..3],
+            argv(&spec, None, None)[..3],
             ["-p", "--input-format", "stream-json"]
         );
+        let s = "0f6a4a46-1a8e-4d4e-9d3e-2b1c5a7e9f00";
+        let resumed = argv(&spec, None, Some(s));
+        assert_eq!(
+            resumed[6..],
+            ["--resume", s, "--fork-session", "--allowedTools", "Read"]
+        );
+        assert_eq!(
+            argv(&spec, Some("go on"), Some(s))[4..7],
+            ["--resume", s, "--fork-session"]
+        );
         spec.protocol = Protocol::None;
-        assert_eq!(argv(&spec, None), ["--allowedTools", "Read"]);
+        assert_eq!(argv(&spec, None, None), ["--allowedTools", "Read"]);
     }
 }
 

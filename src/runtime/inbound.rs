@@ -222,6 +222,12 @@ impl Inbound {
                     .ok_or_else(|| no_type(agent_type))?;
                 vec![Target::Type(agent_type.clone())]
             }
+            Dest::All { .. } if t.session_id.is_some() => {
+                return Err(MessageError::field(
+                    "payload.session_id",
+                    "a session is continued by one agent: send it to one, or to any, not to all",
+                ))
+            }
             Dest::All { agent_type, .. } => self
                 .table
                 .of_type(agent_type)
@@ -251,6 +257,7 @@ impl Inbound {
                 attempts: 0,
                 retries: t.retries.unwrap_or(self.retry_attempts),
                 receipt: None,
+                session: t.session_id.clone(),
             })
             .collect();
         let _ = self.dispatch.send(DispatchCmd::Submit(tasks));
@@ -294,6 +301,7 @@ impl Inbound {
                 prompt,
                 context: None,
                 retries: None,
+                session_id: None,
             };
             let dest = Dest::Agent {
                 id: id.into(),

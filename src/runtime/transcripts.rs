@@ -56,6 +56,7 @@ pub(crate) fn assignment(task: &Task, agent: &str) -> Vec<u8> {
         prompt: task.prompt.clone(),
         context: task.context.clone(),
         retries: Some(task.retries),
+        session_id: task.session.clone(),
     }));
     if let Some(id) = task.origin.message_id {
         env.message_id = id;

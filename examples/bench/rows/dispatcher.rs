@@ -24,6 +24,7 @@ pub(crate) fn dispatcher(n: usize) -> Vec<Row> {
         attempts: 0,
         retries: 0,
         receipt: None,
+        session: None,
     };
     let priorities = [5u8, 1, 10, 3, 7];
     // Steady state: a standing queue of 10,000 tasks, then one push and one

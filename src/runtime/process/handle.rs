@@ -61,6 +61,8 @@ pub(crate) struct SpawnRequest {
     /// The one-shot task's trace id, handed to the process as
     /// `MISTER_SMITH_TRACE_ID`.
     pub trace_id: Option<String>,
+    /// The claude session to continue (`--resume`).
+    pub resume: Option<String>,
     /// Progress events longer than this (less room for the envelope) are
     /// cut to a stub by the reader.
     pub max_message_size: usize,

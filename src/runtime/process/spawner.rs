@@ -150,7 +150,7 @@ fn start(req: SpawnRequest, sink: ChildSink) -> Result<(RunningChild, IoStart), 
     let stream = spec.protocol == Protocol::StreamJson && req.prompt.is_none();
     let plan = Plan::new(
         &spec.command,
-        &claude::argv(spec, req.prompt.as_deref()),
+        &claude::argv(spec, req.prompt.as_deref(), req.resume.as_deref()),
         &spec.working_dir,
         &env,
         stream,

@@ -123,6 +123,9 @@ pub(super) struct Agent {
     /// The restart under way is routine (a recycle, or a reload's): not
     /// counted as a restart.
     pub(super) routine: bool,
+    /// A task waiting for this agent's restart with `--resume` (its
+    /// process was in another claude session): run once it is ready.
+    pub(super) resuming: Option<Task>,
 }
 
 /// The claude session an agent's process is in: its id (from the last
@@ -135,12 +138,13 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A task of this session ended with `session_id` and `usage`.
+    /// A task of this session ended with `session_id` and `usage`; true
+    /// when the id is new.
     pub(super) fn count(
         &mut self,
         session_id: Option<&str>,
         usage: Option<&crate::message::schemas::RawJson>,
-    ) {
+    ) -> bool {
         #[derive(serde::Deserialize, Default)]
         struct Usage {
             #[serde(default)]
@@ -150,9 +154,11 @@ impl Session {
             #[serde(default)]
             cache_read_input_tokens: u64,
         }
+        let mut moved = false;
         if let Some(id) = session_id.filter(|id| !id.is_empty()) {
             if self.id.as_deref() != Some(id) {
                 self.id = Some(id.to_string());
+                moved = true;
             }
         }
         let u: Usage = usage
@@ -164,6 +170,7 @@ impl Session {
             .saturating_add(u.input_tokens)
             .saturating_add(u.cache_creation_input_tokens)
             .saturating_add(u.cache_read_input_tokens);
+        moved
     }
 }
 
@@ -218,6 +225,7 @@ impl Agent {
             retired: false,
             session: Session::default(),
             routine: false,
+            resuming: None,
         }
     }
 }

@@ -75,15 +75,19 @@ impl Supervisor {
                 let _ = self.links.dispatch.send(DispatchCmd::Up(i));
             }
         }
+        // A task waits for this process (restarted to continue its
+        // session): it runs now.
+        let resumed = to == AgentState::Idle && a.resuming.is_some();
         // A spec changed by a reload, or a session to end, waits for the
         // agent to be idle.
         let respec = to == AgentState::Idle
+            && !resumed
             && (a.next_spec.is_some()
                 || (a.spec.protocol == Protocol::StreamJson
                     && a.spec.recycle.due(a.session.tasks, a.session.input_tokens)));
         if a.spec.protocol.takes_tasks() {
             if to == AgentState::Idle {
-                if !respec {
+                if !respec && !resumed {
                     self.offer(i);
                 }
             } else if from == AgentState::Idle && to != AgentState::Busy {
@@ -94,7 +98,9 @@ impl Supervisor {
             }
         }
         self.publish_status(i, from);
-        if respec {
+        if resumed {
+            self.run_resumed(i);
+        } else if respec {
             if self.agents[i.0].next_spec.is_some() {
                 self.apply_next_spec(i);
             } else {
@@ -156,6 +162,7 @@ impl Supervisor {
             spec: a.spec.clone(),
             prompt: None,
             trace_id: None,
+            resume: self.resume_of(i),
             max_message_size: self.links.max_message_size,
         };
         let sink = self.child_sink(i, run);
@@ -225,6 +232,19 @@ impl Supervisor {
             Err(e) => {
                 log::error!("{e}");
                 a.reason = Some(Reason::new(ReasonCode::SpawnFailed, e.cause()));
+                if let Some(mut task) = a.resuming.take() {
+                    task.attempts += 1;
+                    let errors = vec![format!("cannot start the agent: {}", e.cause())];
+                    let result = self.bare_result(
+                        i,
+                        &task,
+                        TaskStatus::Failed,
+                        ErrorKind::Other,
+                        errors,
+                        task.submitted,
+                    );
+                    self.settle(i, task, result, None);
+                }
                 self.set_state(i, AgentState::Error);
                 self.after_exit(i, true, Duration::ZERO, Vec::new());
             }
@@ -370,6 +390,8 @@ impl Supervisor {
         // The io thread reaps the child once the handle is gone.
         drop(child);
         let takedown = a.takedown.take();
+        self.drop_session(i);
+        let a = &mut self.agents[i.0];
         if let Some(r) = a.task.take() {
             // The task did not get its result: answer it from what we know.
             let (status, kind, why) = match takedown {
@@ -392,6 +414,16 @@ impl Supervisor {
                     },
                     format!("the agent was taken down: {}", words(why)),
                 ),
+                // A one-shot claude asked to continue a session it does
+                // not know: the task's fault, not worth a retry.
+                None if r.task.session.is_some() && claude::no_conversation(&tail) => (
+                    TaskStatus::Failed,
+                    ErrorKind::Other,
+                    format!(
+                        "claude could not continue session {} ({how})",
+                        r.task.session.as_deref().unwrap_or("-")
+                    ),
+                ),
                 None => (
                     TaskStatus::Failed,
                     ErrorKind::Crashed,
@@ -404,6 +436,12 @@ impl Supervisor {
             let result = self.bare_result(i, &r.task, status, kind, errors, r.started);
             self.settle(i, r.task, result, None);
         }
+        // A task waiting for this process (to continue its session in it)
+        // keeps waiting only through a restart.
+        let refused = takedown != Some(Takedown::Restart)
+            && self.agents[i.0].resuming.is_some()
+            && self.resume_failed(i, takedown, &how, &tail)
+            && self.shutdown.is_none();
         let a = &mut self.agents[i.0];
         match takedown {
             Some(Takedown::Stop) => {
@@ -431,6 +469,18 @@ impl Supervisor {
                 log::warn!("agent {}: {how} (taken down: {})", a.spec.id, words(why));
                 self.after_exit(i, true, uptime, tail);
             }
+            None if refused => {
+                // Nothing is wrong with the agent: it starts again, fresh.
+                log::info!(
+                    "agent {}: {how}: claude knew no such session; starting it again",
+                    a.spec.id
+                );
+                self.set_state(i, AgentState::Stopping);
+                self.agents[i.0].restarting = true;
+                self.set_state(i, AgentState::Terminated);
+                self.agents[i.0].restarting = false;
+                self.start(i);
+            }
             None if a.spec.protocol == Protocol::Oneshot && a.state == AgentState::Busy => {
                 // A one-shot task process ending is the normal case.
                 log::debug!("agent {}: task process {how}", a.spec.id);
@@ -453,6 +503,11 @@ impl Supervisor {
                     self.set_state(i, AgentState::Error);
                 }
                 self.after_exit(i, !clean, uptime, tail);
+            }
+        }
+        if self.agents[i.0].child.is_none() {
+            if let Some(task) = self.agents[i.0].resuming.take() {
+                self.abandon_resume(i, task, "the agent stopped before the task started");
             }
         }
     }

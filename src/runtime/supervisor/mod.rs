@@ -42,6 +42,7 @@ mod holds;
 mod lifecycle;
 mod reload;
 mod reports;
+mod sessions;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -128,6 +129,9 @@ pub(crate) struct Supervisor {
     retrying: std::collections::HashMap<u64, (AgentIx, Task)>,
     /// Whether a [`Timer::SaveSpend`] is pending.
     spend_timer: bool,
+    /// Tasks of claude sessions answered while handling the current event:
+    /// the dispatcher hears of them after it (see `publish_result`).
+    released: std::cell::RefCell<Vec<(String, u64)>>,
 }
 
 impl Supervisor {
@@ -159,6 +163,7 @@ impl Supervisor {
             pending_spawns: 0,
             retrying: std::collections::HashMap::new(),
             spend_timer: false,
+            released: Default::default(),
         }
     }
 
@@ -189,6 +194,7 @@ impl Supervisor {
                 },
                 recv(timer) -> _ => self.fire_timers(),
             }
+            self.release_sessions();
         }
     }
 
@@ -507,6 +513,12 @@ impl Supervisor {
             Timer::Deadline { agent, seq } => {
                 if self.running_seq(agent) == Some(seq) {
                     self.task_timed_out(agent);
+                } else if self.agents[agent.0]
+                    .resuming
+                    .as_ref()
+                    .is_some_and(|t| t.seq == seq)
+                {
+                    self.resume_timed_out(agent);
                 }
             }
             Timer::InterruptGrace { agent, seq } => {

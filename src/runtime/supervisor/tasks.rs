@@ -65,23 +65,16 @@ impl Supervisor {
                 .send(DispatchCmd::Requeue(Box::new(task)));
             return;
         }
-        let mut task = task;
-        let seq = task.seq;
-        let deadline = task.deadline;
         match self.agents[i.0].spec.protocol {
             Protocol::StreamJson => {
-                let sent = self.agents[i.0]
-                    .child
-                    .as_ref()
-                    .is_some_and(|c| c.write_line(claude::user_message(&task.prompt)));
-                if !sent {
-                    self.release_probe(i);
-                    let _ = self
-                        .links
-                        .dispatch
-                        .send(DispatchCmd::Requeue(Box::new(task)));
+                let a = &self.agents[i.0];
+                if task.session.is_some() && task.session != a.session.id {
+                    // Its process is in another session (or in none yet).
+                    self.resume_for(i, task);
                     return;
                 }
+                self.send_turn(i, task);
+                return;
             }
             Protocol::Oneshot => {
                 let a = &mut self.agents[i.0];
@@ -92,6 +85,7 @@ impl Supervisor {
                     spec: a.spec.clone(),
                     prompt: Some(task.prompt.clone()),
                     trace_id: task.origin.trace_id.clone(),
+                    resume: task.session.clone(),
                     max_message_size: self.links.max_message_size,
                 };
                 let sink = self.child_sink(i, run);
@@ -140,6 +134,30 @@ impl Supervisor {
                 return;
             }
         }
+        self.begin(i, task);
+    }
+
+    /// Sends `task` to stream-json agent `i`'s process as its next turn;
+    /// one that cannot be written goes back to the queue.
+    pub(super) fn send_turn(&mut self, i: AgentIx, task: Task) {
+        let sent = self.agents[i.0]
+            .child
+            .as_ref()
+            .is_some_and(|c| c.write_line(claude::user_message(&task.prompt)));
+        if !sent {
+            self.release_probe(i);
+            let _ = self
+                .links
+                .dispatch
+                .send(DispatchCmd::Requeue(Box::new(task)));
+            return;
+        }
+        self.begin(i, task);
+    }
+
+    /// `task` is under way on agent `i`: counted, logged, watched.
+    fn begin(&mut self, i: AgentIx, mut task: Task) {
+        let (seq, deadline) = (task.seq, task.deadline);
         task.attempts += 1;
         let now = self.now();
         let a = &mut self.agents[i.0];
@@ -370,8 +388,13 @@ impl Supervisor {
             timed_out,
         );
         a.cost_usd = (a.cost_usd + result.total_cost_usd.unwrap_or(0.0)).min(1e12);
-        a.session
+        let moved = a
+            .session
             .count(result.session_id.as_deref(), result.usage.as_ref());
+        if moved && a.spec.protocol == Protocol::StreamJson {
+            let id = a.session.id.clone();
+            let _ = self.links.dispatch.send(DispatchCmd::Holds(i, id));
+        }
         self.settle(i, r.task, result, failure.and_then(|f| f.resets_at));
         let a = &mut self.agents[i.0];
         match a.spec.protocol {
@@ -397,6 +420,12 @@ impl Supervisor {
     /// `max_message_size`, or the NATS server's `max_payload` when smaller):
     /// a completed, paid-for result must reach its sender, if shortened.
     pub(super) fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
+        if let Some(s) = &task.session {
+            // Told to the dispatcher once the event is handled: by then the
+            // agent that ran it has been offered again, and may take the
+            // session's next task itself.
+            self.released.borrow_mut().push((s.clone(), task.seq));
+        }
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i.0].spec.id.clone());
         let durable = self.links.pump.as_ref().zip(task.receipt.as_deref());

@@ -68,6 +68,10 @@ pub(super) struct World {
     pub(super) stdin_closed: HashMap<u32, bool>,
     /// Spawns of these agent ids fail.
     pub(super) failing: Vec<String>,
+    /// The session each pid was started to resume.
+    pub(super) resumed: HashMap<u32, String>,
+    /// What each pid wrote to stderr (else a line naming it).
+    pub(super) stderr: HashMap<u32, Vec<String>>,
 }
 
 pub(super) type Shared = Arc<Mutex<World>>;
@@ -120,7 +124,11 @@ impl ChildHandle for FakeChild {
         Ok(())
     }
     fn stderr_lines(&self) -> Vec<String> {
-        vec![format!("stderr of {}", self.pid)]
+        let w = self.world.lock().unwrap();
+        w.stderr
+            .get(&self.pid)
+            .cloned()
+            .unwrap_or_else(|| vec![format!("stderr of {}", self.pid)])
     }
     fn resource_usage(&self) -> Option<ResourceUsage> {
         None
@@ -147,6 +155,9 @@ impl Spawner for FakeSpawner {
         let pid = 1000 + w.next_pid;
         w.spawns
             .push((req.spec.id.clone(), pid, req.prompt.clone()));
+        if let Some(s) = req.resume {
+            w.resumed.insert(pid, s);
+        }
         w.sinks.insert(pid, sink);
         Ok(Box::new(FakeChild {
             pid,
@@ -265,6 +276,7 @@ impl Harness {
     pub(super) fn pump(&mut self) {
         while let Ok(ev) = self.sup.events.try_recv() {
             self.sup.on_event(ev);
+            self.sup.release_sessions();
         }
     }
 
@@ -272,6 +284,7 @@ impl Harness {
     pub(super) fn advance(&mut self, ms: u64) {
         self.now.set(self.now.get() + Duration::from_millis(ms));
         self.sup.fire_timers();
+        self.sup.release_sessions();
         self.pump();
     }
 
@@ -394,6 +407,8 @@ impl Harness {
                 DispatchCmd::Down(i, why) => format!("down {} ({why})", i.0),
                 DispatchCmd::Up(i) => format!("up {}", i.0),
                 DispatchCmd::Grow(types) => format!("grow {}", types.join(",")),
+                DispatchCmd::Release { session, seq } => format!("release {session} {seq}"),
+                DispatchCmd::Holds(i, s) => format!("holds {} {}", i.0, s.unwrap_or_default()),
             })
             .collect()
     }
@@ -431,10 +446,30 @@ impl Harness {
         timeout_ms: u64,
         retries: u32,
     ) {
+        let task = self.task(agent, id, timeout_ms, retries);
+        self.assign_task(agent, task);
+    }
+
+    /// A task for `agent` that continues claude session `session`, handed
+    /// to it as the dispatcher would.
+    pub(super) fn assign_session(
+        &mut self,
+        agent: usize,
+        id: &str,
+        session: &str,
+        timeout_ms: u64,
+    ) {
+        let mut task = self.task(agent, id, timeout_ms, 0);
+        task.session = Some(session.into());
+        self.assign_task(agent, task);
+    }
+
+    /// A new task for `agent`, with a sequence number of its own.
+    pub(super) fn task(&mut self, agent: usize, id: &str, timeout_ms: u64, retries: u32) -> Task {
         self.seq += 1;
         let now = self.now.get();
         let timeout = Duration::from_millis(timeout_ms);
-        let task = Task {
+        Task {
             task_id: id.into(),
             prompt: format!("do {id}"),
             context: None,
@@ -451,11 +486,8 @@ impl Harness {
             attempts: 0,
             retries,
             receipt: None,
-        };
-        let _ = self
-            .events
-            .send(Event::Assign(AgentIx(agent), Box::new(task)));
-        self.pump();
+            session: None,
+        }
     }
 
     /// The first event of a turn, as claude opens every turn.

@@ -6,4 +6,5 @@ mod harness;
 mod holds;
 mod lifecycle;
 mod reload;
+mod sessions;
 mod tasks;

@@ -285,9 +285,10 @@ fn an_agent_is_recycled_right_after_the_result_that_reaches_its_threshold() {
     let pid = h.pid(0);
     h.assign(0, "t1", 60_000);
     turn(&mut h, 0, "s-1", 600);
-    // Below the threshold: idle, offered again, the session shown.
+    // Below the threshold: idle, offered again (holding its session), the
+    // session shown.
     assert_eq!(h.state(0), AgentState::Idle);
-    assert_eq!(h.dispatched(), ["ready 0"]);
+    assert_eq!(h.dispatched(), ["holds 0 s-1", "ready 0"]);
     let st = h.sup.report(None).agents.remove(0);
     let session = st.session.expect("a session");
     assert_eq!(
