@@ -129,3 +129,28 @@ fn the_production_example_is_a_valid_config() {
     assert_eq!(c.accounts["team"].daily_budget_usd, Some(50.0));
     assert_eq!(c.message.retry_attempts, 2);
 }
+
+/// The README's conversation, word for word, through a shell.
+#[test]
+fn the_readme_conversation_continues_a_session() {
+    let d = demo();
+    let script = r#"sid=$(mister-smith send --to coder-1 --wait "remember 42" | jq -r .payload.session_id)
+mister-smith send --session "$sid" --agent-type claude --output-format text "what did I ask?""#;
+    let readme = std::fs::read_to_string(examples().join("../README.md")).unwrap();
+    assert!(readme.contains(script), "the README shows this script");
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env("PATH", path_env())
+        .env("MISTER_SMITH_SOCKET", d.socket())
+        .env_remove("NATS_URL")
+        .env_remove("MISTER_SMITH_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "you asked: remember 42");
+}
