@@ -116,14 +116,24 @@ fn no_daemon(e: &SystemError) -> bool {
     )
 }
 
+/// Whether agent `a` is healthy: idle or busy, or on its way back from a
+/// routine restart (a recycle, a resumed session, a reload's new spec),
+/// which is part of its work and must not page anyone.
+fn up(a: &AgentStatus) -> bool {
+    match a.status {
+        Some(s) if s.is_healthy() => true,
+        Some(AgentState::Stopping | AgentState::Initializing) => {
+            a.reason_code == Some(ReasonCode::Routine)
+        }
+        _ => false,
+    }
+}
+
 /// The Nagios state and line for a set of daemon reports.
 pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (HealthState, String) {
     let agents: Vec<&AgentStatus> = reports.iter().flat_map(|r| r.agents.iter()).collect();
     let total = agents.len();
-    let healthy = agents
-        .iter()
-        .filter(|a| a.status.is_some_and(AgentState::is_healthy))
-        .count();
+    let healthy = agents.iter().filter(|a| up(a)).count();
     let restarts: u64 = agents.iter().map(|a| u64::from(a.restarts)).sum();
     let mut critical = Vec::new();
     let mut warning = Vec::new();
@@ -143,7 +153,7 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
             ));
         }
         match a.status {
-            Some(s) if s.is_healthy() => {}
+            _ if up(a) => {}
             // Down on purpose is worth a look, not a page.
             Some(AgentState::Terminated)
                 if a.reason_code == Some(ReasonCode::StoppedByOperator) =>
@@ -242,4 +252,43 @@ pub(super) fn verdict(reports: &[HealthReport], expect: Option<&Expect>) -> (Hea
             }
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(agents: serde_json::Value) -> HealthReport {
+        serde_json::from_value(serde_json::json!({
+            "daemon_id": "d", "uptime_seconds": 1.0, "nats": "off",
+            "queued": 0, "queue_capacity": 10, "agents": agents,
+        }))
+        .expect("a report")
+    }
+
+    fn agent(id: &str, status: &str, reason_code: Option<&str>) -> serde_json::Value {
+        serde_json::json!({"agent_id": id, "status": status, "previous_status": null,
+            "uptime_seconds": 0.0, "pid": null, "restarts": 0, "resource_usage": null,
+            "reason_code": reason_code})
+    }
+
+    #[test]
+    fn a_routine_restart_is_healthy_and_a_crash_restart_is_not() {
+        // The only agent recycling, or restarting to resume a session.
+        for state in ["stopping", "initializing"] {
+            let r = report(serde_json::json!([agent("a", state, Some("routine"))]));
+            let (s, line) = verdict(&[r], None);
+            assert_eq!(s, HealthState::Ok, "{line}");
+            assert!(line.contains("1/1 agents healthy"), "{line}");
+        }
+        // The same states for another reason: worth a look, and with no
+        // agent healthy, a page.
+        let r = report(serde_json::json!([agent("a", "initializing", None)]));
+        assert_eq!(verdict(&[r], None).0, HealthState::Critical);
+        let r = report(serde_json::json!([
+            agent("a", "idle", None),
+            agent("b", "error", Some("restarting"))
+        ]));
+        assert_eq!(verdict(&[r], None).0, HealthState::Warning);
+    }
 }

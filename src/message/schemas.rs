@@ -119,6 +119,9 @@ pub enum ReasonCode {
     TaskDidNotStop,
     /// It closed its stdout but did not exit: it can never answer again.
     StdoutClosed,
+    /// A restart that is part of its work, not a failure: a `recycle`, a
+    /// resume of another claude session, a reload's new spec.
+    Routine,
 }
 
 /// How urgent a `system_alert` is.

@@ -57,6 +57,7 @@ pub(super) fn words(code: ReasonCode) -> &'static str {
         ReasonCode::InitializeRefused => "initialize refused",
         ReasonCode::TaskDidNotStop => "task timed out and did not stop",
         ReasonCode::StdoutClosed => "closed its stdout and stayed alive",
+        ReasonCode::Routine => "a routine restart",
     }
 }
 

@@ -60,6 +60,13 @@ impl Supervisor {
         match to {
             AgentState::Initializing => a.up_since = Some(now),
             AgentState::Terminated | AgentState::Error => a.up_since = None,
+            AgentState::Idle | AgentState::Busy
+                if a.reason
+                    .as_ref()
+                    .is_some_and(|r| r.code == ReasonCode::Routine) =>
+            {
+                a.reason = None;
+            }
             _ => {}
         }
         if a.spec.protocol.takes_tasks() {
@@ -121,6 +128,18 @@ impl Supervisor {
             a.session.input_tokens,
             a.session.id.as_deref().unwrap_or("-")
         );
+        let why = format!(
+            "recycled after {} tasks: a fresh claude session",
+            a.session.tasks
+        );
+        self.routine_restart(i, why);
+    }
+
+    /// Restarts agent `i` as part of its work (`why`): not counted as a
+    /// restart, and `health` counts it as healthy meanwhile.
+    pub(super) fn routine_restart(&mut self, i: AgentIx, why: String) {
+        let a = &mut self.agents[i.0];
+        a.reason = Some(Reason::new(ReasonCode::Routine, why));
         a.routine = true;
         self.stop(i, Takedown::Restart);
     }
@@ -141,8 +160,12 @@ impl Supervisor {
         if self.agents[i.0].child.is_some() {
             return;
         }
-        // The reason for the last stop does not carry over to the start.
-        let reason = self.agents[i.0].reason.take();
+        // The reason for the last stop does not carry over to the start,
+        // unless the restart is routine: it is shown until the agent is up.
+        let reason = match &self.agents[i.0].reason {
+            Some(r) if r.code == ReasonCode::Routine => None,
+            _ => self.agents[i.0].reason.take(),
+        };
         if !self.set_state(i, AgentState::Initializing) {
             self.agents[i.0].reason = reason;
             return;
@@ -475,6 +498,10 @@ impl Supervisor {
                     "agent {}: {how}: claude knew no such session; starting it again",
                     a.spec.id
                 );
+                a.reason = Some(Reason::new(
+                    ReasonCode::Routine,
+                    "starting again: claude knew no such session",
+                ));
                 self.set_state(i, AgentState::Stopping);
                 self.agents[i.0].restarting = true;
                 self.set_state(i, AgentState::Terminated);

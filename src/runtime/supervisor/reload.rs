@@ -209,8 +209,7 @@ impl Supervisor {
             (AgentState::Idle, false) if a.spec.protocol == Protocol::Oneshot => self.offer(i),
             (_, true) => {
                 log::info!("agent {}: restarting with its new spec", a.spec.id);
-                a.routine = true;
-                self.stop(i, Takedown::Restart);
+                self.routine_restart(i, "restarting with its new config".into());
             }
             (AgentState::Terminated, false) if !operator_stopped => {
                 self.agents[i.0].book.reset();

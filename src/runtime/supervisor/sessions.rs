@@ -26,9 +26,12 @@ impl Supervisor {
             task.shown(),
             task.session.as_deref().unwrap_or("-")
         );
+        let why = format!(
+            "restarting to continue session {}",
+            task.session.as_deref().unwrap_or("-")
+        );
         a.resuming = Some(task);
-        a.routine = true;
-        self.stop(i, Takedown::Restart);
+        self.routine_restart(i, why);
         self.timers.at(deadline, Timer::Deadline { agent: i, seq });
     }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::harness::{spec, Harness};
 use crate::config::Protocol;
 use crate::message::failures::ErrorKind;
-use crate::message::schemas::{AgentState, CommandType, TaskStatus};
+use crate::message::schemas::{AgentState, CommandType, ReasonCode, TaskStatus};
 
 const S: &str = "0f6a4a46-1a8e-4d4e-9d3e-2b1c5a7e9f00";
 
@@ -58,8 +58,10 @@ fn an_agent_in_another_session_restarts_with_resume_and_then_runs_the_task() {
     turn(&mut h, 0, "s-other");
     h.dispatched();
     h.assign_session(0, "t2", S, 60_000);
-    // Not written to the old process: it is stopped first (stdin closed).
+    // Not written to the old process: it is stopped first (stdin closed),
+    // a routine restart (which health does not count against it).
     assert_eq!(h.state(0), AgentState::Stopping);
+    assert_eq!(h.reason(0), Some(ReasonCode::Routine));
     assert_eq!(prompts(&h, old), ["do t1"]);
     h.exit_pid(old, 0);
     let new = h.pid(0);
@@ -74,9 +76,11 @@ fn an_agent_in_another_session_restarts_with_resume_and_then_runs_the_task() {
         Some(S)
     );
     assert_eq!(h.state(0), AgentState::Initializing);
+    assert_eq!(h.reason(0), Some(ReasonCode::Routine));
     // Ready: the task runs at once, without the agent being offered.
     h.initialize(0);
     assert_eq!(h.state(0), AgentState::Busy);
+    assert_eq!(h.reason(0), None);
     assert_eq!(prompts(&h, new), ["do t2"]);
     let d = h.dispatched();
     assert!(!d.contains(&"ready 0".to_string()), "{d:?}");
