@@ -119,7 +119,7 @@ impl Supervisor {
 
     /// Agent `i` reached its `recycle` threshold: restarted now, between
     /// tasks, so the next task starts in a fresh session.
-    fn recycle(&mut self, i: AgentIx) {
+    pub(super) fn recycle(&mut self, i: AgentIx) {
         let a = &mut self.agents[i.0];
         log::info!(
             "agent {}: recycled after {} tasks and {} input tokens in session {}",

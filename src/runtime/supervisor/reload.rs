@@ -100,6 +100,12 @@ impl Supervisor {
         }
         for spec in p.changed {
             if let Some(i) = self.links.table.find(&spec.id) {
+                let mut same = self.agents[i.0].spec.clone();
+                same.recycle = spec.recycle;
+                if same.same_run(&spec) {
+                    self.new_thresholds(i, spec);
+                    continue;
+                }
                 log::info!("agent {}: its spec changed", spec.id);
                 self.agents[i.0].next_spec = Some(spec);
                 // Busy: after its task. Paused: once resumed (a pause is
@@ -114,6 +120,25 @@ impl Supervisor {
         if let Some(subs) = &self.links.subs {
             let durable = self.links.stream.is_some();
             let _ = subs.send(self.links.table.daemon_subs(durable));
+        }
+    }
+
+    /// Only agent `i`'s `recycle` thresholds changed: they apply to the
+    /// session it is in, without a restart (an idle agent already past
+    /// them is recycled now).
+    fn new_thresholds(&mut self, i: AgentIx, spec: crate::config::AgentSpec) {
+        let a = &mut self.agents[i.0];
+        log::info!("agent {}: new recycle thresholds, in place", a.spec.id);
+        if a.next_spec.take().is_some() {
+            log::info!("agent {}: its pending change was undone", a.spec.id);
+        }
+        a.spec.recycle = spec.recycle;
+        let due = a.spec.protocol == crate::config::Protocol::StreamJson
+            && a.state == AgentState::Idle
+            && a.child.is_some()
+            && a.spec.recycle.due(a.session.tasks, a.session.input_tokens);
+        if due {
+            self.recycle(i);
         }
     }
 

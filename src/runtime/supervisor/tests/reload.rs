@@ -217,3 +217,30 @@ fn a_removed_agent_shows_as_stopping_until_its_process_is_gone() {
     h.exit_pid(pid_b, 0);
     assert_eq!(h.sup.report(None).agents.len(), 1);
 }
+
+#[test]
+fn new_recycle_thresholds_apply_in_place_and_recycle_an_agent_already_past_them() {
+    let mut h = Harness::ready(vec![spec("a"), spec("b")]);
+    let (pid_a, pid_b) = (h.pid(0), h.pid(1));
+    for agent in [0, 1] {
+        h.assign(agent, &format!("t{agent}"), 60_000);
+        h.result_line(agent, "ok");
+    }
+    // a: a threshold its session has not reached; b: one it has passed.
+    let mut a2 = spec("a");
+    a2.recycle.after_tasks = Some(5);
+    let mut b2 = spec("b");
+    b2.recycle.after_tasks = Some(1);
+    let answer = reload(&mut h, vec![a2, b2]);
+    assert_eq!(
+        said(&answer).1,
+        "reloaded: 0 added, 0 removed, 2 changed, 0 unchanged"
+    );
+    assert_eq!((h.pid(0), h.state(0)), (pid_a, AgentState::Idle));
+    assert!(h.signals(pid_a).is_empty());
+    assert_eq!(h.sup.agents[0].spec.recycle.after_tasks, Some(5));
+    assert_eq!(h.state(1), AgentState::Stopping);
+    h.exit_pid(pid_b, 0);
+    assert_ne!(h.pid(1), pid_b);
+    assert_eq!(h.sup.agents[1].restarts, 0);
+}
