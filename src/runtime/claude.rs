@@ -147,6 +147,10 @@ impl Line {
             /// `rate_limit`, ...). Anything but a string is no class.
             #[serde(default, deserialize_with = "lenient_str")]
             error: Option<String>,
+            /// A `system/init` line's session: the process's session is
+            /// known from its first turn on, not only from its first result.
+            #[serde(default, borrow)]
+            session_id: Option<Cow<'a, str>>,
         }
         let not_json = || {
             let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
@@ -165,6 +169,10 @@ impl Line {
                 let signal = match kind {
                     Some("assistant") => head.error.map(Signal::AssistantError),
                     Some("rate_limit_event") => Signal::rate_limit(raw),
+                    Some("system") if head.subtype.as_deref() == Some("init") => head
+                        .session_id
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Signal::Session(s.into_owned())),
                     _ => None,
                 };
                 if raw.len() > limit {
@@ -338,6 +346,8 @@ pub enum Signal {
         rejected: bool,
         resets_at: Option<i64>,
     },
+    /// A `system/init` line: the session the process is in.
+    Session(String),
 }
 
 impl Signal {
@@ -385,6 +395,7 @@ impl TurnSignals {
                     self.resets_at = resets_at.or(self.resets_at);
                 }
             }
+            Signal::Session(_) => {}
         }
     }
 }

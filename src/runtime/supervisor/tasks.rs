@@ -304,6 +304,15 @@ impl Supervisor {
                 // may take less.
                 let limit = self.wire_limit().saturating_sub(ENVELOPE_ROOM);
                 let a = &mut self.agents[i.0];
+                if let Some(claude::Signal::Session(id)) = &signal {
+                    if a.session.id.is_none() && a.spec.protocol == Protocol::StreamJson {
+                        a.session.id = Some(id.clone());
+                        let _ = self
+                            .links
+                            .dispatch
+                            .send(DispatchCmd::Holds(i, Some(id.clone())));
+                    }
+                }
                 if let Some(r) = &mut a.task {
                     let ev = claude::fit_event(ev, limit);
                     r.turn_started = true;

@@ -229,3 +229,24 @@ fn a_one_shot_task_of_a_session_runs_with_resume_and_an_unknown_one_is_not_retri
     assert!(r[0].errors.as_ref().unwrap().contains(&words));
     assert_eq!(h.state(0), AgentState::Idle);
 }
+
+#[test]
+fn the_session_is_known_from_the_first_turns_init_line() {
+    let mut h = Harness::ready(vec![spec("a")]);
+    h.assign(0, "t1", 60_000);
+    h.line(
+        0,
+        json!({"type": "system", "subtype": "init", "session_id": S}),
+    );
+    assert_eq!(h.dispatched(), [format!("holds 0 {S}")]);
+    let st = h.sup.report(None).agents.remove(0);
+    let session = st.session.expect("a session while the first task runs");
+    assert_eq!((session.session_id.as_str(), session.tasks), (S, 0));
+    // Its result names the same session: nothing new to tell.
+    h.line(
+        0,
+        json!({"type": "result", "subtype": "success", "is_error": false, "result": "ok",
+               "session_id": S, "usage": {"input_tokens": 5}}),
+    );
+    assert_eq!(h.dispatched(), ["ready 0"]);
+}
