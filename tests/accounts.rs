@@ -475,40 +475,6 @@ fn a_daily_budget_holds_the_account_and_its_spend_survives_a_restart() {
     d.stop();
 }
 
-/// The real `claude` (npm `@anthropic-ai/claude-code`), installed under
-/// `target/real-claude` by `.ci/run` or, failing that, here.
-fn real_claude() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-claude");
-    let bin = root.join("node_modules/.bin/claude");
-    if !bin.exists() {
-        // Bounded: without a registry npm retries for minutes.
-        let installed = Command::new("timeout")
-            .args([
-                "180",
-                "npm",
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-            ])
-            .arg(&root)
-            .arg("@anthropic-ai/claude-code")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !installed.is_ok_and(|s| s.success()) {
-            return None;
-        }
-    }
-    let works = Command::new(&bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    works.then_some(bin)
-}
-
 #[test]
 fn the_real_claude_logged_out_holds_its_account_and_health_is_critical() {
     let Some(claude) = real_claude() else {

@@ -275,3 +275,46 @@ fn two_tasks_of_one_session_sent_at_once_run_one_after_the_other() {
         ]
     );
 }
+
+/// The real `claude`, offline: a session it does not know fails the task
+/// with its own words, on a one-shot agent and on a stream-json one (which
+/// then starts again, fresh, and is ready for the next task).
+#[test]
+fn the_real_claude_refuses_an_unknown_session_and_the_task_fails_with_its_words() {
+    let Some(claude) = crate::support::real_claude() else {
+        eprintln!(
+            "SKIPPED: the real claude is not installed and `npm install @anthropic-ai/claude-code` failed (no npm or no registry)"
+        );
+        return;
+    };
+    let dir = std::sync::Arc::new(TempDir::new("conv-real"));
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let agent = |id: &str, protocol: &str| {
+        json!({"id": id, "command": claude, "protocol": protocol,
+               "env": {"HOME": home, "CLAUDE_CONFIG_DIR": home.join(".claude")},
+               "restart": {"policy": "always", "initial_delay_ms": 0}})
+    };
+    let d = Daemon::start(
+        dir.clone(),
+        &json!({"agents": [agent("real-o", "oneshot"), agent("real-s", "stream-json")]}),
+    );
+    d.wait_ready();
+    d.wait_seen("agent real-s: initializing -> idle", T);
+    let words = format!("No conversation found with session ID: {UNKNOWN}");
+    for id in ["real-o", "real-s"] {
+        let (code, p, err) = send(&d, &["--to", id, "--session", UNKNOWN, "hi"]);
+        assert_eq!(code, Some(1), "{id}: {p}{err}");
+        assert_eq!(
+            (&p["status"], &p["error_kind"], &p["attempts"]),
+            (&json!("failed"), &json!("other"), &json!(1)),
+            "{id}: {p}"
+        );
+        assert!(p["errors"].to_string().contains(&words), "{id}: {p}");
+    }
+    // The stream-json agent is back, fresh, and not counted as restarted.
+    d.wait_for("claude knew no such session; starting it again", T);
+    d.wait_for("agent real-s: initializing -> idle", T);
+    let (_, out, _) = d.cli(&["status", "--json", "real-s"]);
+    assert!(out.contains("\"restarts\":0"), "{out}");
+}

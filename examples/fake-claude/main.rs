@@ -109,7 +109,8 @@
 //!   it is never waited for.
 //! * `FAKE_CLAUDE_STATE_DIR` holds one file `<session_id>.session` (the cwd, then each prompt of
 //!   the session) per session that ran a task (unless `--no-session-persistence`). `--resume ID`
-//!   needs that file with the same cwd (else `No conversation found with session ID: ID`), and
+//!   needs that file with the same cwd (else `No conversation found with session ID: ID` on
+//!   stderr, after an `error_during_execution` result line on stream-json output, exit 1), and
 //!   restores the session's turns under a new session id, as the real CLI forks on resume;
 //!   `--continue` and a valueless `--resume` pick the newest session of this cwd, or start a new
 //!   one; `--session-id` of an existing file → `Error: Session ID <id> is already in use.`.
@@ -200,10 +201,10 @@ use std::time::Duration;
 
 use crate::args::{parse_argv, HELP};
 use crate::cli::{check_mcp_configs, is_valid_uuid, model_name, Cli, Format};
-use crate::json::new_uuid;
+use crate::json::{arr, new_uuid, null, obj};
 use crate::knobs::{Hang, Knobs};
 use crate::oneshot::run_oneshot;
-use crate::output::{exit_now, fail, hang_forever, open_recorder, record_start};
+use crate::output::{emit, exit_now, fail, hang_forever, open_recorder, record_start};
 use crate::session::Session;
 use crate::session_store::{latest_session, session_exists, session_history};
 use crate::side_effects::{spawn_grandchild, stderr_noise};
@@ -271,7 +272,7 @@ fn main() {
                 .and_then(|d| session_history(d, id, &cwd))
                 .is_none()
             {
-                fail(&format!("No conversation found with session ID: {id}"));
+                no_conversation(id, cli.fork, cli.output);
             }
             Some(id.clone())
         }
@@ -346,4 +347,43 @@ fn main() {
     } else {
         run_oneshot(&mut session, cli.prompt.as_deref().unwrap_or(""))
     }
+}
+
+/// `--resume` of a session this cwd never had, as claude 2.1.197 answers it: with
+/// `--output-format stream-json` a `result` line (`error_during_execution`, claude's words in
+/// `errors`, the session id it would have used) comes first; the words go to stderr in every
+/// format; exit 1.
+fn no_conversation(id: &str, fork: bool, output: Format) -> ! {
+    let words = format!("No conversation found with session ID: {id}");
+    if output == Format::StreamJson {
+        let session_id = if fork { new_uuid() } else { id.to_owned() };
+        emit(&obj! {
+            "type": "result",
+            "subtype": "error_during_execution",
+            "duration_ms": 0,
+            "duration_api_ms": 0,
+            "is_error": true,
+            "num_turns": 0,
+            "stop_reason": null(),
+            "session_id": session_id.as_str(),
+            "total_cost_usd": 0,
+            "usage": obj! {
+                "input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 0,
+                "server_tool_use": obj! {"web_search_requests": 0, "web_fetch_requests": 0},
+                "service_tier": "standard",
+                "cache_creation": obj! {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
+                "inference_geo": "",
+                "iterations": arr![],
+                "speed": "standard",
+            },
+            "modelUsage": obj! {},
+            "permission_denials": arr![],
+            "uuid": new_uuid().as_str(),
+            "errors": arr![words.as_str()],
+        });
+    }
+    fail(&words)
 }

@@ -634,3 +634,37 @@ impl NatsCluster {
         self.nodes[i] = Some(self.spawn(i));
     }
 }
+
+/// The real `claude` (npm `@anthropic-ai/claude-code`), installed under
+/// `target/real-claude` by `.ci/run` or, failing that, here.
+pub fn real_claude() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/real-claude");
+    let bin = root.join("node_modules/.bin/claude");
+    if !bin.exists() {
+        // Bounded: without a registry npm retries for minutes.
+        let installed = Command::new("timeout")
+            .args([
+                "180",
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
+            .arg(&root)
+            .arg("@anthropic-ai/claude-code")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !installed.is_ok_and(|s| s.success()) {
+            return None;
+        }
+    }
+    let works = Command::new(&bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    works.then_some(bin)
+}

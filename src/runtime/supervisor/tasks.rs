@@ -371,6 +371,12 @@ impl Supervisor {
         // Unless the task was interrupted: a turn aborted before it began
         // ends in a bare result, and that task is answered `timeout` anyway.
         let stray = match &a.task {
+            // claude refusing the session it was started to resume says so
+            // in a result before it exits; the exit answers the task.
+            None if a.resuming.is_some() => {
+                log::debug!("agent {}: a result before it was ready", a.spec.id);
+                return;
+            }
             None => Some("with no task running"),
             Some(r)
                 if a.spec.protocol == Protocol::StreamJson && !r.turn_started && !r.timed_out =>
