@@ -71,7 +71,9 @@ fn a_one_shot_agent_continues_a_session_with_resume() {
     d.wait_ready();
     let first = ok(&d, &["--to", "o", "remember 42"]);
     let s1 = sid(&first);
-    let second = ok(&d, &["--to", "o", "--session", &s1, "what did I ask?"]);
+    // In capitals, as some tools print UUIDs: still claude's session.
+    let upper = s1.to_uppercase();
+    let second = ok(&d, &["--to", "o", "--session", &upper, "what did I ask?"]);
     assert_eq!(second["result"], "you asked: remember 42", "{second}");
     // Resuming forks: the result names the session to continue next.
     let s2 = sid(&second);
@@ -109,6 +111,11 @@ fn a_one_shot_agent_continues_a_session_with_resume() {
         "{p}"
     );
     assert_eq!(p["attempts"], 1, "{p}");
+    // A flag and a body that disagree: refused, nothing sent.
+    let body = format!(r#"{{"prompt":"p","session_id":"{s1}"}}"#);
+    let (st, _, err) = d.cli(&["send", "--to", "o", "--session", UNKNOWN, &body]);
+    assert_eq!(st.code(), Some(65), "{err}");
+    assert!(err.contains("disagree"), "{err}");
 }
 
 #[test]
@@ -274,6 +281,29 @@ fn two_tasks_of_one_session_sent_at_once_run_one_after_the_other() {
             "result 3"
         ]
     );
+    // A task naming no session runs in the session of the process that
+    // takes it: a task of that session waits for it too, rather than
+    // another agent forking the conversation mid-turn.
+    std::fs::write(&gate, "").expect("gate");
+    let plain_prompt = format!("[[fake:gate={}]] plain", gate.display());
+    let plain = stream(&d, &["--to", "c-1", &plain_prompt]);
+    next(&plain, |v| v["payload"]["event"]["type"] == "assistant");
+    let follow = stream(
+        &d,
+        &["--agent-type", "claude", "--session", &s, "what did I ask?"],
+    );
+    let queued = next(&follow, |v| v["payload"]["event"]["subtype"] == "queued");
+    assert_eq!(queued["payload"]["event"]["position"], 1, "{queued}");
+    std::fs::remove_file(&gate).expect("open the gate");
+    let r = next(&plain, is_result);
+    assert_eq!(r["payload"]["session_id"], json!(s), "{r}");
+    let r = next(&follow, is_result);
+    assert_eq!(
+        (&r["payload"]["agent_id"], &r["payload"]["result"]),
+        (&json!("c-1"), &json!(format!("you asked: {plain_prompt}"))),
+        "{r}"
+    );
+    assert_eq!(starts(&dir, "c-2").len(), 1, "c-2 was never restarted");
 }
 
 /// The real `claude`, offline: a session it does not know fails the task

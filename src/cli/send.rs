@@ -148,7 +148,7 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         check_session_id(s).map_err(|why| bad(format!("--session {s:?} {why}")))?;
         if message_type != MessageType::TaskAssignment {
             return Err(SystemError::Usage(format!(
-                "--session is for tasks, not a {message_type}"
+                "--session is for tasks, not for {message_type} messages"
             )));
         }
         if args.to.as_deref() == Some("all") {
@@ -199,15 +199,16 @@ pub(super) fn run(cli: &Cli, args: &SendArgs) -> Result<u8, SystemError> {
         return Err(bad("nothing to send: the body is empty"));
     }
     let mut envelopes = Vec::with_capacity(bodies.len());
+    // claude names its sessions in lower case.
+    let session = args.session.as_deref().map(str::to_ascii_lowercase);
     for (n, b) in bodies.iter().enumerate() {
-        let payload =
-            payload(message_type, b, args.retries, args.session.as_deref()).map_err(|e| {
-                if args.lines {
-                    bad(format!("line {}: {e}", n + 1))
-                } else {
-                    e
-                }
-            })?;
+        let payload = payload(message_type, b, args.retries, session.as_deref()).map_err(|e| {
+            if args.lines {
+                bad(format!("line {}: {e}", n + 1))
+            } else {
+                e
+            }
+        })?;
         let mut env = Envelope::new(payload);
         env.priority = args.priority as u8;
         env.timeout_ms = args.timeout;
@@ -351,6 +352,13 @@ fn payload(
                     m.insert("retries".into(), Value::from(n));
                 }
                 if let Some(s) = session {
+                    if let Some(Value::String(b)) = m.get("session_id") {
+                        if !b.eq_ignore_ascii_case(s) {
+                            return Err(bad(format!(
+                                "--session {s} and the body's session_id {b:?} disagree"
+                            )));
+                        }
+                    }
                     m.insert("session_id".into(), Value::from(s));
                 }
             }

@@ -52,6 +52,12 @@ pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// Claude's flags that choose a process's session: the daemon passes them
+/// itself (`--resume ID --fork-session` for `send --session`), and the
+/// agent's own would override its choice or fail every process after the
+/// first (`--session-id`: "already in use").
+const SESSION_FLAGS: [&str; 4] = ["--resume", "--continue", "--session-id", "--fork-session"];
+
 fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigError> {
     let text = super::file::read(path)?;
     let value: Value = serde_json::from_slice(&text).map_err(|source| ConfigError::Syntax {
@@ -390,6 +396,19 @@ fn agent(p: &mut Problems, v: &Value, path: &str, base: &Path) -> Vec<(AgentSpec
     let startup_timeout = p.duration(m, path, "startup_timeout_ms", DEFAULT_STARTUP_TIMEOUT, 1);
     let health = health(p, m.get("health"), &format!("{path}.health"));
     let limits = limits(p, m.get("limits"), &format!("{path}.limits"));
+    if protocol.takes_tasks() {
+        for (n, a) in args.iter().enumerate() {
+            let flag = a.split('=').next().unwrap_or_default();
+            if SESSION_FLAGS.contains(&flag) {
+                p.push(
+                    &format!("{path}.args[{n}]"),
+                    format!(
+                        "{flag} would put every process in one claude session; the daemon picks sessions (send --session, recycle)"
+                    ),
+                );
+            }
+        }
+    }
     let recycle = recycle(p, m.get("recycle"), &format!("{path}.recycle"));
     if recycle != Recycle::default() && protocol != Protocol::StreamJson {
         p.push(

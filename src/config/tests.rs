@@ -108,6 +108,25 @@ fn recycle_thresholds_are_for_stream_json_agents() {
 }
 
 #[test]
+fn an_agent_may_not_pick_its_own_claude_session() {
+    let ps = problems(json!({"agents":[
+        {"id":"a","args":["--model","x","--resume","0f6a4a46-1a8e-4d4e-9d3e-2b1c5a7e9f00"]},
+        {"id":"b","protocol":"oneshot","args":["--session-id=x","--continue","--fork-session"]},
+        {"id":"c","protocol":"none","command":"sh","args":["--continue"]}]}));
+    assert_eq!(ps.len(), 4, "{ps:?}");
+    assert!(
+        ps[0].starts_with(
+            "agents[0].args[2]: --resume would put every process in one claude session"
+        ),
+        "{ps:?}"
+    );
+    assert!(
+        ps[1].starts_with("agents[1].args[0]: --session-id would"),
+        "{ps:?}"
+    );
+}
+
+#[test]
 fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
     for path in ["/dev/zero", "/"] {
         match load_unchecked(Path::new(path)) {

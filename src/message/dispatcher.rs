@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::message::demand::{self, AgentView, Consumers, Demand};
 use crate::message::lent::Lent;
 use crate::message::router::AgentIx;
+use crate::message::sessions::Sessions;
 
 use crate::message::queue::Fast;
 pub use crate::message::queue::{FastHash, Queue, Receipt, Refusal, Target, Task};
@@ -100,9 +101,9 @@ pub enum DispatchCmd {
     Up(AgentIx),
     /// A reload added agents of these types, after the ones known.
     Grow(Vec<String>),
-    /// The task `seq` of claude session `session` was answered: another
-    /// task of the session may run.
-    Release { session: String, seq: u64 },
+    /// Task `seq` was answered: another task of its claude session may
+    /// run.
+    Release(u64),
     /// The agent's process is in this claude session now (`None`: in none
     /// worth continuing): a task of the session goes to it when it is idle.
     Holds(AgentIx, Option<String>),
@@ -141,12 +142,8 @@ pub struct Dispatcher {
     closed: bool,
     /// Durable mode: the stream's consumers and what came from each.
     durable: Option<Durable>,
-    /// The claude sessions with a task running (or handed to an agent),
-    /// and that task's sequence number: no other task of one may start.
-    running: HashMap<String, u64>,
-    /// The session each agent's process is in, and the other way round.
-    holds: Vec<Option<String>>,
-    holder: HashMap<String, AgentIx>,
+    /// Claude sessions: which have a task out, which agent holds which.
+    sessions: Sessions,
 }
 
 #[derive(Debug)]
@@ -163,13 +160,11 @@ impl Dispatcher {
             queue: Queue::new(capacity),
             lent: Lent::new(&types),
             down: vec![None; types.len()],
-            holds: vec![None; types.len()],
+            sessions: Sessions::new(types.len()),
             recent: Recent::default(),
             types,
             closed: false,
             durable: None,
-            running: HashMap::new(),
-            holder: HashMap::new(),
         }
     }
 
@@ -202,7 +197,7 @@ impl Dispatcher {
     /// A lent agent for `task`, now taken back: for a task that continues a
     /// session, the agent whose process is in it, if that one is lent.
     fn lent_for_task(&mut self, task: &Task) -> Option<AgentIx> {
-        if let Some(&h) = task.session.as_ref().and_then(|s| self.holder.get(s)) {
+        if let Some(h) = task.session.as_ref().and_then(|s| self.sessions.holder(s)) {
             let fits = match &task.target {
                 Target::Agent(i) => *i == h,
                 Target::Type(t) => self.types.get(h.0) == Some(t),
@@ -216,25 +211,24 @@ impl Dispatcher {
         self.lent_for(&task.target)
     }
 
-    /// Whether another task of `task`'s session is running.
-    fn held(running: &HashMap<String, u64>, task: &Task) -> bool {
-        task.session
-            .as_ref()
-            .is_some_and(|s| running.get(s).is_some_and(|&seq| seq != task.seq))
+    /// Hands `task` to agent `i`, marking the sessions it runs in.
+    fn start(&mut self, i: AgentIx, task: Task, sink: &dyn DispatchSink) {
+        self.sessions.mark(i, &task);
+        sink.assign(i, task);
     }
 
-    /// Hands `task` to agent `i`; a task of a session marks it running.
-    fn start(&mut self, i: AgentIx, task: Task, sink: &dyn DispatchSink) {
-        if let Some(s) = &task.session {
-            self.running.insert(s.clone(), task.seq);
+    /// The tasks of `freed` sessions that waited for the ones before them,
+    /// each to a lent agent if one fits.
+    fn after(&mut self, freed: Vec<String>, sink: &dyn DispatchSink) {
+        for s in freed {
+            self.next_of_session(&s, sink);
         }
-        sink.assign(i, task);
     }
 
     /// A task of `session` that waited for the one before it, to a lent
     /// agent if one fits.
     fn next_of_session(&mut self, session: &str, sink: &dyn DispatchSink) {
-        if self.closed || self.running.contains_key(session) {
+        if self.closed {
             return;
         }
         let Some(t) = self.queue.first_of_session(session) else {
@@ -246,6 +240,9 @@ impl Dispatcher {
             receipt: None,
             ..t.clone()
         };
+        if self.sessions.held(&probe) {
+            return;
+        }
         if let Some(i) = self.lent_for_task(&probe) {
             if let Some(task) = self.queue.take_seq(probe.seq) {
                 self.start(i, task, sink);
@@ -375,12 +372,10 @@ impl Dispatcher {
                         continue;
                     }
                     self.queue.stamp(&mut task);
-                    let free = !Self::held(&self.running, &task);
+                    let free = !self.sessions.held(&task);
                     if let Some(i) = free.then(|| self.lent_for_task(&task)).flatten() {
                         sink.accepted(&task, 0);
-                        if let Some(s) = &task.session {
-                            self.running.insert(s.clone(), task.seq);
-                        }
+                        self.sessions.mark(i, &task);
                         start.push((i, task));
                         taken = true;
                     } else {
@@ -407,18 +402,13 @@ impl Dispatcher {
             }
             DispatchCmd::Requeue(task) => {
                 let task = *task;
-                // Back from its agent: its session runs nothing now.
-                let session = task.session.clone();
-                if let Some(s) = &session {
-                    if self.running.get(s) == Some(&task.seq) {
-                        self.running.remove(s);
-                    }
-                }
+                // Back from its agent: what it marked is free.
+                let freed = self.sessions.unmark(task.seq);
                 if self.closed {
                     sink.cancelled(&task, Cancel::Shutdown);
                 } else if let Some(why) = self.down_reason(&task.target) {
                     sink.cancelled(&task, Cancel::AgentDown { why });
-                } else if Self::held(&self.running, &task) {
+                } else if self.sessions.held(&task) {
                     self.queue.requeue(task);
                 } else if let Some(i) = self.lent_for_task(&task) {
                     // Another idle agent that fits takes it now.
@@ -426,18 +416,20 @@ impl Dispatcher {
                 } else {
                     self.queue.requeue(task);
                 }
-                if let Some(s) = session {
-                    self.next_of_session(&s, sink);
-                }
+                self.after(freed, sink);
             }
             DispatchCmd::Ready(i) if self.closed || i.0 >= self.types.len() => {}
             DispatchCmd::Ready(i) => {
-                let running = &self.running;
-                let popped = if running.is_empty() {
+                // Its task is over: the sessions it ran in are free, and it
+                // may take the next task of one itself (before anyone else
+                // is offered it, hence lent only after the pop).
+                let freed = self.sessions.unmark_agent(i);
+                let sessions = &self.sessions;
+                let popped = if sessions.idle() {
                     self.queue.pop_for(i, &self.types[i.0])
                 } else {
                     self.queue
-                        .pop_unless(i, &self.types[i.0], |t| Self::held(running, t))
+                        .pop_unless(i, &self.types[i.0], |t| sessions.held(t))
                 };
                 if let Some(task) = popped {
                     self.lent.take_back(i);
@@ -445,27 +437,13 @@ impl Dispatcher {
                 } else {
                     self.lent.lend(i);
                 }
+                self.after(freed, sink);
             }
-            DispatchCmd::Release { session, seq } => {
-                if self.running.get(&session) == Some(&seq) {
-                    self.running.remove(&session);
-                    self.next_of_session(&session, sink);
-                }
+            DispatchCmd::Release(seq) => {
+                let freed = self.sessions.unmark(seq);
+                self.after(freed, sink);
             }
-            DispatchCmd::Holds(i, session) => {
-                let Some(slot) = self.holds.get_mut(i.0) else {
-                    return;
-                };
-                if let Some(old) = slot.take() {
-                    if self.holder.get(&old) == Some(&i) {
-                        self.holder.remove(&old);
-                    }
-                }
-                if let Some(s) = &session {
-                    self.holder.insert(s.clone(), i);
-                }
-                *slot = session;
-            }
+            DispatchCmd::Holds(i, session) => self.sessions.holds(i, session),
             DispatchCmd::NotReady(i) => self.lent.take_back(i),
             DispatchCmd::Down(i, why) => {
                 let Some(slot) = self.down.get_mut(i.0) else {
@@ -484,11 +462,13 @@ impl Dispatcher {
                         sink.cancelled(&t, Cancel::AgentDown { why });
                     }
                 }
+                let freed = self.sessions.unmark_agent(i);
+                self.after(freed, sink);
             }
             DispatchCmd::Grow(types) => {
                 self.lent.grow(&types);
                 self.down.resize(self.down.len() + types.len(), None);
-                self.holds.resize(self.holds.len() + types.len(), None);
+                self.sessions.grow(types.len());
                 if let Some(d) = &mut self.durable {
                     let known = &d.consumers.types;
                     d.type_of.extend(

@@ -304,14 +304,8 @@ fn a_task_waits_while_another_of_its_session_runs() {
         // Agent 1 is done with t3: s2 is still held back.
         DispatchCmd::Ready(AgentIx(1)),
         // A release of a task that is not the one running changes nothing.
-        DispatchCmd::Release {
-            session: "X".into(),
-            seq: 99,
-        },
-        DispatchCmd::Release {
-            session: "X".into(),
-            seq: 1,
-        },
+        DispatchCmd::Release(99),
+        DispatchCmd::Release(1),
     ];
     for cmd in cmds {
         d.handle(cmd, &log);
@@ -347,13 +341,7 @@ fn a_session_task_goes_to_the_agent_holding_the_session() {
     );
     // Agent 1 left the session: the next one of X goes to anyone idle.
     d.handle(DispatchCmd::Holds(AgentIx(1), None), &log);
-    d.handle(
-        DispatchCmd::Release {
-            session: "X".into(),
-            seq: 1,
-        },
-        &log,
-    );
+    d.handle(DispatchCmd::Release(1), &log);
     d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
     d.handle(DispatchCmd::Submit(vec![of_session("s3", "X")]), &log);
@@ -391,15 +379,8 @@ fn a_held_task_still_times_out_and_a_requeue_frees_its_session() {
     back.seq = 1;
     d.handle(DispatchCmd::Requeue(Box::new(back)), &log);
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
-    // s3 waits for s1 again, even with the agent idle.
+    // s3 waits for s1 again; the agent offered again is done with s1.
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
-    d.handle(
-        DispatchCmd::Release {
-            session: "X".into(),
-            seq: 1,
-        },
-        &log,
-    );
     let got = log.0.lock().unwrap().clone();
     assert_eq!(
         got,
@@ -411,6 +392,43 @@ fn a_held_task_still_times_out_and_a_requeue_frees_its_session() {
             "expired s2",
             "assign 0 s1",
             "assign 0 s3",
+        ]
+    );
+}
+
+/// A task that names no session but runs in the process holding one is a
+/// task of that session too; so is a session a busy process moves to (a
+/// resume's fork, learnt from its first turn).
+#[test]
+fn a_plain_task_on_the_holder_and_a_forked_session_hold_their_sessions() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(10, vec!["claude".into(), "claude".into()]);
+    d.handle(DispatchCmd::Holds(AgentIx(0), Some("S".into())), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(
+        DispatchCmd::Submit(vec![task("plain", 5, Target::Agent(AgentIx(0)))]),
+        &log,
+    );
+    d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
+    // Agent 1 is idle, but the holder is busy in S: the task waits.
+    d.handle(DispatchCmd::Submit(vec![of_session("s1", "S")]), &log);
+    // The holder is offered again: it takes the session's task itself.
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    // That task's process moves to S2 (a resume elsewhere would fork it):
+    // a task of S2 waits for it too.
+    d.handle(DispatchCmd::Holds(AgentIx(0), Some("S2".into())), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s2", "S2")]), &log);
+    d.handle(DispatchCmd::Release(2), &log);
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted plain 0",
+            "assign 0 plain",
+            "accepted s1 1",
+            "assign 0 s1",
+            "accepted s2 1",
+            "assign 1 s2",
         ]
     );
 }

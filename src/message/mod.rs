@@ -13,4 +13,5 @@ pub(crate) mod lent;
 pub mod queue;
 pub mod router;
 pub mod schemas;
+pub(crate) mod sessions;
 pub mod stream_view;

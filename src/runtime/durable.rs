@@ -142,7 +142,7 @@ impl Glue {
             seq: 0,
             attempts: d.delivered.saturating_sub(1),
             retries: t.retries.unwrap_or(self.retry_attempts),
-            session: t.session_id.clone(),
+            session: t.session_id.as_deref().map(str::to_ascii_lowercase),
             receipt: Some(Box::new(Receipt {
                 ack: d.ack.clone(),
                 seq: d.stream_seq,

@@ -257,7 +257,8 @@ impl Inbound {
                 attempts: 0,
                 retries: t.retries.unwrap_or(self.retry_attempts),
                 receipt: None,
-                session: t.session_id.clone(),
+                // claude names its sessions in lower case.
+                session: t.session_id.as_deref().map(str::to_ascii_lowercase),
             })
             .collect();
         let _ = self.dispatch.send(DispatchCmd::Submit(tasks));

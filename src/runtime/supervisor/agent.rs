@@ -127,6 +127,10 @@ pub(super) struct Agent {
     /// A task waiting for this agent's restart with `--resume` (its
     /// process was in another claude session): run once it is ready.
     pub(super) resuming: Option<Task>,
+    /// The current process was started with `--resume` for a task that has
+    /// not run in it yet: if that task goes, the process must not serve
+    /// others (they would inherit its conversation).
+    pub(super) resumed: bool,
 }
 
 /// The claude session an agent's process is in: its id (from the last
@@ -227,6 +231,7 @@ impl Agent {
             session: Session::default(),
             routine: false,
             resuming: None,
+            resumed: false,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Starting and stopping agents, their exits, the restart policy, health
-//! verdicts and the control commands (`start`, `stop`, `restart`, `pause`,
-//! `resume`).
+//! verdicts (the control commands are in `control`).
 
 use std::io;
 use std::process::ExitStatus;
@@ -14,9 +13,7 @@ use crate::message::dispatcher::DispatchCmd;
 use crate::message::envelope::{Envelope, MessageType, Payload};
 use crate::message::failures::ErrorKind;
 use crate::message::router::{alert, AgentIx};
-use crate::message::schemas::{
-    AgentState, AlertCode, CommandType, ReasonCode, Severity, TaskStatus,
-};
+use crate::message::schemas::{AgentState, AlertCode, ReasonCode, Severity, TaskStatus};
 use crate::runtime::backoff::Decision;
 use crate::runtime::claude;
 use crate::runtime::error::ProcessError;
@@ -90,6 +87,7 @@ impl Supervisor {
         let respec = to == AgentState::Idle
             && !resumed
             && (a.next_spec.is_some()
+                || a.resumed
                 || (a.spec.protocol == Protocol::StreamJson
                     && a.spec.recycle.due(a.session.tasks, a.session.input_tokens)));
         if a.spec.protocol.takes_tasks() {
@@ -110,6 +108,10 @@ impl Supervisor {
         } else if respec {
             if self.agents[i.0].next_spec.is_some() {
                 self.apply_next_spec(i);
+            } else if std::mem::take(&mut self.agents[i.0].resumed) {
+                // Its task went while it started in that task's session.
+                let why = "starting fresh: the task it resumed a session for is gone".into();
+                self.routine_restart(i, why);
             } else {
                 self.recycle(i);
             }
@@ -181,11 +183,14 @@ impl Supervisor {
             return;
         }
         let run = a.run;
+        let resume = self.resume_of(i);
+        let a = &mut self.agents[i.0];
+        a.resumed = resume.is_some();
         let req = SpawnRequest {
             spec: a.spec.clone(),
             prompt: None,
             trace_id: None,
-            resume: self.resume_of(i),
+            resume,
             max_message_size: self.links.max_message_size,
         };
         let sink = self.child_sink(i, run);
@@ -635,85 +640,6 @@ impl Supervisor {
                     ));
                     self.fail(i, ReasonCode::Unhealthy);
                 }
-            }
-        }
-    }
-
-    /// A control command on agent `i`.
-    pub(super) fn control(&mut self, i: AgentIx, op: CommandType) -> Result<(), String> {
-        let state = self.agents[i.0].state;
-        let id = self.agents[i.0].spec.id.clone();
-        match op {
-            CommandType::Start => match state {
-                AgentState::Terminated | AgentState::Error => {
-                    self.timers.cancel(|t| *t == Timer::Restart(i));
-                    self.agents[i.0].book.reset();
-                    if state == AgentState::Error && self.agents[i.0].child.is_none() {
-                        self.set_state(i, AgentState::Terminated);
-                    }
-                    self.start(i);
-                    // A spawn that failed at once is known now: say so
-                    // rather than "started".
-                    let a = &self.agents[i.0];
-                    match a.state {
-                        AgentState::Terminated | AgentState::Error => Err(format!(
-                            "agent {id} did not start: {}",
-                            a.reason.as_ref().map_or("it exited at once", |r| &r.text)
-                        )),
-                        _ => Ok(()),
-                    }
-                }
-                AgentState::Stopping => Err(format!(
-                    "agent {id} is stopping; start it once it is terminated"
-                )),
-                _ => Ok(()),
-            },
-            CommandType::Stop => {
-                self.agents[i.0].reason = Some(Reason::of(ReasonCode::StoppedByOperator));
-                self.stop(i, Takedown::Stop);
-                Ok(())
-            }
-            CommandType::Restart => {
-                self.agents[i.0].reason = None;
-                self.stop(i, Takedown::Restart);
-                Ok(())
-            }
-            CommandType::Pause => match state {
-                AgentState::Paused => Ok(()),
-                AgentState::Idle | AgentState::Busy if self.agents[i.0].child.is_some() => {
-                    self.signal(i, libc::SIGSTOP);
-                    self.agents[i.0].paused_from = Some(state);
-                    self.set_state(i, AgentState::Paused);
-                    Ok(())
-                }
-                s => Err(format!(
-                    "agent {id} is in state {s}{}: nothing to pause",
-                    if s == AgentState::Idle {
-                        " with no process"
-                    } else {
-                        ""
-                    }
-                )),
-            },
-            CommandType::Resume => match state {
-                AgentState::Paused => {
-                    let now = self.now();
-                    let a = &mut self.agents[i.0];
-                    let to = a.paused_from.take().unwrap_or(AgentState::Idle);
-                    // Time spent stopped is not silence.
-                    a.last_output = now;
-                    self.signal(i, libc::SIGCONT);
-                    self.set_state(i, to);
-                    if to == AgentState::Busy {
-                        self.arm_watchdog(i);
-                    }
-                    Ok(())
-                }
-                AgentState::Idle | AgentState::Busy => Ok(()),
-                s => Err(format!("agent {id} is in state {s}, not paused")),
-            },
-            CommandType::Execute | CommandType::Shutdown => {
-                Err(format!("{} is handled before the supervisor", op.as_str()))
             }
         }
     }

@@ -3,10 +3,12 @@
 //! It loops on a single `select_biased!` over signals, events (child output
 //! and exits, health verdicts, commands, task assignments) and the earliest
 //! pending timer. Its concerns are split by file: [`lifecycle`] (starting,
-//! stopping, exits and the restart policy), [`tasks`] (running tasks and
-//! answering them), [`reports`] (statuses for transitions and requests),
-//! [`timers`] (the timer map and the clock) and [`agent`] (the table's
-//! rows). Processes are reached only through the `Spawner` and
+//! stopping, exits and the restart policy), [`control`] (an operator's
+//! commands), [`tasks`] (running tasks and answering them), [`sessions`]
+//! (tasks that continue a claude session), [`holds`] (accounts and
+//! retries), [`reload`], [`reports`] (statuses for transitions and
+//! requests), [`timers`] (the timer map and the clock) and [`agent`] (the
+//! table's rows). Processes are reached only through the `Spawner` and
 //! `ChildHandle` seam, and time only through a `Clock`, so the whole state
 //! machine is unit-tested without a process or a sleep ([`tests`]).
 //!
@@ -38,6 +40,7 @@ use self::agent::{Agent, Takedown};
 use self::timers::{Clock, Timer, Timers};
 
 mod agent;
+mod control;
 mod holds;
 mod lifecycle;
 mod reload;
@@ -131,7 +134,7 @@ pub(crate) struct Supervisor {
     spend_timer: bool,
     /// Tasks of claude sessions answered while handling the current event:
     /// the dispatcher hears of them after it (see `publish_result`).
-    released: std::cell::RefCell<Vec<(String, u64)>>,
+    released: std::cell::RefCell<Vec<u64>>,
 }
 
 impl Supervisor {

@@ -46,9 +46,11 @@ impl Supervisor {
     /// Agent `i`'s new process is ready: the task it was restarted for
     /// runs now. False when no task waits for it.
     pub(super) fn run_resumed(&mut self, i: AgentIx) -> bool {
-        let Some(task) = self.agents[i.0].resuming.take() else {
+        let a = &mut self.agents[i.0];
+        let Some(task) = a.resuming.take() else {
             return false;
         };
+        a.resumed = false;
         self.send_turn(i, task);
         true
     }
@@ -159,11 +161,8 @@ impl Supervisor {
             return;
         }
         let released = std::mem::take(&mut *self.released.borrow_mut());
-        for (session, seq) in released {
-            let _ = self
-                .links
-                .dispatch
-                .send(DispatchCmd::Release { session, seq });
+        for seq in released {
+            let _ = self.links.dispatch.send(DispatchCmd::Release(seq));
         }
     }
 }

@@ -435,11 +435,12 @@ impl Supervisor {
     /// `max_message_size`, or the NATS server's `max_payload` when smaller):
     /// a completed, paid-for result must reach its sender, if shortened.
     pub(super) fn publish_result(&self, i: AgentIx, task: &Task, result: TaskResult) {
-        if let Some(s) = &task.session {
-            // Told to the dispatcher once the event is handled: by then the
-            // agent that ran it has been offered again, and may take the
-            // session's next task itself.
-            self.released.borrow_mut().push((s.clone(), task.seq));
+        if task.session.is_some() || self.agents[i.0].session.id.is_some() {
+            // A task of a claude session (named, or the one its process is
+            // in) is over. Told to the dispatcher once the event is
+            // handled: by then the agent that ran it has been offered
+            // again, and may take the session's next task itself.
+            self.released.borrow_mut().push(task.seq);
         }
         let mut env = answer_to(Envelope::new(Payload::TaskResult(result)), &task.origin);
         env.source_agent_id = Some(self.agents[i.0].spec.id.clone());

@@ -407,7 +407,7 @@ impl Harness {
                 DispatchCmd::Down(i, why) => format!("down {} ({why})", i.0),
                 DispatchCmd::Up(i) => format!("up {}", i.0),
                 DispatchCmd::Grow(types) => format!("grow {}", types.join(",")),
-                DispatchCmd::Release { session, seq } => format!("release {session} {seq}"),
+                DispatchCmd::Release(seq) => format!("release {seq}"),
                 DispatchCmd::Holds(i, s) => format!("holds {} {}", i.0, s.unwrap_or_default()),
             })
             .collect()

@@ -36,7 +36,12 @@ fn the_agent_holding_the_session_takes_its_task_without_a_restart() {
     let pid = h.pid(0);
     h.assign(0, "t1", 60_000);
     turn(&mut h, 0, S);
-    assert_eq!(h.dispatched(), [format!("holds 0 {S}"), "ready 0".into()]);
+    // Answered in its session: the dispatcher hears of it after the agent
+    // is offered again.
+    assert_eq!(
+        h.dispatched(),
+        [format!("holds 0 {S}"), "ready 0".into(), "release 1".into()]
+    );
     h.assign_session(0, "t2", S, 60_000);
     assert_eq!(h.state(0), AgentState::Busy);
     assert_eq!(h.pid(0), pid);
@@ -44,10 +49,7 @@ fn the_agent_holding_the_session_takes_its_task_without_a_restart() {
     turn(&mut h, 0, S);
     assert_eq!(h.results()[1].status, TaskStatus::Completed);
     // Answered: the dispatcher hears of it after the agent is offered again.
-    assert_eq!(
-        h.dispatched(),
-        ["ready 0".to_string(), format!("release {S} 2")]
-    );
+    assert_eq!(h.dispatched(), ["ready 0", "release 2"]);
 }
 
 #[test]
@@ -96,7 +98,7 @@ fn an_agent_in_another_session_restarts_with_resume_and_then_runs_the_task() {
         [
             "holds 0 s-forked".to_string(),
             "ready 0".into(),
-            format!("release {S} 2")
+            "release 2".into()
         ]
     );
     // A later restart of its own starts fresh, not resumed.
@@ -167,11 +169,31 @@ fn the_deadline_of_a_task_waiting_for_its_resume_still_holds() {
         (r[0].status, r[0].error_kind),
         (TaskStatus::Timeout, Some(ErrorKind::Timeout))
     );
-    // The agent goes on starting, and is offered once ready.
+    // The process started in that session must not serve other tasks
+    // (they would inherit its conversation): once ready, it is restarted
+    // fresh before the agent is offered.
+    let resumed = h.pid(0);
+    assert!(h.world.lock().unwrap().resumed.contains_key(&resumed));
     h.dispatched();
     h.initialize(0);
+    assert_eq!(h.state(0), AgentState::Stopping);
+    assert!(!h.dispatched().contains(&"ready 0".to_string()));
+    h.exit_pid(resumed, 0);
+    let fresh = h.pid(0);
+    assert!(!h.world.lock().unwrap().resumed.contains_key(&fresh));
+    h.initialize(0);
     assert_eq!(h.state(0), AgentState::Idle);
-    assert_eq!(h.dispatched(), ["ready 0"]);
+    assert!(h.dispatched().contains(&"ready 0".to_string()));
+    assert_eq!(h.sup.agents[0].restarts, 0);
+    // Timed out before the old process was even gone: the new one starts
+    // fresh at once.
+    h.assign_session(0, "t2", S, 1_000);
+    h.advance(1_000);
+    h.exit(0, 0);
+    let fresh = h.pid(0);
+    assert!(!h.world.lock().unwrap().resumed.contains_key(&fresh));
+    h.initialize(0);
+    assert_eq!(h.state(0), AgentState::Idle);
 }
 
 #[test]
@@ -248,5 +270,5 @@ fn the_session_is_known_from_the_first_turns_init_line() {
         json!({"type": "result", "subtype": "success", "is_error": false, "result": "ok",
                "session_id": S, "usage": {"input_tokens": 5}}),
     );
-    assert_eq!(h.dispatched(), ["ready 0"]);
+    assert_eq!(h.dispatched(), ["ready 0", "release 1"]);
 }

@@ -288,7 +288,7 @@ fn an_agent_is_recycled_right_after_the_result_that_reaches_its_threshold() {
     // Below the threshold: idle, offered again (holding its session), the
     // session shown.
     assert_eq!(h.state(0), AgentState::Idle);
-    assert_eq!(h.dispatched(), ["holds 0 s-1", "ready 0"]);
+    assert_eq!(h.dispatched(), ["holds 0 s-1", "ready 0", "release 1"]);
     let st = h.sup.report(None).agents.remove(0);
     let session = st.session.expect("a session");
     assert_eq!(
