@@ -181,9 +181,31 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
         &path,
         &["send", "--to", "c-1", "--wait", "--timeout", "40000", slow],
     );
-    // Five quick tasks started, then the slow one, which the agent has
+    // A sender with only a URL (a core-mode send, which the stream's ack
+    // answers): each daemon that takes the task acknowledges it, and the
+    // one result still ends its wait.
+    let plain_cfg = dir.join("sender.json");
+    std::fs::write(
+        &plain_cfg,
+        json!({"transport": {"nats_url": nats.url()}}).to_string(),
+    )
+    .expect("sender config");
+    let slow2 = format!("slow two [[fake:gate={}]]", gate.display());
+    let waiter2 = spawn(
+        &plain_cfg,
+        &[
+            "send",
+            "--to",
+            "c-2",
+            "--wait",
+            "--timeout",
+            "40000",
+            &slow2,
+        ],
+    );
+    // Five quick tasks started, then the slow ones, which the agent has
     // begun (its stderr comes before its result).
-    first.wait_for_n("started (priority", 6, Duration::from_secs(20));
+    first.wait_for_n("started (priority", 7, Duration::from_secs(20));
     // (The agent's stderr may be logged before the line that says the
     // task started: look at what was logged so far too.)
     first.wait_seen("c-1 stderr: fake-claude: noise", Duration::from_secs(20));
@@ -200,6 +222,9 @@ fn a_daemon_killed_mid_task_the_task_runs_again_and_is_answered_once() {
     assert_eq!(answers.len(), 1, "exactly one answer: {out}");
     assert_eq!(answers[0]["payload"]["status"], "completed");
     assert_eq!(answers[0]["payload"]["attempts"], 2, "{out}");
+    let (st, out, err) = waiter2.finish(Duration::from_secs(60));
+    assert!(st.success(), "{st:?} {err}");
+    assert_eq!(json_lines(&out).len(), 1, "exactly one answer: {out}");
     let n = starts(&record);
     assert_eq!(n.get(slow), Some(&2));
     for q in &quick {

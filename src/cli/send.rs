@@ -583,8 +583,11 @@ fn send_tasks(
                 let code = task_exit_code(r.status, r.error_kind);
                 output.result(&mut stdout, &m.data, r)?;
                 p.results += 1;
-                // `--to all`: one result per agent that acknowledged.
-                if p.results >= p.acks {
+                // `--to all`: one result per agent that acknowledged. A
+                // task to one agent (or any) has one result, whatever the
+                // acknowledgements: a durable task delivered again after its
+                // daemon died is acknowledged again by the next.
+                if gather.is_none() || p.results >= p.acks {
                     let quiet_since = p.last_ack.zip(gather).map(|(t, q)| t + q);
                     match quiet_since.filter(|t| Instant::now() < *t) {
                         Some(t) => settling.push(Reverse((t, m.subject.clone()))),

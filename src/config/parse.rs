@@ -56,7 +56,14 @@ pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
 /// itself (`--resume ID --fork-session` for `send --session`), and the
 /// agent's own would override its choice or fail every process after the
 /// first (`--session-id`: "already in use").
-const SESSION_FLAGS: [&str; 4] = ["--resume", "--continue", "--session-id", "--fork-session"];
+const SESSION_FLAGS: [&str; 6] = [
+    "--resume",
+    "-r",
+    "--continue",
+    "-c",
+    "--session-id",
+    "--fork-session",
+];
 
 fn read_and_parse(path: &Path) -> Result<(Option<Config>, Vec<Problem>), ConfigError> {
     let text = super::file::read(path)?;

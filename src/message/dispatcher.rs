@@ -420,12 +420,9 @@ impl Dispatcher {
             }
             DispatchCmd::Ready(i) if self.closed || i.0 >= self.types.len() => {}
             DispatchCmd::Ready(i) => {
-                // Its task is over: the sessions it ran in are free, and it
-                // may take the next task of one itself (before anyone else
-                // is offered it, hence lent only after the pop).
-                let freed = self.sessions.unmark_agent(i);
+                self.sessions.idle(i);
                 let sessions = &self.sessions;
-                let popped = if sessions.idle() {
+                let popped = if sessions.none_running() {
                     self.queue.pop_for(i, &self.types[i.0])
                 } else {
                     self.queue
@@ -437,7 +434,6 @@ impl Dispatcher {
                 } else {
                     self.lent.lend(i);
                 }
-                self.after(freed, sink);
             }
             DispatchCmd::Release(seq) => {
                 let freed = self.sessions.unmark(seq);
@@ -462,8 +458,7 @@ impl Dispatcher {
                         sink.cancelled(&t, Cancel::AgentDown { why });
                     }
                 }
-                let freed = self.sessions.unmark_agent(i);
-                self.after(freed, sink);
+                self.sessions.idle(i);
             }
             DispatchCmd::Grow(types) => {
                 self.lent.grow(&types);

@@ -379,8 +379,10 @@ fn a_held_task_still_times_out_and_a_requeue_frees_its_session() {
     back.seq = 1;
     d.handle(DispatchCmd::Requeue(Box::new(back)), &log);
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
-    // s3 waits for s1 again; the agent offered again is done with s1.
+    // s3 waits for s1's answer, even with the agent idle (s1 may be
+    // waiting out a retry).
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Release(1), &log);
     let got = log.0.lock().unwrap().clone();
     assert_eq!(
         got,
@@ -412,8 +414,10 @@ fn a_plain_task_on_the_holder_and_a_forked_session_hold_their_sessions() {
     d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
     // Agent 1 is idle, but the holder is busy in S: the task waits.
     d.handle(DispatchCmd::Submit(vec![of_session("s1", "S")]), &log);
-    // The holder is offered again: it takes the session's task itself.
+    // The holder is offered again, then its task is answered: it takes
+    // the session's task itself.
     d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Release(1), &log);
     // That task's process moves to S2 (a resume elsewhere would fork it):
     // a task of S2 waits for it too.
     d.handle(DispatchCmd::Holds(AgentIx(0), Some("S2".into())), &log);
@@ -429,6 +433,31 @@ fn a_plain_task_on_the_holder_and_a_forked_session_hold_their_sessions() {
             "assign 0 s1",
             "accepted s2 1",
             "assign 1 s2",
+        ]
+    );
+}
+
+/// An agent stopped (or removed) while its task runs frees nothing: its
+/// process may still be ending the task; the task's answer does.
+#[test]
+fn a_session_stays_held_until_its_task_is_answered_even_if_its_agent_goes_down() {
+    let log = Log::default();
+    let mut d = Dispatcher::new(10, vec!["claude".into(), "claude".into()]);
+    d.handle(DispatchCmd::Ready(AgentIx(0)), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s1", "X")]), &log);
+    d.handle(DispatchCmd::Ready(AgentIx(1)), &log);
+    d.handle(DispatchCmd::Submit(vec![of_session("s2", "X")]), &log);
+    d.handle(DispatchCmd::Down(AgentIx(0), "removed".into()), &log);
+    assert_eq!(d.queued(), 1, "s2 still waits");
+    d.handle(DispatchCmd::Release(1), &log);
+    let got = log.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "accepted s1 0",
+            "assign 0 s1",
+            "accepted s2 1",
+            "assign 1 s2"
         ]
     );
 }

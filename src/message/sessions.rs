@@ -6,9 +6,10 @@
 //! process that holds it without naming one (its turn goes into that
 //! session). A session a busy process moves to (a resume forks a new id,
 //! learnt from the first turn's `system/init`) is marked by the same task.
-//! Marks are by the task's arrival number and go when its agent is offered
-//! again, when the supervisor says the task was answered, or when the task
-//! comes back to the queue.
+//! Marks are by the task's arrival number and go when the supervisor says
+//! the task was answered, or when the task comes back to the queue; not
+//! when its agent is offered again, since a task waiting out its retry
+//! delay is not answered yet.
 
 use std::collections::HashMap;
 
@@ -49,7 +50,7 @@ impl Sessions {
     }
 
     /// Whether no session has a task out (the common case: nothing to check).
-    pub(crate) fn idle(&self) -> bool {
+    pub(crate) fn none_running(&self) -> bool {
         self.running.is_empty()
     }
 
@@ -119,11 +120,12 @@ impl Sessions {
         freed
     }
 
-    /// Agent `i` is offered again (or down): its task is over.
-    pub(crate) fn unmark_agent(&mut self, i: AgentIx) -> Vec<String> {
-        match self.busy.get_mut(i.0).and_then(Option::take) {
-            Some(seq) => self.unmark(seq),
-            None => Vec::new(),
+    /// Agent `i` is offered again (or down): it runs no task. What its
+    /// last task marked stays marked until that task is answered (a retry
+    /// waits in between, a stopped agent's process may still be ending it).
+    pub(crate) fn idle(&mut self, i: AgentIx) {
+        if let Some(b) = self.busy.get_mut(i.0) {
+            *b = None;
         }
     }
 }

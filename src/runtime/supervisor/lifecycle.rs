@@ -418,8 +418,6 @@ impl Supervisor {
         // The io thread reaps the child once the handle is gone.
         drop(child);
         let takedown = a.takedown.take();
-        self.drop_session(i);
-        let a = &mut self.agents[i.0];
         if let Some(r) = a.task.take() {
             // The task did not get its result: answer it from what we know.
             let (status, kind, why) = match takedown {
@@ -464,6 +462,9 @@ impl Supervisor {
             let result = self.bare_result(i, &r.task, status, kind, errors, r.started);
             self.settle(i, r.task, result, None);
         }
+        // Its process is gone, and its session with it (after the running
+        // task is answered, so that the task releases the session).
+        self.drop_session(i);
         // A task waiting for this process (to continue its session in it)
         // keeps waiting only through a restart.
         let refused = takedown != Some(Takedown::Restart)

@@ -305,7 +305,9 @@ impl Supervisor {
                 let limit = self.wire_limit().saturating_sub(ENVELOPE_ROOM);
                 let a = &mut self.agents[i.0];
                 if let Some(claude::Signal::Session(id)) = &signal {
-                    if a.session.id.is_none() && a.spec.protocol == Protocol::StreamJson {
+                    // A one-shot process is in its session (a resume's
+                    // fork) until it exits, too.
+                    if a.session.id.is_none() {
                         a.session.id = Some(id.clone());
                         let _ = self
                             .links
