@@ -421,8 +421,8 @@ fn send_tasks(
     // acknowledgement has come for `MORE_ANSWERS` (as `status` gathers
     // daemons). Over the socket there is one daemon, which acknowledges a
     // request's tasks before starting any.
-    let gather = (args.to.as_deref() == Some("all") && client.kind() == TransportKind::Nats)
-        .then_some(client::MORE_ANSWERS);
+    let to_all = args.to.as_deref() == Some("all");
+    let gather = (to_all && client.kind() == TransportKind::Nats).then_some(client::MORE_ANSWERS);
     // Requests with all their results in, waiting for that quiet, soonest
     // first (a heap: a batch of 20,000 lines must not scan them all for
     // every answer).
@@ -587,7 +587,7 @@ fn send_tasks(
                 // task to one agent (or any) has one result, whatever the
                 // acknowledgements: a durable task delivered again after its
                 // daemon died is acknowledged again by the next.
-                if gather.is_none() || p.results >= p.acks {
+                if !to_all || p.results >= p.acks {
                     let quiet_since = p.last_ack.zip(gather).map(|(t, q)| t + q);
                     match quiet_since.filter(|t| Instant::now() < *t) {
                         Some(t) => settling.push(Reverse((t, m.subject.clone()))),
