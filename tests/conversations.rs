@@ -61,6 +61,20 @@ fn starts(dir: &TempDir, id: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A daemon with stream-json agents c-1 and c-2, both idle.
+fn two_stream_json_agents(name: &str) -> (std::sync::Arc<TempDir>, Daemon) {
+    let dir = std::sync::Arc::new(TempDir::new(name));
+    let d = Daemon::start(
+        dir.clone(),
+        &json!({"agents": [agent(&dir, "c-1", "stream-json"), agent(&dir, "c-2", "stream-json")]}),
+    );
+    d.wait_ready();
+    for id in ["c-1", "c-2"] {
+        d.wait_seen(&format!("agent {id}: initializing -> idle"), T);
+    }
+    (dir, d)
+}
+
 #[test]
 fn a_one_shot_agent_continues_a_session_with_resume() {
     let dir = std::sync::Arc::new(TempDir::new("conv-oneshot"));
@@ -120,15 +134,7 @@ fn a_one_shot_agent_continues_a_session_with_resume() {
 
 #[test]
 fn stream_json_agents_continue_a_session_in_place_or_after_a_resume() {
-    let dir = std::sync::Arc::new(TempDir::new("conv-stream"));
-    let d = Daemon::start(
-        dir.clone(),
-        &json!({"agents": [agent(&dir, "c-1", "stream-json"), agent(&dir, "c-2", "stream-json")]}),
-    );
-    d.wait_ready();
-    for id in ["c-1", "c-2"] {
-        d.wait_seen(&format!("agent {id}: initializing -> idle"), T);
-    }
+    let (dir, d) = two_stream_json_agents("conv-stream");
     let s1 = sid(&ok(&d, &["--to", "c-1", "remember 42"]));
     // c-2 is not in that session: it restarts with --resume first, and
     // answers from the earlier turn.
@@ -223,15 +229,7 @@ fn is_result(v: &Value) -> bool {
 
 #[test]
 fn two_tasks_of_one_session_sent_at_once_run_one_after_the_other() {
-    let dir = std::sync::Arc::new(TempDir::new("conv-affinity"));
-    let d = Daemon::start(
-        dir.clone(),
-        &json!({"agents": [agent(&dir, "c-1", "stream-json"), agent(&dir, "c-2", "stream-json")]}),
-    );
-    d.wait_ready();
-    for id in ["c-1", "c-2"] {
-        d.wait_seen(&format!("agent {id}: initializing -> idle"), T);
-    }
+    let (dir, d) = two_stream_json_agents("conv-affinity");
     let s = sid(&ok(&d, &["--to", "c-1", "remember 42"]));
     let gate = dir.join("gate");
     std::fs::write(&gate, "").expect("gate");
